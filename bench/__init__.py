@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that write JSON under bench/results/ and print a table."""

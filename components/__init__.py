@@ -1,0 +1,1 @@
+"""Pipeline components and the user code TFX components call."""

@@ -1,0 +1,1 @@
+"""The Trainer's user module: a Keras Transformer next-category classifier."""

@@ -1,0 +1,7 @@
+"""Serializable Keras layers of the next-category Transformer."""
+
+from components.trainer.layers.item_history_embedding import ItemHistoryEmbedding
+from components.trainer.layers.masked_mean_pooling import MaskedMeanPooling
+from components.trainer.layers.transformer_encoder import TransformerEncoder
+
+__all__ = ["ItemHistoryEmbedding", "MaskedMeanPooling", "TransformerEncoder"]

@@ -1,0 +1,1 @@
+"""The embedded default dataset: a synthetic e-commerce clickstream."""

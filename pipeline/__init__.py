@@ -1,0 +1,1 @@
+"""The next_category TFX pipeline: configuration, composition and runners."""

@@ -1,0 +1,38 @@
+"""Named settings of the next_category pipeline (constants and dotted paths only)."""
+
+import os
+
+PIPELINE_NAME = "next_category"
+# The model name TensorFlow Serving serves the pushed SavedModel under.
+SERVING_MODEL_NAME = "next_category"
+
+# The project root, so default paths work from any working directory.
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCHEMA_PATH = os.path.join(PROJECT_ROOT, "schemas", "schema.pbtxt")
+DATA_ROOT = os.path.join(PROJECT_ROOT, "data", "default")
+OUTPUT_ROOT = os.path.join(PROJECT_ROOT, "artifacts")
+
+# ImportExampleGen reads the latest span-N/ directory under the data root.
+INPUT_PATTERN = "span-{SPAN}/*"
+# Train/eval hash split 4:1.
+TRAIN_HASH_BUCKETS = 4
+EVAL_HASH_BUCKETS = 1
+
+# User code the Trainer calls.
+RUN_FN = "components.trainer.model.run_fn"
+MODEL_PRESET = "small"
+TRAIN_NUM_STEPS = 400
+EVAL_NUM_STEPS = 40
+TRAINING_SEED = 42
+
+# Blessing: top-1 accuracy on the eval split must reach this, and must not be
+# worse than the latest blessed model's.
+EVAL_ACCURACY_THRESHOLD = 0.5
+EVAL_ACCURACY_CHANGE_THRESHOLD = -1e-10
+SLICE_FEATURES = ("user_segment", "city_tier")
+
+# Components' own Beam pipelines: multi-process DirectRunner using every core.
+BEAM_PIPELINE_ARGS = (
+  "--direct_running_mode=multi_processing",
+  "--direct_num_workers=0",
+)

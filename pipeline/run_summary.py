@@ -1,0 +1,206 @@
+"""A short report of one pipeline run, read back from ML Metadata.
+
+The runners print it at the end of `make run`: which components ran (or came
+from cache) and how long they took, the data anomalies, the evaluation metrics
+per slice, whether the model was blessed, and where it was pushed.
+"""
+
+import dataclasses
+import os
+from typing import Dict
+from typing import List
+from typing import Optional
+from typing import Tuple
+
+import tensorflow as tf
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+_STATE_NAMES = metadata_store_pb2.Execution.State.Name
+
+
+@dataclasses.dataclass
+class ComponentRun:
+  """One component's execution in a run."""
+
+  node_id: str
+  state: str  # COMPLETE, CACHED, FAILED, RUNNING, ...
+  seconds: float
+  outputs: Dict[str, List[metadata_store_pb2.Artifact]]
+
+
+@dataclasses.dataclass
+class RunSummary:
+  """What one pipeline run did, as recorded in ML Metadata."""
+
+  run_id: str
+  components: List[ComponentRun]
+  anomalies: Dict[str, List[Tuple[str, str, str]]]  # split -> (feature, kind, description)
+  slice_metrics: List[Tuple[str, Dict[str, float]]]
+  blessed: Optional[bool]
+  pushed_path: Optional[str]
+  pushed_version: Optional[str]
+
+  def component(self, node_id: str) -> Optional[ComponentRun]:
+    for run in self.components:
+      if run.node_id == node_id:
+        return run
+    return None
+
+
+def _latest_run_context(store, pipeline_name: str) -> metadata_store_pb2.Context:
+  pipeline_contexts = [c for c in store.get_contexts_by_type("pipeline") if c.name == pipeline_name]
+  if not pipeline_contexts:
+    raise ValueError(f"ML Metadata has no pipeline named {pipeline_name!r}.")
+  pipeline_executions = {e.id for e in store.get_executions_by_context(pipeline_contexts[0].id)}
+  runs = []
+  for context in store.get_contexts_by_type("pipeline_run"):
+    executions = store.get_executions_by_context(context.id)
+    if any(e.id in pipeline_executions for e in executions):
+      runs.append(context)
+  if not runs:
+    raise ValueError(f"ML Metadata has no run of pipeline {pipeline_name!r}.")
+  return max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+
+
+def _node_id(store, node_type_id: int, execution_id: int) -> str:
+  for context in store.get_contexts_by_execution(execution_id):
+    if context.type_id == node_type_id:
+      # Node contexts are named "<pipeline>.<node id>".
+      return context.name.split(".", 1)[-1]
+  return str(execution_id)
+
+
+def _outputs(store, execution_id: int) -> Dict[str, List[metadata_store_pb2.Artifact]]:
+  events = [
+    e
+    for e in store.get_events_by_execution_ids([execution_id])
+    if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+  ]
+  artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+  outputs: Dict[str, List[metadata_store_pb2.Artifact]] = {}
+  for event in events:
+    key = event.path.steps[0].key if event.path.steps else "output"
+    outputs.setdefault(key, []).append(artifacts[event.artifact_id])
+  return outputs
+
+
+def _read_anomalies(artifact) -> Dict[str, List[Tuple[str, str, str]]]:
+  found = {}
+  for split_dir in sorted(tf.io.gfile.glob(os.path.join(artifact.uri, "Split-*"))):
+    split = os.path.basename(split_dir)[len("Split-") :]
+    path = os.path.join(split_dir, "SchemaDiff.pb")
+    if not tf.io.gfile.exists(path):
+      continue
+    anomalies = anomalies_pb2.Anomalies.FromString(tf.io.gfile.GFile(path, "rb").read())
+    rows = []
+    for feature, info in sorted(anomalies.anomaly_info.items()):
+      for reason in info.reason:
+        kind = anomalies_pb2.AnomalyInfo.Type.Name(reason.type)
+        rows.append((feature, kind, reason.short_description))
+    for reason in anomalies.dataset_anomaly_info.reason:
+      rows.append(
+        ("(dataset)", anomalies_pb2.AnomalyInfo.Type.Name(reason.type), reason.short_description)
+      )
+    found[split] = rows
+  return found
+
+
+def _slice_name(slice_key) -> str:
+  if not slice_key:
+    return "Overall"
+  return ", ".join(f"{k}={v.decode() if isinstance(v, bytes) else v}" for k, v in slice_key)
+
+
+def _read_slice_metrics(artifact) -> List[Tuple[str, Dict[str, float]]]:
+  # Imported here: TFMA is heavy and only needed once an evaluation exists.
+  import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
+
+  result = tfma.load_eval_result(artifact.uri)
+  rows = []
+  for slice_key, metrics in result.slicing_metrics:
+    values = {}
+    for sub_metrics in metrics.values():
+      for by_sub_key in sub_metrics.values():
+        for name, value in by_sub_key.items():
+          if isinstance(value, dict) and "doubleValue" in value:
+            values[name] = value["doubleValue"]
+    rows.append((_slice_name(slice_key), values))
+  return sorted(rows, key=lambda r: (r[0] != "Overall", r[0].count(","), r[0]))
+
+
+def summarize(
+  connection_config: metadata_store_pb2.ConnectionConfig, pipeline_name: str
+) -> RunSummary:
+  """Reads the latest run of `pipeline_name` from ML Metadata.
+
+  Raises:
+    ValueError: if ML Metadata holds no run of the pipeline.
+  """
+  store = metadata_store.MetadataStore(connection_config)
+  run_context = _latest_run_context(store, pipeline_name)
+  node_type_id = store.get_context_type("node").id
+  components = []
+  for execution in sorted(
+    store.get_executions_by_context(run_context.id), key=lambda e: (e.create_time_since_epoch, e.id)
+  ):
+    seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000.0
+    components.append(
+      ComponentRun(
+        node_id=_node_id(store, node_type_id, execution.id),
+        state=_STATE_NAMES(execution.last_known_state),
+        seconds=seconds,
+        outputs=_outputs(store, execution.id),
+      )
+    )
+  summary = RunSummary(run_context.name, components, {}, [], None, None, None)
+  for run in components:
+    for artifact in run.outputs.get("anomalies", []):
+      summary.anomalies.update(_read_anomalies(artifact))
+    for artifact in run.outputs.get("evaluation", []):
+      summary.slice_metrics = _read_slice_metrics(artifact)
+    for artifact in run.outputs.get("blessing", []):
+      if "blessed" in artifact.custom_properties:
+        summary.blessed = bool(artifact.custom_properties["blessed"].int_value)
+    for artifact in run.outputs.get("pushed_model", []):
+      props = artifact.custom_properties
+      if props.get("pushed") and props["pushed"].int_value:
+        summary.pushed_path = props["pushed_destination"].string_value
+        summary.pushed_version = props["pushed_version"].string_value
+  return summary
+
+
+def format_summary(summary: RunSummary) -> str:
+  """Renders a summary as the plain-text report `make run` prints."""
+  lines = [f"Run {summary.run_id}", "", "Components:"]
+  for run in summary.components:
+    lines.append(f"  {run.node_id:<32} {run.state:<9} {run.seconds:7.1f} s")
+  lines.append("")
+  total = sum(len(rows) for rows in summary.anomalies.values())
+  lines.append(f"Data anomalies: {total if summary.anomalies else 'not checked'}")
+  for split, rows in sorted(summary.anomalies.items()):
+    for feature, kind, description in rows:
+      lines.append(f"  [{split}] {feature}: {kind}: {description}")
+  if summary.slice_metrics:
+    lines += [
+      "",
+      "Evaluation (eval split):",
+      f"  {'slice':<44} {'examples':>9} {'accuracy':>9} {'top-3':>7}",
+    ]
+    for name, values in summary.slice_metrics:
+      lines.append(
+        f"  {name:<44} {values.get('example_count', float('nan')):>9.0f} "
+        f"{values.get('sparse_categorical_accuracy', float('nan')):>9.4f} "
+        f"{values.get('top_3_accuracy', float('nan')):>7.4f}"
+      )
+  lines.append("")
+  if summary.blessed is None:
+    lines.append("Model blessed: not evaluated")
+  else:
+    lines.append(f"Model blessed: {'yes' if summary.blessed else 'no'}")
+  if summary.pushed_path:
+    lines.append(f"Pushed: {summary.pushed_path} (version {summary.pushed_version})")
+  else:
+    lines.append("Pushed: nothing")
+  return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""Command-line flags and path resolution shared by the pipeline's runners.
+
+Each runner module (`beam_runner`, `local_runner`) is a thin `main` that parses
+these flags, builds the pipeline with `create_pipeline` and hands it to its
+orchestrator.
+"""
+
+import argparse
+import dataclasses
+import os
+from typing import List
+from typing import Optional
+from typing import Sequence
+
+from tfx import v1 as tfx
+
+from pipeline import configs
+from pipeline import pipeline as pipeline_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+  """Where one OUTPUT_ROOT keeps a pipeline's outputs."""
+
+  output_root: str
+
+  @property
+  def pipeline_root(self) -> str:
+    return os.path.join(self.output_root, "pipeline")
+
+  @property
+  def metadata_path(self) -> str:
+    return os.path.join(self.output_root, "metadata.sqlite")
+
+  @property
+  def serving_model_dir(self) -> str:
+    return os.path.join(self.output_root, "serving", configs.SERVING_MODEL_NAME)
+
+
+def parse_args(argv: Optional[Sequence[str]], description: str):
+  """Parses runner flags; unrecognised `--flags` are Beam pipeline args.
+
+  Returns:
+    `(args, beam_pipeline_args)`.
+  """
+  parser = argparse.ArgumentParser(
+    description=description,
+    epilog="Any other --flag is passed to the components' Beam pipelines "
+    "(e.g. --runner=FlinkRunner --flink_master=host:8081); without any, "
+    f"they run with {' '.join(configs.BEAM_PIPELINE_ARGS)}.",
+  )
+  parser.add_argument(
+    "--data_root", default=configs.DATA_ROOT, help="Directory of span-N/ TFRecord directories."
+  )
+  parser.add_argument(
+    "--output_root",
+    default=configs.OUTPUT_ROOT,
+    help="Pipeline outputs, ML Metadata and pushed models.",
+  )
+  parser.add_argument("--schema_path", default=configs.SCHEMA_PATH)
+  parser.add_argument(
+    "--preset", default=configs.MODEL_PRESET, help="Model preset (components/trainer/presets.py)."
+  )
+  parser.add_argument(
+    "--num_workers",
+    type=int,
+    default=1,
+    help="Trainer workers: with no TF_CONFIG, a local MultiWorkerMirroredStrategy "
+    "cluster of this many processes on loopback ports.",
+  )
+  parser.add_argument("--train_steps", type=int, default=configs.TRAIN_NUM_STEPS)
+  parser.add_argument("--eval_steps", type=int, default=configs.EVAL_NUM_STEPS)
+  parser.add_argument(
+    "--accuracy_threshold",
+    type=float,
+    default=configs.EVAL_ACCURACY_THRESHOLD,
+    help="Minimum eval accuracy for the model to be pushed.",
+  )
+  parser.add_argument(
+    "--no_cache", action="store_true", help="Re-run every component even if unchanged."
+  )
+  args, unknown = parser.parse_known_args(argv)
+  stray = [a for a in unknown if not a.startswith("--")]
+  if stray:
+    parser.error(f"unexpected arguments {stray}; Beam args must be --name=value.")
+  return args, list(unknown) or list(configs.BEAM_PIPELINE_ARGS)
+
+
+def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
+  """Resolves paths and builds the pipeline from parsed flags.
+
+  Raises:
+    FileNotFoundError: if the data root or the schema does not exist.
+  """
+  data_root = os.path.abspath(args.data_root)
+  if not os.path.isdir(data_root):
+    raise FileNotFoundError(
+      f"Data root {data_root} does not exist; run `make data` or pass "
+      "DATA_ROOT=/path/to/span-directories."
+    )
+  schema_path = os.path.abspath(args.schema_path)
+  if not os.path.isfile(schema_path):
+    raise FileNotFoundError(f"Schema file {schema_path} does not exist.")
+  paths = RunPaths(os.path.abspath(args.output_root))
+  return pipeline_lib.create_pipeline(
+    pipeline_name=configs.PIPELINE_NAME,
+    pipeline_root=paths.pipeline_root,
+    data_root=data_root,
+    schema_path=schema_path,
+    run_fn=configs.RUN_FN,
+    serving_model_dir=paths.serving_model_dir,
+    train_steps=args.train_steps,
+    eval_steps=args.eval_steps,
+    accuracy_threshold=args.accuracy_threshold,
+    accuracy_change_threshold=configs.EVAL_ACCURACY_CHANGE_THRESHOLD,
+    input_pattern=configs.INPUT_PATTERN,
+    train_hash_buckets=configs.TRAIN_HASH_BUCKETS,
+    eval_hash_buckets=configs.EVAL_HASH_BUCKETS,
+    slice_features=configs.SLICE_FEATURES,
+    trainer_custom_config={
+      "preset": args.preset,
+      "seed": configs.TRAINING_SEED,
+      "num_workers": args.num_workers,
+    },
+    enable_cache=not args.no_cache,
+    metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      paths.metadata_path
+    ),
+    beam_pipeline_args=beam_pipeline_args,
+  )

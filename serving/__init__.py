@@ -1,0 +1,1 @@
+"""Serving the pushed next_category models over the TensorFlow Serving APIs."""

@@ -1,0 +1,185 @@
+"""Tests of the next-category Transformer, its layers and its Trainer module."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx import v1 as tfx
+
+from components.trainer import constants
+from components.trainer import features
+from components.trainer import layers
+from components.trainer import model as model_lib
+from components.trainer import presets
+from dataset import clickstream
+from tests import model_checks
+
+_TINY = presets.get("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  tf.keras.utils.set_random_seed(0)
+  return model_lib.build_model(_TINY)
+
+
+def _raw_inputs(histories, segments=None, tiers=None, width=None, left=False):
+  width = width or max(len(h) for h in histories)
+  padded = np.zeros((len(histories), width), np.int64)
+  for row, history in enumerate(histories):
+    if left:
+      padded[row, width - len(history) :] = history
+    else:
+      padded[row, : len(history)] = history
+  n = len(histories)
+  return {
+    constants.ITEM_HISTORY_KEY: tf.constant(padded),
+    constants.USER_SEGMENT_KEY: tf.constant(segments or ["returning"] * n),
+    constants.CITY_TIER_KEY: tf.constant(tiers or ["tier1"] * n),
+  }
+
+
+_HISTORIES = [[5, 17, 3], [9998, 1], list(range(1, 51)), [42]]
+
+
+def test_output_is_a_distribution_over_categories(tiny_model):
+  inputs = features.encode(
+    tf.ragged.constant(_HISTORIES, dtype=tf.int64),
+    tf.constant(["new", "returning", "new", "returning"]),
+    tf.constant(["tier1", "tier2", "tier3", "tier4"]),
+  )
+  assert inputs[constants.ITEM_HISTORY_KEY].shape == (4, 50)
+  probabilities = tiny_model(inputs).numpy()
+  assert probabilities.shape == (4, constants.NUM_CATEGORIES)
+  np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_padding_does_not_change_predictions(tiny_model):
+  signatures = model_lib.make_serving_signatures(tiny_model)
+  serve_raw = signatures[constants.RAW_SIGNATURE_NAME]
+  narrow = serve_raw(**_raw_inputs(_HISTORIES))["probabilities"].numpy()
+  wide = serve_raw(**_raw_inputs(_HISTORIES, width=70))["probabilities"].numpy()
+  left = serve_raw(**_raw_inputs(_HISTORIES, width=60, left=True))["probabilities"].numpy()
+  np.testing.assert_allclose(narrow, wide, atol=1e-6)
+  np.testing.assert_allclose(narrow, left, atol=1e-6)
+  # The Keras model itself: right-padding to any width gives the same output.
+  encoded = features.encode(
+    tf.ragged.constant(_HISTORIES, dtype=tf.int64),
+    tf.constant(["returning"] * 4),
+    tf.constant(["tier1"] * 4),
+    pad=False,
+  )
+  dense_20 = dict(encoded, item_history=encoded["item_history"].to_tensor(shape=[None, 50]))
+  np.testing.assert_allclose(tiny_model(dense_20).numpy(), narrow, atol=1e-6)
+
+
+def test_order_changes_predictions(tiny_model):
+  serve_raw = model_lib.make_serving_signatures(tiny_model)[constants.RAW_SIGNATURE_NAME]
+  forward = serve_raw(**_raw_inputs([[5, 17, 3, 800]]))["probabilities"].numpy()
+  backward = serve_raw(**_raw_inputs([[800, 3, 17, 5]]))["probabilities"].numpy()
+  assert np.abs(forward - backward).max() > 1e-4
+
+
+def test_unknown_values_use_out_of_vocabulary_rows(tiny_model):
+  inputs = features.encode(
+    tf.ragged.constant([[123456, 7]], dtype=tf.int64), tf.constant(["vip"]), tf.constant(["tier9"])
+  )
+  assert inputs[constants.USER_SEGMENT_KEY].numpy().tolist() == [2]
+  assert inputs[constants.CITY_TIER_KEY].numpy().tolist() == [4]
+  assert np.isfinite(tiny_model(inputs).numpy()).all()
+
+
+def test_save_load_round_trip_gives_identical_outputs(tiny_model, tmp_path):
+  examples = model_checks.serialized_examples(16)
+  export_dir = str(tmp_path / "model")
+  tiny_model.save(
+    export_dir, save_format="tf", signatures=model_lib.make_serving_signatures(tiny_model)
+  )
+  served = model_checks.assert_saved_model_matches(export_dir, tiny_model, examples)
+  reloaded = tf.keras.models.load_model(export_dir)
+  inputs = features.parse_and_encode(tf.constant(examples), with_label=False)
+  np.testing.assert_array_equal(reloaded(inputs).numpy(), tiny_model(inputs).numpy())
+  # The raw signature agrees with the tf.Example one.
+  parsed = tf.io.parse_example(examples, features.feature_spec(with_label=False))
+  raw = tf.saved_model.load(export_dir).signatures[constants.RAW_SIGNATURE_NAME](
+    item_history=parsed["item_history"].to_tensor(),
+    user_segment=parsed["user_segment"],
+    city_tier=parsed["city_tier"],
+  )
+  np.testing.assert_allclose(raw["probabilities"].numpy(), served, atol=1e-6)
+
+
+def test_serving_rejects_examples_without_required_features(tiny_model):
+  serve = model_lib.make_serving_signatures(tiny_model)["serving_default"]
+  example = clickstream._to_example([1, 2], "new", "tier1", 0)
+  del example.features.feature["user_segment"]
+  with pytest.raises(tf.errors.InvalidArgumentError, match="user_segment"):
+    serve(examples=tf.constant([example.SerializeToString()]))
+
+
+@pytest.mark.parametrize(
+  "layer",
+  [
+    layers.ItemHistoryEmbedding(vocabulary_size=100, max_length=8, embedding_dim=4),
+    layers.TransformerEncoder(intermediate_dim=16, num_heads=2, dropout=0.1),
+    layers.MaskedMeanPooling(),
+  ],
+)
+def test_layer_config_round_trips(layer):
+  config = layer.get_config()
+  assert type(layer).from_config(config).get_config() == config
+
+
+def test_config_errors_name_the_problem():
+  with pytest.raises(ValueError, match="Unknown model preset 'huge'"):
+    presets.get("huge")
+  with pytest.raises(ValueError, match=r"hidden_dim \(10\) must be divisible by num_heads"):
+    presets.TransformerConfig(hidden_dim=10, num_heads=4)
+
+
+def test_input_fn_batches_by_length_and_fails_clearly(tmp_path):
+  paths = clickstream.write_span(str(tmp_path), num_examples=200)
+  dataset = model_lib.input_fn(paths, batch_size=16, shuffle=True, seed=1)
+  for inputs, labels in dataset.take(8):
+    history = inputs[constants.ITEM_HISTORY_KEY].numpy()
+    assert history.shape[0] == 16 and labels.shape == (16,)
+    assert history.shape[1] <= 50
+    assert (history[:, -1] > 0).any()  # Padded only to the longest in the batch.
+  with pytest.raises(FileNotFoundError, match="No training data files match"):
+    model_lib.input_fn([str(tmp_path / "nothing-*")], 16, shuffle=False)
+
+
+def test_run_fn_trains_and_exports(tmp_path):
+  paths = clickstream.write_span(str(tmp_path / "data"), num_examples=600, seed=3)
+  fn_args = tfx.components.FnArgs(
+    train_files=paths[:3],
+    eval_files=paths[3:],
+    train_steps=40,
+    eval_steps=2,
+    serving_model_dir=str(tmp_path / "serving"),
+    model_run_dir=str(tmp_path / "run"),
+    custom_config={"preset": "tiny", "seed": 1},
+  )
+  model_lib.run_fn(fn_args)
+  with open(os.path.join(fn_args.model_run_dir, "history.json")) as f:
+    history = json.load(f)
+  assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+  loaded = tf.saved_model.load(fn_args.serving_model_dir)
+  assert set(loaded.signatures) == {"serving_default", constants.RAW_SIGNATURE_NAME}
+  out = loaded.signatures["serving_default"](
+    examples=tf.constant(model_checks.serialized_examples(3))
+  )
+  assert out["probabilities"].shape == (3, constants.NUM_CATEGORIES)
+  assert tf.io.gfile.glob(os.path.join(fn_args.model_run_dir, "train", "events.*"))
+
+
+def test_tiny_model_learns(tmp_path):
+  paths = clickstream.write_span(str(tmp_path), num_examples=800, seed=4)
+  tf.keras.utils.set_random_seed(0)
+  model = model_lib.build_model(_TINY)
+  dataset = model_lib.input_fn(paths, batch_size=32, shuffle=True, seed=0)
+  history = model.fit(dataset, epochs=4, steps_per_epoch=25, verbose=0)
+  losses = history.history["loss"]
+  assert losses[-1] < losses[0] - 0.1

@@ -1,0 +1,133 @@
+"""End to end: the real pipeline with the Beam runner on a tiny dataset.
+
+Checks executions through ML Metadata, the pushed model's serving signature,
+a second run served from cache, and a failing component's exit status.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+from tfx import v1 as tfx
+
+from dataset import clickstream
+from pipeline import configs
+from pipeline import run_summary
+from tests import model_checks
+
+pytestmark = pytest.mark.e2e
+
+_NODES = {
+  "ImportExampleGen",
+  "StatisticsGen",
+  "ImportSchemaGen",
+  "ExampleValidator",
+  "Trainer",
+  "latest_blessed_model_resolver",
+  "Evaluator",
+  "Pusher",
+}
+
+
+def _run_pipeline(data_root, output_root, *flags):
+  command = [
+    sys.executable,
+    "-m",
+    "pipeline.beam_runner",
+    f"--data_root={data_root}",
+    f"--output_root={output_root}",
+    "--preset=tiny",
+    "--train_steps=60",
+    "--eval_steps=4",
+    "--direct_running_mode=in_memory",
+    *flags,
+  ]
+  return subprocess.run(
+    command, capture_output=True, text=True, timeout=900, cwd=configs.PROJECT_ROOT
+  )
+
+
+def _summary(output_root):
+  connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+    os.path.join(output_root, "metadata.sqlite")
+  )
+  return run_summary.summarize(connection, configs.PIPELINE_NAME)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("e2e")
+  data_root, output_root = str(root / "data"), str(root / "out")
+  clickstream.write_span(data_root, num_examples=1500, seed=11)
+  # A bar any trained model clears; test_unblessed_model_is_not_pushed raises it.
+  result = _run_pipeline(data_root, output_root, "--accuracy_threshold=0.05")
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+  return data_root, output_root, result
+
+
+def test_every_component_ran_and_a_model_was_pushed(first_run):
+  _, output_root, result = first_run
+  summary = _summary(output_root)
+  assert {c.node_id for c in summary.components} == _NODES
+  assert {c.state for c in summary.components} == {"COMPLETE"}
+  assert summary.anomalies == {"train": [], "eval": []}
+  assert summary.blessed is True
+  overall = dict(summary.slice_metrics)["Overall"]
+  assert overall["example_count"] > 200
+  assert 0.05 <= overall["sparse_categorical_accuracy"] <= 1.0
+  slices = {name for name, _ in summary.slice_metrics}
+  assert {"user_segment=new", "city_tier=tier4", "city_tier=tier1, user_segment=new"} <= slices
+  # The report the user sees ends with where the model went.
+  assert f"Pushed: {summary.pushed_path} (version {summary.pushed_version})" in result.stdout
+  base = os.path.join(output_root, "serving", configs.SERVING_MODEL_NAME)
+  assert summary.pushed_path == os.path.join(base, summary.pushed_version)
+
+
+def test_pushed_model_answers_serving_default(first_run):
+  _, output_root, _ = first_run
+  base = os.path.join(output_root, "serving", configs.SERVING_MODEL_NAME)
+  (version,) = os.listdir(base)
+  assert version.isdigit()
+  serving = tf.saved_model.load(os.path.join(base, version)).signatures["serving_default"]
+  probabilities = serving(examples=tf.constant(model_checks.serialized_examples(5)))
+  assert probabilities["probabilities"].shape == (5, 10)
+
+
+def test_second_run_is_served_from_cache(first_run):
+  data_root, output_root, _ = first_run
+  result = _run_pipeline(data_root, output_root, "--accuracy_threshold=0.05")
+  assert result.returncode == 0, result.stderr[-5000:]
+  states = {c.node_id: c.state for c in _summary(output_root).components}
+  for node in (
+    "ImportExampleGen",
+    "StatisticsGen",
+    "ImportSchemaGen",
+    "ExampleValidator",
+    "Trainer",
+  ):
+    assert states[node] == "CACHED", states
+
+
+def test_unblessed_model_is_not_pushed(first_run):
+  data_root, output_root, _ = first_run
+  serving_base = os.path.join(output_root, "serving", configs.SERVING_MODEL_NAME)
+  versions = sorted(os.listdir(serving_base))
+  result = _run_pipeline(data_root, output_root, "--accuracy_threshold=0.99")
+  assert result.returncode == 0, result.stderr[-5000:]
+  summary = _summary(output_root)
+  states = {c.node_id: c.state for c in summary.components}
+  assert states["Trainer"] == "CACHED" and states["Evaluator"] == "COMPLETE"
+  assert summary.blessed is False and summary.pushed_path is None
+  assert "Model blessed: no" in result.stdout and "Pushed: nothing" in result.stdout
+  assert sorted(os.listdir(serving_base)) == versions
+
+
+def test_failing_component_exits_non_zero_and_names_it(first_run):
+  data_root, output_root, _ = first_run
+  result = _run_pipeline(data_root, output_root, "--preset=no_such_preset")
+  assert result.returncode == 1
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line.startswith("ERROR: pipeline next_category failed in Trainer")
+  assert "Unknown model preset 'no_such_preset'" in last_line
