@@ -34,3 +34,39 @@ def assert_saved_model_matches(
   ).numpy()
   np.testing.assert_allclose(served, expected, atol=atol)
   return served
+
+
+def assert_tflite_matches(
+  tflite_model: bytes,
+  model: tf.keras.Model,
+  rows,
+  atol: float,
+  min_top1_agreement: float = 1.0,
+) -> np.ndarray:
+  """Runs a single-example TFLite model on `rows` and checks it against the Keras `model`.
+
+  Args:
+    tflite_model: a model from `components.tflite_converter.conversion.convert`.
+    model: the Keras model it was converted from.
+    rows: single-example input dicts (as `EncodedExamples.row` gives).
+    atol: largest allowed difference of any probability (float: ~1e-5; int8
+      carries quantization error, ~0.1).
+    min_top1_agreement: smallest allowed fraction of examples on which both
+      predict the same category.
+
+  Returns:
+    The TFLite probabilities, [len(rows), NUM_CATEGORIES].
+  """
+  from components.tflite_converter import conversion  # pylint: disable=g-import-not-at-top
+
+  runner = conversion.Runner(tflite_model)
+  rows = list(rows)
+  served = np.concatenate([runner(row) for row in rows])
+  expected = np.concatenate([model(row, training=False).numpy() for row in rows])
+  np.testing.assert_allclose(served, expected, atol=atol)
+  agreement = float((served.argmax(axis=1) == expected.argmax(axis=1)).mean())
+  assert agreement >= min_top1_agreement, (
+    f"TFLite and Keras agree on the top category for {agreement:.1%} of examples, "
+    f"below {min_top1_agreement:.1%}."
+  )
+  return served

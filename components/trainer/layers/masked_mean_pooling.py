@@ -29,7 +29,6 @@ class MaskedMeanPooling(tf.keras.layers.Layer):
     count = tf.reduce_sum(valid, axis=1, keepdims=True)
     # reciprocals[n] = 1/n, and reciprocals[0] = 0 for padding and for rows
     # without any real position.
-    reciprocals = tf.math.reciprocal_no_nan(
-        tf.cast(tf.range(tf.shape(valid)[1] + 1), inputs.dtype))
+    reciprocals = tf.math.reciprocal_no_nan(tf.cast(tf.range(tf.shape(valid)[1] + 1), inputs.dtype))
     weights = tf.gather(reciprocals, valid * count)
     return tf.squeeze(tf.matmul(weights[:, tf.newaxis, :], inputs), axis=1)

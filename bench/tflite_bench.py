@@ -1,0 +1,197 @@
+"""Benchmark: the int8 TFLite model against the float TFLite model and the SavedModel.
+
+Trains the `small` preset briefly on generated data, then runs exactly the
+checks TFLiteConverter runs in the pipeline (`executor.convert_and_check`):
+size of the int8 model against the float TFLite conversion, top-1 accuracy
+against the SavedModel on held-out examples (overall and per slice), and
+single-example latency (p50/p99) of the three, taking turns in one process.
+Also lists, for both TFLite models, the ops XNNPACK does not run: those run
+TFLite's own kernels and split the graph into several XNNPACK partitions.
+
+Targets: size <= 0.27x float; accuracy drop <= 1.0 point; int8 p50 >= 2x
+faster than float TFLite and well below the SavedModel.
+
+Usage: python -m bench.tflite_bench [--preset small] [--train_steps 300]
+Writes bench/results/tflite.json and prints a table.
+"""
+
+import argparse
+import collections
+import json
+import os
+import platform
+import tempfile
+import time
+
+import tensorflow as tf
+
+from components.tflite_converter import executor
+from components.trainer import model as model_lib
+from components.trainer import presets
+from dataset import clickstream
+
+_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+_NUM_SHARDS = 6  # Five train shards, one eval shard.
+
+
+def _ops_outside_xnnpack(model_path: str) -> dict:
+  """Op counts by type that the default XNNPACK delegate leaves to TFLite, and its partitions."""
+  interpreter = tf.lite.Interpreter(model_path=model_path, num_threads=1)
+  interpreter.allocate_tensors()
+  ops = interpreter._get_ops_details()  # pylint: disable=protected-access
+  producer = {t: op["index"] for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]}
+  delegated = set()
+  partitions = [op for op in ops if op["op_name"] == "DELEGATE"]
+  for partition in partitions:
+    # Walk back from each partition's outputs to its inputs: the ops between
+    # are the ones it replaced.
+    inputs, stack = set(partition["inputs"].tolist()), list(partition["outputs"])
+    while stack:
+      tensor = stack.pop()
+      if tensor in inputs or tensor not in producer or producer[tensor] in delegated:
+        continue
+      delegated.add(producer[tensor])
+      stack.extend(ops[producer[tensor]]["inputs"].tolist())
+  outside = collections.Counter(
+    op["op_name"] for op in ops if op["op_name"] != "DELEGATE" and op["index"] not in delegated
+  )
+  return {
+    "xnnpack_partitions": len(partitions),
+    "ops_outside_xnnpack": dict(sorted(outside.items())),
+  }
+
+
+def _train(preset: str, train_files, eval_files, steps: int, export_dir: str) -> dict:
+  config = presets.get(preset)
+  tf.keras.utils.set_random_seed(0)
+  model = model_lib.build_model(config)
+  start = time.perf_counter()
+  history = model.fit(
+    model_lib.input_fn(train_files, config.batch_size, shuffle=True, seed=0),
+    epochs=1,
+    steps_per_epoch=steps,
+    validation_data=model_lib.input_fn(eval_files, config.batch_size, shuffle=False),
+    validation_steps=10,
+    verbose=0,
+  )
+  seconds = time.perf_counter() - start
+  model.save(export_dir, save_format="tf", signatures=model_lib.make_serving_signatures(model))
+  return {
+    "preset": preset,
+    "steps": steps,
+    "seconds": round(seconds, 1),
+    "val_accuracy": float(history.history["val_accuracy"][-1]),
+  }
+
+
+def _row(name, value, target, ok):
+  return f"  {name:<34} {value:>22}   {target:<16} {'PASS' if ok else 'MISS'}"
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--preset", default="small")
+  parser.add_argument("--num_examples", type=int, default=24000, help="Train + eval examples.")
+  parser.add_argument("--train_steps", type=int, default=300)
+  parser.add_argument("--representative_examples", type=int, default=500)
+  parser.add_argument("--eval_examples", type=int, default=4000)
+  parser.add_argument("--latency_examples", type=int, default=300)
+  parser.add_argument("--latency_rounds", type=int, default=5)
+  parser.add_argument("--output", default=os.path.join(_RESULTS, "tflite.json"))
+  args = parser.parse_args(argv)
+
+  with tempfile.TemporaryDirectory() as work_dir:
+    files = clickstream.write_span(
+      os.path.join(work_dir, "data"), num_examples=args.num_examples, num_shards=_NUM_SHARDS
+    )
+    train_files, eval_files = files[:-1], files[-1:]
+    saved_model_dir = os.path.join(work_dir, "saved_model")
+    training = _train(args.preset, train_files, eval_files, args.train_steps, saved_model_dir)
+    options = executor.Options(
+      num_representative_examples=args.representative_examples,
+      max_eval_examples=args.eval_examples,
+      num_latency_examples=args.latency_examples,
+      latency_rounds=args.latency_rounds,
+    )
+    output_dir = os.path.join(work_dir, "tflite")
+    metrics = executor.convert_and_check(
+      saved_model_dir, train_files, eval_files, output_dir, options
+    )
+    int8_graph = _ops_outside_xnnpack(os.path.join(output_dir, executor.MODEL_FILE))
+
+  size, accuracy, latency = metrics["size_bytes"], metrics["accuracy"], metrics["latency"]
+  results = {
+    "training": training,
+    "size_bytes": size,
+    "accuracy": accuracy,
+    "latency": latency,
+    "blessed": metrics["blessed"],
+    "reason": metrics["reason"],
+    "int8_graph": int8_graph,
+    "environment": {
+      "cpu": platform.processor() or platform.machine(),
+      "cpu_count": os.cpu_count(),
+      "load_average_1m": os.getloadavg()[0],
+      "tensorflow": tf.__version__,
+    },
+  }
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output, "w") as f:
+    json.dump(results, f, indent=2, sort_keys=True)
+
+  int8, flt, saved = (latency[k] for k in (executor.INT8, executor.FLOAT, executor.SAVED_MODEL))
+  drop = accuracy["drop_points"][executor.INT8]
+  speedup = latency["int8_speedup_vs_float_p50"]
+  print(
+    f"TFLite int8 benchmark: preset {args.preset}, {training['steps']} training steps "
+    f"({training['seconds']} s), {accuracy['examples']} eval examples, "
+    f"load average {results['environment']['load_average_1m']:.1f}"
+  )
+  print(f"  {'':<34} {'measured':>22}   {'target':<16}")
+  print(
+    _row(
+      "size int8 / float TFLite",
+      f"{size['int8_to_float_ratio']:.3f} ({size[executor.INT8] // 1024} KiB)",
+      "<= 0.27",
+      size["int8_to_float_ratio"] <= 0.27,
+    )
+  )
+  print(
+    _row(
+      "top-1 accuracy SavedModel -> int8",
+      f"{100 * accuracy['accuracy'][executor.SAVED_MODEL]:.2f} -> "
+      f"{100 * accuracy['accuracy'][executor.INT8]:.2f}",
+      "drop <= 1.0 pt",
+      drop <= 1.0,
+    )
+  )
+  for feature, values in accuracy["slices"].items():
+    for value, report in values.items():
+      drop_text = f"{report['drop_points'][executor.INT8]:+.2f} pt drop"
+      print(f"    {feature + '=' + value:<32} {drop_text:>22}   n={report['examples']}")
+  print(
+    _row(
+      "latency p50 / p99, us: int8",
+      f"{int8['p50_us']:.0f} / {int8['p99_us']:.0f}",
+      ">= 2x faster",
+      speedup >= 2.0,
+    )
+  )
+  for name, values in (("float TFLite", flt), ("SavedModel serving_default", saved)):
+    measured = f"{values['p50_us']:.0f} / {values['p99_us']:.0f}"
+    print(f"  {'    ' + name:<34} {measured:>22}")
+  print(f"  {'int8 speedup p50 vs float':<34} {speedup:>22.2f}x")
+  print(
+    f"  {'int8 speedup p50 vs SavedModel':<34} {latency['int8_speedup_vs_saved_model_p50']:>22.1f}x"
+  )
+  print(
+    f"  int8 ops outside XNNPACK ({int8_graph['xnnpack_partitions']} partitions): "
+    f"{int8_graph['ops_outside_xnnpack']}"
+  )
+  print(f"  {metrics['reason']}")
+  print(f"Wrote {args.output}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""TFLiteConverter: the trained model as a checked, full-integer int8 TFLite model."""
