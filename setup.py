@@ -24,5 +24,5 @@ setuptools.setup(
       "serving.*",
     ]
   ),
-  package_data={"": ["*.pbtxt", "*.json", "*.yaml", "*.config"]},
+  package_data={"": ["*.pbtxt", "*.json", "*.yaml", "*.config", "*.txt"]},
 )

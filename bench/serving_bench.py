@@ -1,0 +1,489 @@
+"""Benchmarks the model server: throughput, latency and CPU cost over gRPC and REST.
+
+    python -m bench.serving_bench [--preset=small] [--duration_seconds=5]
+
+Builds an (untrained) model of the preset, starts `python -m serving.server`
+on loopback ports with batching off and on, and drives it from this process
+with closed-loop clients (each sends its next request when the previous
+answer arrives) at each concurrency, one example per request; gRPC also runs
+with several examples per request at the highest concurrency. Reports
+requests/s, predictions/s, p50/p99 latency, the mean processed batch size, the
+server's and the client's CPU time per prediction, and the in-process model
+call time. Client and server share the machine's cores, so on a busy machine
+the CPU times say more than the rates: `cpu_bound_predictions_per_second` is
+what the cores could sustain at that cost. Writes bench/results/serving.json
+and prints a table.
+"""
+
+import argparse
+import asyncio
+import base64
+import dataclasses
+import json
+import os
+import platform
+import re
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import List
+from typing import Optional
+from typing import Sequence
+from typing import Tuple
+
+import grpc
+import numpy as np
+import portpicker
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from serving import client as client_lib
+
+MODEL_NAME = "next_category"
+RESULTS_PATH = os.path.join("bench", "results", "serving.json")
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BATCHING_PARAMETERS = os.path.join(_REPO_ROOT, "serving", "batching_parameters.txt")
+_MONITORING_CONFIG = os.path.join(_REPO_ROOT, "serving", "monitoring.config")
+_DEADLINE_SECONDS = 10.0
+_SERVER_START_SECONDS = 300.0
+# Targets from the serving issue, at concurrency 32 over gRPC.
+_TARGET_PREDICTIONS_PER_SECOND = 2000
+_TARGET_P99_MS = 50.0
+_TARGET_BATCHING_SPEEDUP = 3.0
+
+
+@dataclasses.dataclass
+class RunResult:
+  """One load run."""
+
+  protocol: str
+  batching: bool
+  concurrency: int
+  examples_per_request: int
+  requests: int
+  errors: int
+  seconds: float
+  requests_per_second: float
+  predictions_per_second: float
+  p50_ms: float
+  p99_ms: float
+  mean_batch_size: Optional[float]
+  server_cpu_ms_per_prediction: float
+  client_cpu_ms_per_prediction: float
+  cpu_bound_predictions_per_second: float
+
+
+def serialized_examples(num_examples: int, seed: int = 11) -> List[bytes]:
+  """Clickstream tf.Examples without the label, as clients send them."""
+  from dataset import clickstream  # pylint: disable=g-import-not-at-top
+
+  examples = []
+  for example in clickstream.generate_examples(num_examples, seed=seed):
+    del example.features.feature["label"]
+    examples.append(example.SerializeToString())
+  return examples
+
+
+def build_model(preset: str, base_path: str) -> str:
+  """Saves an untrained model of `preset` as version 1 under `base_path`."""
+  from components.trainer import model as model_lib  # pylint: disable=g-import-not-at-top
+  from components.trainer import presets  # pylint: disable=g-import-not-at-top
+
+  tf.keras.utils.set_random_seed(0)
+  model = model_lib.build_model(presets.get(preset))
+  path = os.path.join(base_path, "1")
+  model.save(path, save_format="tf", signatures=model_lib.make_serving_signatures(model))
+  return path
+
+
+def in_process_call_ms(
+  saved_model_dir: str, examples: List[bytes], batch_sizes: Sequence[int] = (1, 8, 32)
+) -> dict:
+  """Median wall time of one in-process `serving_default` call, by batch size."""
+  signature = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+  result = {}
+  for batch_size in batch_sizes:
+    batch = tf.constant(examples[:batch_size])
+    for _ in range(5):
+      signature(examples=batch)
+    times = []
+    for _ in range(50):
+      start = time.perf_counter()
+      signature(examples=batch)
+      times.append(time.perf_counter() - start)
+    result[str(batch_size)] = round(float(np.median(times)) * 1e3, 3)
+  return result
+
+
+def _process_cpu_seconds(pid: int) -> float:
+  with open(f"/proc/{pid}/stat") as f:
+    fields = f.read().rsplit(")", 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+class _Server:
+  """`python -m serving.server` in a subprocess on free loopback ports."""
+
+  def __init__(self, base_path: str, batching: bool, log_path: str):
+    self.grpc_port = portpicker.pick_unused_port()
+    self.rest_port = portpicker.pick_unused_port()
+    command = [
+      sys.executable,
+      "-m",
+      "serving.server",
+      "--host=127.0.0.1",
+      f"--port={self.grpc_port}",
+      f"--rest_api_port={self.rest_port}",
+      f"--model_name={MODEL_NAME}",
+      f"--model_base_path={base_path}",
+      f"--monitoring_config_file={_MONITORING_CONFIG}",
+      "--file_system_poll_wait_seconds=0",
+      # One thread per op: on few cores, larger TensorFlow pools make
+      # concurrent small requests fight over the same cores.
+      "--tensorflow_intra_op_parallelism=1",
+      "--tensorflow_inter_op_parallelism=1",
+    ]
+    if batching:
+      command += ["--enable_batching", f"--batching_parameters_file={_BATCHING_PARAMETERS}"]
+    self._log = open(log_path, "w")
+    self._process = subprocess.Popen(
+      command, cwd=_REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT
+    )
+    try:
+      self._wait_until_ready()
+    except BaseException:
+      self.stop()
+      raise
+
+  @property
+  def pid(self) -> int:
+    return self._process.pid
+
+  def _wait_until_ready(self) -> None:
+    deadline = time.monotonic() + _SERVER_START_SECONDS
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = MODEL_NAME
+    with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+      stub = model_service_pb2_grpc.ModelServiceStub(channel)
+      while time.monotonic() < deadline:
+        if self._process.poll() is not None:
+          raise RuntimeError(
+            f"The server exited with {self._process.returncode}; see {self._log.name}."
+          )
+        try:
+          response = stub.GetModelStatus(request, timeout=1.0)
+          if any(s.state == s.AVAILABLE for s in response.model_version_status):
+            return
+        except grpc.RpcError:
+          pass
+        time.sleep(0.2)
+    raise TimeoutError(f"The server was not ready in {_SERVER_START_SECONDS} s.")
+
+  def batch_stats(self) -> np.ndarray:
+    """(examples, batches) processed so far, from the server's Prometheus metrics."""
+    url = f"http://127.0.0.1:{self.rest_port}/monitoring/prometheus/metrics"
+    text = urllib.request.urlopen(url, timeout=_DEADLINE_SECONDS).read().decode()
+    values = []
+    for name in ("sum", "count"):
+      match = re.search(
+        rf"^:tensorflow:serving:batching_session:processed_batch_size_{name}\{{[^}}]*\}} (\S+)$",
+        text,
+        re.MULTILINE,
+      )
+      values.append(float(match.group(1)) if match else 0.0)
+    return np.array(values)
+
+  def stop(self) -> None:
+    self._process.terminate()
+    try:
+      self._process.wait(30)
+    except subprocess.TimeoutExpired:
+      self._process.kill()
+      self._process.wait()
+    self._log.close()
+
+
+async def _grpc_load(port: int, request, concurrency: int, seconds: float):
+  latencies, errors = [], 0
+  async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    end = time.perf_counter() + seconds
+
+    async def worker():
+      nonlocal errors
+      while (start := time.perf_counter()) < end:
+        try:
+          await stub.Predict(request, timeout=_DEADLINE_SECONDS)
+          latencies.append(time.perf_counter() - start)
+        except grpc.aio.AioRpcError:
+          errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+  return latencies, errors
+
+
+async def _rest_load(port: int, body: bytes, concurrency: int, seconds: float):
+  latencies, errors = [], 0
+  head = (
+    f"POST /v1/models/{MODEL_NAME}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+  ).encode()
+  end = time.perf_counter() + seconds
+
+  async def worker():
+    nonlocal errors
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+      while (start := time.perf_counter()) < end:
+        writer.write(head + body)
+        status_line = await reader.readline()
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+          if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        if status_line.split(b" ")[1] == b"200":
+          latencies.append(time.perf_counter() - start)
+        else:
+          errors += 1
+    finally:
+      writer.close()
+
+  await asyncio.gather(*(worker() for _ in range(concurrency)))
+  return latencies, errors
+
+
+def _load(
+  server: _Server, protocol: str, concurrency: int, examples: List[bytes], seconds: float
+) -> Tuple[list, int]:
+  if protocol == "grpc":
+    request = client_lib.make_predict_request(examples, MODEL_NAME)
+    return asyncio.run(_grpc_load(server.grpc_port, request, concurrency, seconds))
+  instances = [{"b64": base64.b64encode(e).decode()} for e in examples]
+  body = json.dumps({"instances": instances}).encode()
+  return asyncio.run(_rest_load(server.rest_port, body, concurrency, seconds))
+
+
+def run_load(
+  server: _Server,
+  protocol: str,
+  batching: bool,
+  concurrency: int,
+  examples: List[bytes],
+  seconds: float,
+  warmup_seconds: float,
+) -> RunResult:
+  """Drives the server with `concurrency` closed-loop clients for `seconds`.
+
+  Each request carries all of `examples`.
+  """
+  _load(server, protocol, concurrency, examples, warmup_seconds)
+  batches_before = server.batch_stats()
+  server_cpu, client_cpu = _process_cpu_seconds(server.pid), _own_cpu_seconds()
+  latencies, errors = _load(server, protocol, concurrency, examples, seconds)
+  server_cpu = _process_cpu_seconds(server.pid) - server_cpu
+  client_cpu = _own_cpu_seconds() - client_cpu
+  processed, batches = server.batch_stats() - batches_before
+  requests = len(latencies)
+  predictions = max(requests * len(examples), 1)
+  latencies_ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
+  server_ms = server_cpu * 1e3 / predictions
+  client_ms = client_cpu * 1e3 / predictions
+  return RunResult(
+    protocol=protocol,
+    batching=batching,
+    concurrency=concurrency,
+    examples_per_request=len(examples),
+    requests=requests,
+    errors=errors,
+    seconds=seconds,
+    requests_per_second=round(requests / seconds, 1),
+    predictions_per_second=round(requests * len(examples) / seconds, 1),
+    p50_ms=round(float(np.percentile(latencies_ms, 50)), 2),
+    p99_ms=round(float(np.percentile(latencies_ms, 99)), 2),
+    mean_batch_size=round(processed / batches, 2) if batching and batches else None,
+    server_cpu_ms_per_prediction=round(server_ms, 3),
+    client_cpu_ms_per_prediction=round(client_ms, 3),
+    cpu_bound_predictions_per_second=round((os.cpu_count() or 1) * 1e3 / (server_ms + client_ms)),
+  )
+
+
+_HEADER = (
+  f"{'protocol':8} {'batching':8} {'conc':>4} {'ex/req':>6} {'req/s':>7} {'pred/s':>7} "
+  f"{'p50 ms':>7} {'p99 ms':>7} {'batch':>5} {'srv cpu ms':>10} {'cli cpu ms':>10} "
+  f"{'cpu-bound':>9} {'errors':>6}"
+)
+
+
+def _row(r: RunResult) -> str:
+  batch = f"{r.mean_batch_size:.1f}" if r.mean_batch_size else "-"
+  return (
+    f"{r.protocol:8} {'on' if r.batching else 'off':8} {r.concurrency:>4} "
+    f"{r.examples_per_request:>6} {r.requests_per_second:>7.0f} {r.predictions_per_second:>7.0f} "
+    f"{r.p50_ms:>7.1f} {r.p99_ms:>7.1f} {batch:>5} {r.server_cpu_ms_per_prediction:>10.3f} "
+    f"{r.client_cpu_ms_per_prediction:>10.3f} {r.cpu_bound_predictions_per_second:>9.0f} "
+    f"{r.errors:>6}"
+  )
+
+
+def _targets(results: List[RunResult], concurrency: int) -> dict:
+  def find(batching, examples_per_request=1):
+    return next(
+      (
+        r
+        for r in results
+        if (r.protocol, r.batching, r.concurrency, r.examples_per_request)
+        == ("grpc", batching, concurrency, examples_per_request)
+      ),
+      None,
+    )
+
+  batched, unbatched = find(True), find(False)
+  if batched is None:
+    return {}
+  targets = {
+    "concurrency": concurrency,
+    "examples_per_request": 1,
+    "predictions_per_second": batched.predictions_per_second,
+    "predictions_per_second_target": _TARGET_PREDICTIONS_PER_SECOND,
+    "throughput_met": batched.predictions_per_second >= _TARGET_PREDICTIONS_PER_SECOND,
+    "p99_ms": batched.p99_ms,
+    "p99_ms_target": _TARGET_P99_MS,
+    "p99_met": batched.p99_ms <= _TARGET_P99_MS,
+  }
+  if unbatched is not None and unbatched.predictions_per_second:
+    speedup = batched.predictions_per_second / unbatched.predictions_per_second
+    targets.update(
+      batching_speedup=round(speedup, 2),
+      batching_speedup_target=_TARGET_BATCHING_SPEEDUP,
+      batching_speedup_met=speedup >= _TARGET_BATCHING_SPEEDUP,
+    )
+  return targets
+
+
+def run_benchmark(
+  preset: str,
+  concurrencies: Sequence[int],
+  protocols: Sequence[str],
+  multi_example_sizes: Sequence[int],
+  seconds: float,
+  warmup_seconds: float,
+  output: str,
+) -> dict:
+  """Runs every configuration and writes the JSON report to `output`."""
+  load_before = os.getloadavg()
+  results = []
+  with tempfile.TemporaryDirectory(prefix="serving_bench_") as workdir:
+    base_path = os.path.join(workdir, MODEL_NAME)
+    saved_model_dir = build_model(preset, base_path)
+    examples = serialized_examples(256)
+    in_process = in_process_call_ms(saved_model_dir, examples)
+    for batching in (False, True):
+      server = _Server(base_path, batching, os.path.join(workdir, f"server_{batching}.log"))
+      try:
+        runs = [(p, c, 1) for p in protocols for c in concurrencies]
+        if "grpc" in protocols:
+          runs += [("grpc", max(concurrencies), n) for n in multi_example_sizes]
+        for protocol, concurrency, examples_per_request in runs:
+          result = run_load(
+            server,
+            protocol,
+            batching,
+            concurrency,
+            examples[:examples_per_request],
+            seconds,
+            warmup_seconds,
+          )
+          print(_row(result), flush=True)
+          results.append(result)
+      finally:
+        server.stop()
+  report = {
+    "preset": preset,
+    "seconds_per_run": seconds,
+    "machine": {
+      "cpus": os.cpu_count(),
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "tensorflow": tf.__version__,
+      "load_average_before": load_before,
+      "load_average_after": os.getloadavg(),
+    },
+    "in_process_call_ms": in_process,
+    "runs": [dataclasses.asdict(r) for r in results],
+    "targets": _targets(results, max(concurrencies)),
+  }
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  with open(output, "w") as f:
+    json.dump(report, f, indent=2)
+  return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(
+    prog="python -m bench.serving_bench", description=__doc__.split("\n", 1)[0]
+  )
+  parser.add_argument("--preset", default="small", help="Model preset (default: %(default)s).")
+  parser.add_argument(
+    "--concurrency", default="1,8,32", help="Client concurrencies (default: %(default)s)."
+  )
+  parser.add_argument(
+    "--protocols", default="grpc,rest", help="grpc and/or rest (default: %(default)s)."
+  )
+  parser.add_argument(
+    "--examples_per_request",
+    default="8",
+    help="Extra gRPC runs at the highest concurrency with this many examples per request; "
+    "empty for none (default: %(default)s).",
+  )
+  parser.add_argument(
+    "--duration_seconds", type=float, default=5.0, help="Measured seconds per run."
+  )
+  parser.add_argument(
+    "--warmup_seconds", type=float, default=1.0, help="Unmeasured seconds before each run."
+  )
+  parser.add_argument(
+    "--output", default=RESULTS_PATH, help="The JSON report (default: %(default)s)."
+  )
+  args = parser.parse_args(argv)
+  concurrencies = [int(c) for c in args.concurrency.split(",")]
+  protocols = [p.strip() for p in args.protocols.split(",")]
+  sizes = [int(n) for n in args.examples_per_request.split(",") if n.strip()]
+  print(_HEADER, flush=True)
+  report = run_benchmark(
+    args.preset,
+    concurrencies,
+    protocols,
+    sizes,
+    args.duration_seconds,
+    args.warmup_seconds,
+    args.output,
+  )
+  print()
+  print(_HEADER)
+  for run in report["runs"]:
+    print(_row(RunResult(**run)))
+  print(f"in-process serving_default call, ms by batch size: {report['in_process_call_ms']}")
+  print(
+    f"load average before/after: {report['machine']['load_average_before']} / "
+    f"{report['machine']['load_average_after']}"
+  )
+  print(f"targets: {json.dumps(report['targets'])}")
+  print(f"wrote {args.output}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,290 @@
+"""Loaded model versions (servables): SavedModels and TFLite models.
+
+A servable knows its signatures (`SignatureDef`s, exactly as TensorFlow Serving
+reports them) and runs them on NumPy inputs, either directly or through a
+`BatchScheduler` when batching is on, as TensorFlow Serving wraps a session in
+a BatchingSession at load time.
+"""
+
+import concurrent.futures
+import logging
+import os
+import threading
+from typing import Callable
+from typing import Dict
+from typing import Iterable
+from typing import Optional
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.core.protobuf import saved_model_pb2
+
+from serving import batching
+from serving import status
+
+SAVED_MODEL_FILENAMES = ("saved_model.pb", "saved_model.pbtxt")
+TFLITE_FILENAME = "model.tflite"
+DEFAULT_SIGNATURE_NAME = "serving_default"
+SERVE_TAG = "serve"
+# Input of the signatures that take serialized tf.Examples.
+EXAMPLES_INPUT = "examples"
+
+BatchObserverFactory = Callable[[str, int], Optional[batching.BatchObserver]]
+
+
+class Servable:
+  """One loaded version of a model.
+
+  Attributes:
+    name: the model name.
+    version: the version number.
+    path: the version directory.
+    platform: "tensorflow" or "tflite".
+    signature_defs: every SignatureDef of the model, by key.
+  """
+
+  platform = ""
+
+  def __init__(self, name: str, version: int, path: str):
+    self.name = name
+    self.version = version
+    self.path = path
+    self.signature_defs: Dict[str, meta_graph_pb2.SignatureDef] = {}
+    self._scheduler: Optional[batching.BatchScheduler] = None
+    self._executor: Optional[concurrent.futures.Executor] = None
+
+  def input_infos(
+    self, signature_name: str, request_inputs: Iterable[str]
+  ) -> Dict[str, meta_graph_pb2.TensorInfo]:
+    """The inputs a request to `signature_name` is checked against."""
+    del request_inputs  # Only TFLite models accept a second form.
+    return dict(self.signature_defs[signature_name].inputs)
+
+  def run(self, signature_name: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Runs a signature on validated inputs, on the calling thread.
+
+    Raises:
+      ServingError: with TensorFlow's status if the model fails.
+    """
+    raise NotImplementedError
+
+  def attach(
+    self,
+    executor: concurrent.futures.Executor,
+    batching_options: Optional[batching.BatchingOptions] = None,
+    observer: Optional[batching.BatchObserver] = None,
+  ) -> None:
+    """Sets where `submit` runs requests: a batch scheduler, or `executor`."""
+    self._executor = executor
+    if batching_options is not None:
+      self._scheduler = batching.BatchScheduler(
+        self.run, batching_options, name=f"{self.name}-{self.version}", observer=observer
+      )
+
+  def submit(
+    self,
+    signature_name: str,
+    inputs: Dict[str, np.ndarray],
+    batch_size: int,
+    deadline: Optional[float] = None,
+  ) -> concurrent.futures.Future:
+    """Runs a signature asynchronously, batched with other requests if batching is on.
+
+    Raises:
+      ServingError: if the batch queue refuses the request.
+      SchedulerClosedError: if this servable is being unloaded.
+    """
+    if self._scheduler is not None:
+      return self._scheduler.schedule(signature_name, inputs, batch_size, deadline)
+    if self._executor is None:
+      raise batching.SchedulerClosedError(self.name)
+    try:
+      return self._executor.submit(self.run, signature_name, inputs)
+    except RuntimeError:  # The executor is shut down: the server is stopping.
+      raise batching.SchedulerClosedError(self.name) from None
+
+  def close(self) -> None:
+    """Finishes queued requests and stops taking new ones."""
+    if self._scheduler is not None:
+      self._scheduler.close()
+    self._executor = None
+
+
+def _read_signature_defs(path: str) -> Dict[str, meta_graph_pb2.SignatureDef]:
+  saved_model = saved_model_pb2.SavedModel()
+  pb_path = os.path.join(path, SAVED_MODEL_FILENAMES[0])
+  if tf.io.gfile.exists(pb_path):
+    with tf.io.gfile.GFile(pb_path, "rb") as f:
+      saved_model.ParseFromString(f.read())
+  else:
+    from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
+
+    with tf.io.gfile.GFile(os.path.join(path, SAVED_MODEL_FILENAMES[1]), "r") as f:
+      text_format.Parse(f.read(), saved_model)
+  for meta_graph in saved_model.meta_graphs:
+    if SERVE_TAG in meta_graph.meta_info_def.tags:
+      return dict(meta_graph.signature_def)
+  raise ValueError(f"The SavedModel at {path} has no MetaGraph tagged {SERVE_TAG!r}.")
+
+
+class SavedModelServable(Servable):
+  """A TensorFlow SavedModel, run through its signature functions."""
+
+  platform = "tensorflow"
+
+  def __init__(self, name: str, version: int, path: str):
+    super().__init__(name, version, path)
+    self.signature_defs = _read_signature_defs(path)
+    self._model = tf.saved_model.load(path, tags=[SERVE_TAG])
+    self._functions = dict(self._model.signatures)
+
+  def run(self, signature_name, inputs):
+    function = self._functions.get(signature_name)
+    if function is None:
+      raise status.ServingError(
+        grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.'
+      )
+    try:
+      outputs = function(**{alias: tf.constant(array) for alias, array in inputs.items()})
+      return {alias: tensor.numpy() for alias, tensor in outputs.items()}
+    except tf.errors.OpError as e:
+      raise status.from_tf_error(e) from None
+    except (TypeError, ValueError) as e:
+      raise status.invalid_argument(str(e)) from None
+
+
+def _tensor_info(name: str, dtype, shape) -> meta_graph_pb2.TensorInfo:
+  info = meta_graph_pb2.TensorInfo(name=name, dtype=tf.as_dtype(dtype).as_datatype_enum)
+  for size in shape:
+    info.tensor_shape.dim.add().size = int(size)
+  return info
+
+
+class TfLiteServable(Servable):
+  """A TFLite model, served under its `serving_default` signature.
+
+  The signature takes the model's own inputs (for the next-category model:
+  `item_history` int64 [batch, 50] right-padded, `user_segment` and
+  `city_tier` int64 vocabulary indices). A request may instead send the
+  SavedModel's `examples` input (serialized tf.Examples); those are encoded
+  with `components.trainer.features`, so one client works with both backends.
+  A model converted for batch 1 (as the pipeline's is) runs a batch one example
+  at a time, so it still takes batches of any size.
+  """
+
+  platform = "tflite"
+
+  def __init__(self, name: str, version: int, path: str):
+    super().__init__(name, version, path)
+    with tf.io.gfile.GFile(os.path.join(path, TFLITE_FILENAME), "rb") as f:
+      model_content = f.read()
+    interpreter = tf.lite.Interpreter(model_content=model_content)
+    signatures = interpreter.get_signature_list()
+    if not signatures:
+      raise ValueError(f"The TFLite model in {path} has no signature to serve.")
+    key = DEFAULT_SIGNATURE_NAME if DEFAULT_SIGNATURE_NAME in signatures else min(signatures)
+    self._runner = interpreter.get_signature_runner(key)
+    self._interpreter = interpreter  # Keeps the runner's interpreter alive.
+    # An interpreter is not thread-safe; requests take turns (or batch).
+    self._lock = threading.Lock()
+    inputs = self._runner.get_input_details()
+    self._one_at_a_time = all(
+      len(d["shape_signature"]) and d["shape_signature"][0] == 1 for d in inputs.values()
+    )
+    signature_def = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    for aliases, details in (
+      (signature_def.inputs, inputs),
+      (signature_def.outputs, self._runner.get_output_details()),
+    ):
+      for alias, detail in details.items():
+        shape = list(detail["shape_signature"])
+        if self._one_at_a_time and shape:
+          shape[0] = -1
+        aliases[alias].CopyFrom(_tensor_info(detail["name"], detail["dtype"], shape))
+    self.signature_defs = {DEFAULT_SIGNATURE_NAME: signature_def}
+    self._encode = None
+
+  def input_infos(self, signature_name, request_inputs):
+    if set(request_inputs) == {EXAMPLES_INPUT}:
+      examples = meta_graph_pb2.TensorInfo(name=EXAMPLES_INPUT, dtype=types_pb2.DT_STRING)
+      examples.tensor_shape.dim.add().size = -1
+      return {EXAMPLES_INPUT: examples}
+    return super().input_infos(signature_name, request_inputs)
+
+  def _encode_examples(self, serialized: np.ndarray) -> Dict[str, np.ndarray]:
+    if self._encode is None:
+      from components.trainer import features  # pylint: disable=g-import-not-at-top
+
+      @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+      def encode(examples):
+        return features.parse_and_encode(examples, with_label=False)
+
+      self._encode = encode
+    try:
+      encoded = self._encode(tf.constant(serialized))
+    except tf.errors.OpError as e:
+      raise status.from_tf_error(e) from None
+    return {alias: tensor.numpy() for alias, tensor in encoded.items()}
+
+  def run(self, signature_name, inputs):
+    if signature_name not in self.signature_defs:
+      raise status.ServingError(
+        grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.'
+      )
+    if set(inputs) == {EXAMPLES_INPUT}:
+      inputs = self._encode_examples(inputs[EXAMPLES_INPUT])
+    signature_inputs = self.signature_defs[signature_name].inputs
+    cast = {}
+    for alias, array in inputs.items():
+      if alias not in signature_inputs:
+        raise status.invalid_argument(f"input tensor alias not found in signature: {alias}")
+      dtype = tf.as_dtype(signature_inputs[alias].dtype).as_numpy_dtype
+      cast[alias] = np.ascontiguousarray(array, dtype=dtype)
+    try:
+      with self._lock:
+        if not self._one_at_a_time:
+          return {alias: np.array(value) for alias, value in self._runner(**cast).items()}
+        rows = []
+        for i in range(len(next(iter(cast.values())))):
+          rows.append(self._runner(**{alias: array[i : i + 1] for alias, array in cast.items()}))
+        return {alias: np.concatenate([row[alias] for row in rows]) for alias in rows[0]}
+    except (ValueError, RuntimeError) as e:
+      raise status.invalid_argument(f"TFLite model {self.name} failed: {e}") from None
+
+
+def find_model_file(path: str, prefer_tflite: bool = False) -> Optional[str]:
+  """Which kind of model a version directory holds: "tensorflow", "tflite" or None."""
+  has_saved_model = any(
+    tf.io.gfile.exists(os.path.join(path, name)) for name in SAVED_MODEL_FILENAMES
+  )
+  has_tflite = tf.io.gfile.exists(os.path.join(path, TFLITE_FILENAME))
+  if has_tflite and (prefer_tflite or not has_saved_model):
+    return "tflite"
+  if has_saved_model:
+    return "tensorflow"
+  return None
+
+
+def load_servable(name: str, version: int, path: str, prefer_tflite: bool = False) -> Servable:
+  """Loads the model in a version directory.
+
+  A directory with `model.tflite` and no SavedModel is served with TFLite, as
+  is one with both when `prefer_tflite` (TensorFlow Serving's
+  `--prefer_tflite_model`).
+
+  Raises:
+    FileNotFoundError: if the directory holds neither kind of model.
+    Exception: whatever loading the model raises.
+  """
+  kind = find_model_file(path, prefer_tflite)
+  if kind is None:
+    raise FileNotFoundError(
+      f"No {' or '.join(SAVED_MODEL_FILENAMES)} or {TFLITE_FILENAME} in {path}."
+    )
+  logging.info("Loading %s model %s version %d from %s", kind, name, version, path)
+  if kind == "tflite":
+    return TfLiteServable(name, version, path)
+  return SavedModelServable(name, version, path)

@@ -1,0 +1,380 @@
+"""A model server that speaks TensorFlow Serving's gRPC and REST APIs.
+
+    python -m serving.server --model_name=next_category \\
+        --model_base_path=artifacts/serving/next_category
+
+Flags carry tensorflow_model_server's names and defaults, and the config files
+(--model_config_file, --batching_parameters_file, --monitoring_config_file,
+--ssl_config_file) its text formats, so the same command line and files work
+with the real server (see serving/k8s/). This one runs where the real binary
+cannot be installed, and in tests.
+"""
+
+import argparse
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import List
+from typing import Optional
+from typing import Sequence
+
+import grpc
+import tensorflow as tf
+
+from serving import batching
+from serving import grpc_service
+from serving import inference
+from serving import metrics as metrics_lib
+from serving import model_manager
+from serving import rest_api
+from serving import servables
+from serving import server_config
+from serving import warmup
+
+# Threads that run unbatched requests; TensorFlow's own pools do the math.
+_REQUEST_THREADS = 2 * (os.cpu_count() or 1)
+# gRPC answers RESOURCE_EXHAUSTED beyond this many requests in progress.
+_MAX_CONCURRENT_RPCS = 1024
+# TensorFlow Serving accepts messages up to 2 GiB.
+_MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+@dataclasses.dataclass
+class ServerOptions:
+  """The server's settings; each field is the tensorflow_model_server flag of that name.
+
+  Fields that tensorflow_model_server does not have: `host` (it always binds
+  every interface) and `grpc_max_concurrent_rpcs`.
+  """
+
+  port: int = 8500
+  rest_api_port: int = 8501
+  host: str = "0.0.0.0"
+  model_name: str = "default"
+  model_base_path: str = ""
+  model_config_file: str = ""
+  model_config_file_poll_wait_seconds: float = 0.0
+  file_system_poll_wait_seconds: float = 1.0
+  enable_batching: bool = False
+  batching_parameters_file: str = ""
+  monitoring_config_file: str = ""
+  ssl_config_file: str = ""
+  max_num_load_retries: int = 5
+  load_retry_interval_micros: int = 60_000_000
+  prefer_tflite_model: bool = False
+  rest_api_num_threads: int = 64
+  rest_api_timeout_in_ms: int = 30_000
+  tensorflow_intra_op_parallelism: int = 0
+  tensorflow_inter_op_parallelism: int = 0
+  grpc_channel_arguments: str = ""
+  grpc_max_concurrent_rpcs: int = _MAX_CONCURRENT_RPCS
+
+
+def _channel_arguments(text: str) -> List[tuple]:
+  arguments = []
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--grpc_channel_arguments: {item!r} is not key=value.")
+    arguments.append((key, int(value) if value.lstrip("-").isdigit() else value))
+  return arguments
+
+
+class ModelServer:
+  """The model server: gRPC and REST front ends over a `ModelManager`.
+
+  Usable in-process (tests start it on free loopback ports) or through `main`.
+
+  Args:
+    options: the settings.
+  """
+
+  def __init__(self, options: ServerOptions):
+    if not options.model_base_path and not options.model_config_file:
+      raise ValueError("Set --model_base_path or --model_config_file; both are empty.")
+    self._options = options
+    self.metrics = metrics_lib.ServingMetrics()
+    self._stopped = threading.Event()
+    self._loop: Optional[asyncio.AbstractEventLoop] = None
+    self._loop_thread: Optional[threading.Thread] = None
+    self._grpc_server: Optional[grpc.aio.Server] = None
+    self._rest_server: Optional[rest_api.RestServer] = None
+    self._config_thread: Optional[threading.Thread] = None
+    self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+    self._batching_options = None
+    self.grpc_port = 0
+    self.rest_port = 0
+    if options.model_config_file:
+      config = server_config.load_model_server_config(options.model_config_file)
+    else:
+      config = server_config.single_model_config(options.model_name, options.model_base_path)
+    if options.enable_batching:
+      self._batching_options = batching.load_batching_parameters(options.batching_parameters_file)
+    self._monitoring = server_config.load_monitoring_config(options.monitoring_config_file)
+    self._ssl = (
+      server_config.load_ssl_config(options.ssl_config_file) if options.ssl_config_file else None
+    )
+    self.manager = model_manager.ModelManager(
+      config,
+      self._load,
+      poll_wait_seconds=options.file_system_poll_wait_seconds,
+      max_num_load_retries=options.max_num_load_retries,
+      load_retry_interval_seconds=options.load_retry_interval_micros / 1e6,
+      observer=self.metrics.observe_state,
+    )
+    self.service = inference.InferenceService(self.manager)
+
+  def _load(self, name: str, version: int, path: str) -> servables.Servable:
+    servable = servables.load_servable(
+      name, version, path, prefer_tflite=self._options.prefer_tflite_model
+    )
+    servable.attach(
+      self._executor, self._batching_options, self.metrics.batch_observer(name, version)
+    )
+    try:
+      self._warm_up(servable)
+    except BaseException:
+      servable.close()
+      raise
+    return servable
+
+  def _warm_up(self, servable: servables.Servable) -> None:
+    """Replays assets.extra/tf_serving_warmup_requests, as TF Serving does at load."""
+    logs = warmup.read_warmup_requests(servable.path)
+    for log in logs:
+      kind = log.WhichOneof("log_type")
+      if kind == "predict_log":
+        self.service.predict(log.predict_log.request, servable=servable).result()
+      elif kind == "classify_log":
+        self.service.classify(log.classify_log.request, servable=servable).result()
+      else:
+        raise ValueError(f"Unsupported warmup record type {kind!r} in {servable.path}.")
+    if logs:
+      logging.info(
+        "Finished reading warmup data for model %s version %d: %d records",
+        servable.name,
+        servable.version,
+        len(logs),
+      )
+
+  def _configure_tensorflow(self) -> None:
+    options = self._options
+    try:
+      if options.tensorflow_intra_op_parallelism:
+        tf.config.threading.set_intra_op_parallelism_threads(
+          options.tensorflow_intra_op_parallelism
+        )
+      if options.tensorflow_inter_op_parallelism:
+        tf.config.threading.set_inter_op_parallelism_threads(
+          options.tensorflow_inter_op_parallelism
+        )
+    except RuntimeError:
+      logging.warning("TensorFlow is already initialised; its thread pools keep their size.")
+
+  def start(self) -> None:
+    """Loads the models, then starts serving; returns once the ports are bound.
+
+    Raises:
+      RuntimeError: if a port cannot be bound.
+    """
+    self._configure_tensorflow()
+    self._executor = concurrent.futures.ThreadPoolExecutor(
+      _REQUEST_THREADS, thread_name_prefix="request"
+    )
+    self.manager.start()
+    self._loop = asyncio.new_event_loop()
+    self._loop_thread = threading.Thread(
+      target=self._loop.run_forever, name="grpc-server", daemon=True
+    )
+    self._loop_thread.start()
+    self.grpc_port = asyncio.run_coroutine_threadsafe(self._start_grpc(), self._loop).result()
+    logging.info("Running gRPC ModelServer at %s:%d ...", self._options.host, self.grpc_port)
+    if self._options.rest_api_port:
+      prometheus = self._monitoring.prometheus_config
+      api = rest_api.RestApi(
+        self.service,
+        self.metrics,
+        prometheus_path=prometheus.path if prometheus.enable else "",
+        timeout_seconds=self._options.rest_api_timeout_in_ms / 1e3,
+      )
+      self._rest_server = rest_api.RestServer(
+        api,
+        self._options.host,
+        self._options.rest_api_port,
+        num_threads=self._options.rest_api_num_threads,
+      )
+      self._rest_server.start()
+      self.rest_port = self._rest_server.port
+      logging.info("Exporting HTTP/REST API at %s:%d ...", self._options.host, self.rest_port)
+    if self._options.model_config_file and self._options.model_config_file_poll_wait_seconds > 0:
+      self._config_thread = threading.Thread(
+        target=self._poll_config, daemon=True, name="config-poller"
+      )
+      self._config_thread.start()
+
+  async def _start_grpc(self) -> int:
+    options = [
+      ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+      ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ] + _channel_arguments(self._options.grpc_channel_arguments)
+    self._grpc_server = grpc.aio.server(
+      options=options, maximum_concurrent_rpcs=self._options.grpc_max_concurrent_rpcs
+    )
+    grpc_service.add_services(self._grpc_server, self.service, self.manager, self.metrics)
+    address = f"{self._options.host}:{self._options.port}"
+    if self._ssl is not None:
+      credentials = grpc.ssl_server_credentials(
+        [(self._ssl.server_key.encode(), self._ssl.server_cert.encode())],
+        root_certificates=self._ssl.custom_ca.encode() or None,
+        require_client_auth=self._ssl.client_verify,
+      )
+      port = self._grpc_server.add_secure_port(address, credentials)
+    else:
+      port = self._grpc_server.add_insecure_port(address)
+    if not port:
+      raise RuntimeError(f"Could not bind the gRPC port {address}.")
+    await self._grpc_server.start()
+    return port
+
+  def _poll_config(self) -> None:
+    path = self._options.model_config_file
+    with tf.io.gfile.GFile(path, "r") as f:
+      last = f.read()
+    while not self._stopped.wait(self._options.model_config_file_poll_wait_seconds):
+      try:
+        with tf.io.gfile.GFile(path, "r") as f:
+          text = f.read()
+        if text != last:
+          config = server_config.parse_text_proto(
+            text, server_config.model_server_config_pb2.ModelServerConfig(), path
+          )
+          self.manager.reload_config(config)
+          last = text
+          logging.info("Reloaded the model config from %s", path)
+      except Exception:  # A bad edit must not stop the server.
+        logging.exception("Reloading the model config from %s failed", path)
+
+  def stop(self, grace_seconds: float = 5.0) -> None:
+    """Stops taking requests, lets in-flight ones finish, and unloads the models."""
+    if self._stopped.is_set():
+      return
+    self._stopped.set()
+    if self._rest_server is not None:
+      self._rest_server.stop()
+    if self._grpc_server is not None:
+      asyncio.run_coroutine_threadsafe(self._grpc_server.stop(grace_seconds), self._loop).result()
+    if self._loop is not None:
+      self._loop.call_soon_threadsafe(self._loop.stop)
+      self._loop_thread.join()
+      self._loop.close()
+    self.manager.stop()
+    if self._executor is not None:
+      self._executor.shutdown(wait=True)
+    if self._config_thread is not None:
+      self._config_thread.join()
+
+  def wait(self) -> None:
+    """Blocks until `stop`."""
+    self._stopped.wait()
+
+
+def _bool(value: str) -> bool:
+  if value.lower() in ("1", "true", "yes"):
+    return True
+  if value.lower() in ("0", "false", "no"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def parse_flags(argv: Optional[Sequence[str]] = None) -> ServerOptions:
+  """Parses tensorflow_model_server's flags into ServerOptions."""
+  defaults = ServerOptions()
+  parser = argparse.ArgumentParser(
+    prog="python -m serving.server",
+    description="A model server with TensorFlow Serving's gRPC and REST APIs.",
+  )
+
+  def flag(name, kind, help_text):
+    kwargs = dict(default=getattr(defaults, name), help=f"{help_text} (default: %(default)s)")
+    if kind is bool:
+      kwargs.update(type=_bool, nargs="?", const=True, metavar="true|false")
+    else:
+      kwargs.update(type=kind)
+    parser.add_argument(f"--{name}", **kwargs)
+
+  flag("port", int, "Port for the gRPC API.")
+  flag("rest_api_port", int, "Port for the HTTP/REST API; 0 turns it off.")
+  flag("host", str, "Address to bind (tensorflow_model_server binds all).")
+  flag("model_name", str, "Name of the model (ignored with --model_config_file).")
+  flag(
+    "model_base_path",
+    str,
+    "Directory of numbered version directories (ignored with --model_config_file).",
+  )
+  flag(
+    "model_config_file",
+    str,
+    "A ModelServerConfig text proto: several models, version policies, labels.",
+  )
+  flag(
+    "model_config_file_poll_wait_seconds",
+    float,
+    "Re-read --model_config_file this often; 0 reads it once.",
+  )
+  flag(
+    "file_system_poll_wait_seconds",
+    float,
+    "Poll the base paths for new versions this often; 0 polls once.",
+  )
+  flag("enable_batching", bool, "Batch requests together (see --batching_parameters_file).")
+  flag("batching_parameters_file", str, "A BatchingParameters text proto.")
+  flag(
+    "monitoring_config_file",
+    str,
+    "A MonitoringConfig text proto; turns on Prometheus metrics on the REST port.",
+  )
+  flag("ssl_config_file", str, "An SSLConfig text proto for the gRPC port.")
+  flag("max_num_load_retries", int, "Times a failed version load is retried.")
+  flag("load_retry_interval_micros", int, "Wait before retrying a failed load.")
+  flag(
+    "prefer_tflite_model", bool, "Serve model.tflite when a version holds it next to a SavedModel."
+  )
+  flag("rest_api_num_threads", int, "Connections the REST API serves at once.")
+  flag("rest_api_timeout_in_ms", int, "Timeout of a REST request.")
+  flag("tensorflow_intra_op_parallelism", int, "TensorFlow intra-op threads; 0: auto.")
+  flag("tensorflow_inter_op_parallelism", int, "TensorFlow inter-op threads; 0: auto.")
+  flag("grpc_channel_arguments", str, "gRPC server arguments, as key=value,key=value.")
+  flag("grpc_max_concurrent_rpcs", int, "Requests in progress before RESOURCE_EXHAUSTED.")
+  args = parser.parse_args(argv)
+  options = ServerOptions(**vars(args))
+  if not options.model_base_path and not options.model_config_file:
+    parser.error("set --model_base_path (with --model_name) or --model_config_file.")
+  return options
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  options = parse_flags(argv)
+  server = ModelServer(options)
+  stop_requested = threading.Event()
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, lambda *_: stop_requested.set())
+  server.start()
+  print(
+    f"Serving gRPC on {options.host}:{server.grpc_port}"
+    + (f", REST on {options.host}:{server.rest_port}" if server.rest_port else ""),
+    flush=True,
+  )
+  stop_requested.wait()
+  logging.info("Shutting down")
+  server.stop()
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

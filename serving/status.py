@@ -1,0 +1,85 @@
+"""Request errors with TensorFlow Serving's status codes, for gRPC and REST alike."""
+
+import http
+import re
+
+import grpc
+import tensorflow as tf
+
+# tensorflow_serving/model_servers/http_server.cc ToHTTPStatusCode.
+_HTTP_STATUS = {
+  grpc.StatusCode.OK: http.HTTPStatus.OK,
+  grpc.StatusCode.CANCELLED: 499,  # Client closed request (nginx's code).
+  grpc.StatusCode.UNKNOWN: http.HTTPStatus.INTERNAL_SERVER_ERROR,
+  grpc.StatusCode.INVALID_ARGUMENT: http.HTTPStatus.BAD_REQUEST,
+  grpc.StatusCode.DEADLINE_EXCEEDED: http.HTTPStatus.GATEWAY_TIMEOUT,
+  grpc.StatusCode.NOT_FOUND: http.HTTPStatus.NOT_FOUND,
+  grpc.StatusCode.ALREADY_EXISTS: http.HTTPStatus.CONFLICT,
+  grpc.StatusCode.PERMISSION_DENIED: http.HTTPStatus.FORBIDDEN,
+  grpc.StatusCode.RESOURCE_EXHAUSTED: http.HTTPStatus.TOO_MANY_REQUESTS,
+  grpc.StatusCode.FAILED_PRECONDITION: http.HTTPStatus.BAD_REQUEST,
+  grpc.StatusCode.ABORTED: http.HTTPStatus.CONFLICT,
+  grpc.StatusCode.OUT_OF_RANGE: http.HTTPStatus.BAD_REQUEST,
+  grpc.StatusCode.UNIMPLEMENTED: http.HTTPStatus.NOT_IMPLEMENTED,
+  grpc.StatusCode.INTERNAL: http.HTTPStatus.INTERNAL_SERVER_ERROR,
+  grpc.StatusCode.UNAVAILABLE: http.HTTPStatus.SERVICE_UNAVAILABLE,
+  grpc.StatusCode.DATA_LOSS: http.HTTPStatus.INTERNAL_SERVER_ERROR,
+  grpc.StatusCode.UNAUTHENTICATED: http.HTTPStatus.UNAUTHORIZED,
+}
+
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class ServingError(Exception):
+  """A request failed with a canonical status code and a message for the caller.
+
+  Attributes:
+    code: the `grpc.StatusCode`.
+    message: the message returned to the client.
+  """
+
+  def __init__(self, code: grpc.StatusCode, message: str):
+    super().__init__(f"{code.name}: {message}")
+    self.code = code
+    self.message = message
+
+  @property
+  def http_status(self) -> int:
+    """The HTTP status TensorFlow Serving's REST API answers this error with."""
+    return int(_HTTP_STATUS.get(self.code, http.HTTPStatus.INTERNAL_SERVER_ERROR))
+
+
+def invalid_argument(message: str) -> ServingError:
+  return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServingError:
+  return ServingError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def from_tf_error(error: tf.errors.OpError) -> ServingError:
+  """Maps a TensorFlow runtime error to the same status, as TF Serving does.
+
+  TensorFlow's error codes are the canonical codes gRPC uses, so an undecodable
+  tf.Example stays INVALID_ARGUMENT with TensorFlow's own message.
+  """
+  code = _CODE_BY_NUMBER.get(error.error_code, grpc.StatusCode.UNKNOWN)
+  # Keep the cause; drop the graph location and node traces (server-side detail).
+  lines = []
+  for line in error.message.split("\n"):
+    line = line.strip()
+    if not line or line.startswith(
+      ("Graph execution error", "Detected at node", "[[", "<stack traces unavailable>")
+    ):
+      continue
+    lines.append(line.split(" [[", 1)[0].strip())
+  message = " ".join(lines) or error.message
+  # Eager errors wrap the cause in the function and op names.
+  message = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", message)
+  message = re.sub(r"\s*\[Op:[^\]]*\]$", "", message)
+  return ServingError(code, message)
+
+
+def http_status(code: grpc.StatusCode) -> int:
+  """The HTTP status for a gRPC status code."""
+  return int(_HTTP_STATUS.get(code, http.HTTPStatus.INTERNAL_SERVER_ERROR))

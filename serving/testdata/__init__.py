@@ -1,0 +1,1 @@
+"""Canned test models for the serving tests, built by a script at test time."""

@@ -1,0 +1,1 @@
+"""Tests of the model server, its client and its deployment files."""

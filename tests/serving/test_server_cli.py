@@ -1,0 +1,105 @@
+"""`python -m serving.server` and `python -m serving.client` as processes."""
+
+import os
+import subprocess
+import sys
+
+import portpicker
+import pytest
+import tensorflow as tf
+
+from serving import server as server_lib
+from tests.serving import conftest
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_flags_have_tf_serving_names_and_defaults():
+  options = server_lib.parse_flags(
+    [
+      "--model_base_path=/m",
+      "--enable_batching",
+      "--rest_api_port=0",
+      "--prefer_tflite_model=false",
+    ]
+  )
+  assert (options.port, options.rest_api_port, options.model_name) == (8500, 0, "default")
+  assert options.enable_batching and not options.prefer_tflite_model
+  assert options.file_system_poll_wait_seconds == 1
+  with pytest.raises(SystemExit):
+    server_lib.parse_flags([])  # Neither a base path nor a config file.
+
+
+@pytest.mark.e2e
+def test_server_and_client_processes(canned, examples, tmp_path):
+  grpc_port, rest_port = portpicker.pick_unused_port(), portpicker.pick_unused_port()
+  env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+  log = open(tmp_path / "server.log", "w")
+  server = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "serving.server",
+      f"--port={grpc_port}",
+      f"--rest_api_port={rest_port}",
+      "--host=127.0.0.1",
+      f"--model_name={conftest.MODEL_NAME}",
+      f"--model_base_path={canned.base_path}",
+    ],
+    cwd=_REPO_ROOT,
+    env=env,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+  )
+  try:
+    conftest.wait_for_server_ready(f"127.0.0.1:{grpc_port}")
+    examples_file = tmp_path / "examples.tfrecord"
+    with tf.io.TFRecordWriter(str(examples_file)) as writer:
+      for example in examples[:3]:
+        writer.write(example)
+    result = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "serving.client",
+        f"--server=127.0.0.1:{grpc_port}",
+        f"--examples={examples_file}",
+      ],
+      cwd=_REPO_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+  finally:
+    server.terminate()
+    assert server.wait(60) == 0  # SIGTERM shuts down gracefully.
+    log.close()
+  assert (
+    "Unloaded servable version {name: next_category version: 1}"
+    in (tmp_path / "server.log").read_text()
+  )
+
+
+def test_help():
+  result = subprocess.run(
+    [sys.executable, "-m", "serving.server", "--help"],
+    cwd=_REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 0
+  for flag in (
+    "--port",
+    "--rest_api_port",
+    "--model_config_file",
+    "--enable_batching",
+    "--batching_parameters_file",
+    "--monitoring_config_file",
+    "--ssl_config_file",
+    "--file_system_poll_wait_seconds",
+  ):
+    assert flag in result.stdout
