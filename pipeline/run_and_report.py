@@ -5,10 +5,13 @@ read from ML Metadata, and on failure a non-zero exit whose last line names the
 component that failed.
 """
 
+import os
 import sys
 
+import tensorflow as tf
 from tfx import v1 as tfx
 
+from components.anomaly_gate import anomalies
 from pipeline import configs
 from pipeline import run_summary
 from pipeline import runner_flags
@@ -43,6 +46,12 @@ def run(dag_runner, argv=None, description: str = "") -> int:
   except ValueError:
     summary = None
   if summary is not None:
+    if not summary.reports:
+      # AnomalyGate writes its reports before it fails the run, when ML
+      # Metadata records no output of it.
+      summary.reports = sorted(
+        tf.io.gfile.glob(os.path.join(os.path.abspath(paths.reports_dir), summary.run_id, "*.html"))
+      )
     print("\n" + run_summary.format_summary(summary))
   if error is not None:
     failed = [
@@ -52,10 +61,16 @@ def run(dag_runner, argv=None, description: str = "") -> int:
     ]
     where = f" in {', '.join(failed)}" if failed else ""
     message = str(error).strip().splitlines()
+    # AnomalyGate's error lists every anomaly, one per line: end with all of them.
+    gate_lines = anomalies.error_lines(str(error))
+    if gate_lines:
+      message = gate_lines[:1]
     print(
       f"\nERROR: pipeline {configs.PIPELINE_NAME} failed{where}: "
       f"{type(error).__name__}: {message[-1] if message else ''}",
       file=sys.stderr,
     )
+    for line in gate_lines[1:]:
+      print(line, file=sys.stderr)
     return 1
   return 0

@@ -6,6 +6,7 @@ per slice, whether the model was blessed, and where it was pushed.
 """
 
 import dataclasses
+import json
 import os
 from typing import Dict
 from typing import List
@@ -41,6 +42,12 @@ class RunSummary:
   blessed: Optional[bool]
   pushed_path: Optional[str]
   pushed_version: Optional[str]
+  # AnomalyGate's record, when it finished: the kinds the run tolerated,
+  # (span, previous span or 0, [(feature, measure, value, threshold)]) of the
+  # drift check, and the HTML reports.
+  tolerated_kinds: List[str] = dataclasses.field(default_factory=list)
+  drift: Optional[Tuple[int, int, List[Tuple[str, str, float, float]]]] = None
+  reports: List[str] = dataclasses.field(default_factory=list)
 
   def component(self, node_id: str) -> Optional[ComponentRun]:
     for run in self.components:
@@ -158,6 +165,17 @@ def summarize(
   for run in components:
     for artifact in run.outputs.get("anomalies", []):
       summary.anomalies.update(_read_anomalies(artifact))
+    for artifact in run.outputs.get("validation", []):
+      # AnomalyGate's: drift anomalies as split "drift", and its record.
+      summary.anomalies.update(_read_anomalies(artifact))
+      props = artifact.custom_properties
+      summary.tolerated_kinds = json.loads(props["tolerated_anomalies"].string_value)
+      summary.drift = (
+        artifact.properties["span"].int_value,
+        props["previous_span"].int_value,
+        [tuple(m) for m in json.loads(props["drift"].string_value)],
+      )
+      summary.reports = json.loads(props["reports"].string_value)
     for artifact in run.outputs.get("evaluation", []):
       summary.slice_metrics = _read_slice_metrics(artifact)
     for artifact in run.outputs.get("blessing", []):
@@ -181,7 +199,26 @@ def format_summary(summary: RunSummary) -> str:
   lines.append(f"Data anomalies: {total if summary.anomalies else 'not checked'}")
   for split, rows in sorted(summary.anomalies.items()):
     for feature, kind, description in rows:
-      lines.append(f"  [{split}] {feature}: {kind}: {description}")
+      tolerated = kind in summary.tolerated_kinds or f"{feature}:{kind}" in summary.tolerated_kinds
+      lines.append(
+        f"  [{split}] {feature}: {kind}: {description}{' (tolerated)' if tolerated else ''}"
+      )
+  if summary.tolerated_kinds:
+    lines.append(f"Tolerated anomaly kinds: {', '.join(summary.tolerated_kinds)}")
+  gate = summary.component("AnomalyGate")
+  if gate is not None and gate.state == "FAILED":
+    lines.append("Drift and AnomalyGate's verdict: the gate stopped the run, see the end.")
+  if summary.drift is not None:
+    span, previous_span, measurements = summary.drift
+    if not previous_span:
+      lines.append(f"Drift: span {span} is the first span, nothing to compare with")
+    else:
+      lines.append(f"Drift: span {span} (train split) against span {previous_span}:")
+      for feature, measure, value, threshold in measurements:
+        verdict = "OVER" if value > threshold else "ok"
+        lines.append(
+          f"  {feature:<14} {measure:<26} {value:9.6f}  threshold {threshold:g}  {verdict}"
+        )
   if summary.slice_metrics:
     lines += [
       "",
@@ -203,4 +240,6 @@ def format_summary(summary: RunSummary) -> str:
     lines.append(f"Pushed: {summary.pushed_path} (version {summary.pushed_version})")
   else:
     lines.append("Pushed: nothing")
+  if summary.reports:
+    lines += ["", "Reports:"] + [f"  {path}" for path in summary.reports]
   return "\n".join(lines)

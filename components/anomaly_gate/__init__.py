@@ -1,0 +1,1 @@
+"""AnomalyGate: data anomalies and drift stop the pipeline before training."""
