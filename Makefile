@@ -20,11 +20,30 @@ SPAN ?= 1
 DRIFT ?=
 NUM_EXAMPLES ?= 50000
 PYTEST_ARGS ?=
+SERVING_PORT ?= 8500
+REST_PORT ?= 8501
+# Anomaly kinds the validation gate accepts (KIND or feature:KIND, comma-separated).
+TOLERATE_ANOMALIES ?=
+# Ingest this span instead of the latest (SPAN is the span `make data` writes).
+RUN_SPAN ?=
+# Logged serving requests for `make skew-report`.
+SERVING_DATA ?=
+# Kubeflow: the pipeline image, where components keep their data, the KFP API.
+IMAGE ?= next-category-pipeline:0.1.0
+KFP_STORAGE_ROOT ?=
+KFP_HOST ?=
+EXPERIMENT ?= next-category
+RUN_NAME ?=
+BEAM_ARGS ?=
 
 RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --preset=$(PRESET) \
-	$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) --num_workers=$(NUM_WORKERS)
+	$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) --num_workers=$(NUM_WORKERS) \
+	$(if $(TOLERATE_ANOMALIES),--tolerate_anomalies=$(TOLERATE_ANOMALIES)) \
+	$(if $(RUN_SPAN),--span=$(RUN_SPAN))
 
-.PHONY: install lock data run test test-fast lint format bench-train clean
+.PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
+	kubeflow-submit skew-report \
+	serve query bench-serving bench-tflite
 
 install: $(STAMP)
 
@@ -75,6 +94,45 @@ format: install
 
 bench-train: install
 	$(PY) -m bench.train_input --preset=$(PRESET)
+
+bench-serving: install
+	$(PY) -m bench.serving_bench --preset=$(PRESET)
+
+bench-tflite: install
+	$(PY) -m bench.tflite_bench --preset=$(PRESET)
+
+# Serves the pushed models over TensorFlow Serving's gRPC and REST APIs.
+serve: install
+	$(PY) -m serving.server --port=$(SERVING_PORT) --rest_api_port=$(REST_PORT) \
+		--model_name=next_category --model_base_path=$(abspath $(OUTPUT_ROOT))/serving/next_category \
+		--enable_batching --batching_parameters_file=serving/batching_parameters.txt \
+		--monitoring_config_file=serving/monitoring.config
+
+# Asks the running server for the top categories of a few dataset examples.
+query: install
+	$(PY) -m serving.client --server=localhost:$(SERVING_PORT) \
+		--examples=$(firstword $(wildcard $(DATA_ROOT)/span-*/data-*.tfrecord.gz)) --num_examples=5
+
+# Compares logged serving requests with the latest run's training statistics.
+skew-report: install
+	$(PY) -m pipeline.skew_report --serving_data='$(SERVING_DATA)' --output_root=$(OUTPUT_ROOT)
+
+# Builds the image every Kubeflow component runs in (needs a container engine).
+image:
+	docker build -t $(IMAGE) .
+
+# Compiles the same pipeline into a KFP v2 PipelineJob: OUTPUT_ROOT/kubeflow/pipeline.json.
+kubeflow: install
+	$(PY) -m pipeline.kubeflow_runner --output_root=$(OUTPUT_ROOT) --image=$(IMAGE) \
+		--preset=$(PRESET) --num_workers=$(NUM_WORKERS) \
+		$(if $(KFP_STORAGE_ROOT),--storage_root=$(KFP_STORAGE_ROOT)) \
+		$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) $(BEAM_ARGS)
+
+# Submits the compiled pipeline to the KFP v2 API at KFP_HOST.
+kubeflow-submit: install
+	$(PY) -m pipeline.kubeflow_submit --host=$(KFP_HOST) --output_root=$(OUTPUT_ROOT) \
+		--experiment_name=$(EXPERIMENT) $(if $(RUN_NAME),--run_name=$(RUN_NAME)) \
+		$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS))
 
 clean:
 	rm -rf $(OUTPUT_ROOT) .pytest_cache

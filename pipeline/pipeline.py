@@ -14,6 +14,9 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
+from components.anomaly_gate.component import AnomalyGate
+from components.tflite_converter.component import TFLiteConverter
+
 
 def _eval_config(
   label_key: str,
@@ -75,6 +78,11 @@ def create_pipeline(
   accuracy_threshold: float,
   accuracy_change_threshold: float = -1e-10,
   input_pattern: str = "span-{SPAN}/*",
+  span: Optional[int] = None,
+  tolerated_anomalies: Sequence[str] = (),
+  report_dir: Optional[str] = None,
+  tflite_push_base_directory: Optional[str] = None,
+  tflite_max_accuracy_drop: float = 1.0,
   train_hash_buckets: int = 4,
   eval_hash_buckets: int = 1,
   slice_features: Sequence[str] = ("user_segment", "city_tier"),
@@ -99,6 +107,16 @@ def create_pipeline(
     accuracy_change_threshold: minimum accuracy difference to the latest
       blessed model (a small negative number means "no worse").
     input_pattern: file pattern under `data_root`, with `{SPAN}`.
+    span: the span to ingest; None ingests the latest one.
+    tolerated_anomalies: anomaly kinds (or `feature:KIND`) that do not stop
+      the run before training; they are still reported.
+    report_dir: where AnomalyGate writes HTML reports of statistics, drift
+      and anomalies, one directory per run; None writes none.
+    tflite_push_base_directory: base path the int8 TFLite model is shipped to
+      (`<base>/<version>/model.tflite`, the Pusher's version); None leaves the
+      TFLite conversion out of the pipeline.
+    tflite_max_accuracy_drop: largest top-1 accuracy drop (points) of the
+      int8 model against the SavedModel for it to be shipped.
     train_hash_buckets: hash buckets of the train split.
     eval_hash_buckets: hash buckets of the eval split.
     slice_features: features the Evaluator slices by (each, and all crossed).
@@ -123,12 +141,22 @@ def create_pipeline(
     raise ValueError(
       f"input_pattern must contain {{SPAN}} to read span directories, got {input_pattern!r}."
     )
+  if span is not None and span < 1:
+    raise ValueError(f"span must be a span number of at least 1, got {span}.")
 
   # Reads the latest span's TFRecords and splits them train:eval by hash.
   example_gen = tfx.components.ImportExampleGen(
     input_base=data_root,
     input_config=tfx.proto.Input(
       splits=[tfx.proto.Input.Split(name="single_split", pattern=input_pattern)]
+    ),
+    # A pinned span instead of the latest one.
+    range_config=(
+      tfx.proto.RangeConfig(
+        static_range=tfx.proto.StaticRange(start_span_number=span, end_span_number=span)
+      )
+      if span is not None
+      else None
     ),
     output_config=tfx.proto.Output(
       split_config=tfx.proto.SplitConfig(
@@ -151,6 +179,18 @@ def create_pipeline(
     statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
   )
 
+  # Stops the run before training on anomalies or drift from the previous span.
+  anomaly_gate = AnomalyGate(
+    examples=example_gen.outputs["examples"],
+    statistics=statistics_gen.outputs["statistics"],
+    schema=schema_gen.outputs["schema"],
+    anomalies=example_validator.outputs["anomalies"],
+    input_base=data_root,
+    input_pattern=input_pattern,
+    tolerated_anomalies=tolerated_anomalies,
+    report_dir=report_dir,
+  )
+
   # Trains the Transformer under MultiWorkerMirroredStrategy.
   trainer = tfx.components.Trainer(
     run_fn=run_fn,
@@ -160,6 +200,8 @@ def create_pipeline(
     eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
     custom_config=dict(trainer_custom_config or {}),
   )
+  # The Trainer consumes no output of the gate, so the order is explicit.
+  trainer.add_upstream_node(anomaly_gate)
 
   # Finds the latest blessed model, the baseline a new model must not lose to.
   latest_blessed_model_resolver = tfx.dsl.Resolver(
@@ -187,19 +229,33 @@ def create_pipeline(
     ),
   )
 
+  components = [
+    example_gen,
+    statistics_gen,
+    schema_gen,
+    example_validator,
+    anomaly_gate,
+    trainer,
+    latest_blessed_model_resolver,
+    evaluator,
+    pusher,
+  ]
+  if tflite_push_base_directory:
+    # Converts the trained model to int8 TFLite, checks size, accuracy and
+    # latency against the SavedModel, and ships it under the Pusher's version.
+    tflite_converter = TFLiteConverter(
+      model=trainer.outputs["model"],
+      examples=example_gen.outputs["examples"],
+      pushed_model=pusher.outputs["pushed_model"],
+      push_base_directory=tflite_push_base_directory,
+      max_accuracy_drop=tflite_max_accuracy_drop,
+    )
+    components.append(tflite_converter)
+
   return tfx.dsl.Pipeline(
     pipeline_name=pipeline_name,
     pipeline_root=pipeline_root,
-    components=[
-      example_gen,
-      statistics_gen,
-      schema_gen,
-      example_validator,
-      trainer,
-      latest_blessed_model_resolver,
-      evaluator,
-      pusher,
-    ],
+    components=components,
     enable_cache=enable_cache,
     metadata_connection_config=metadata_connection_config,
     beam_pipeline_args=list(beam_pipeline_args or []),

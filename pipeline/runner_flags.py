@@ -14,8 +14,10 @@ from typing import Sequence
 
 from tfx import v1 as tfx
 
+from components.anomaly_gate import anomalies
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
+from pipeline import preflight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,21 @@ class RunPaths:
   @property
   def serving_model_dir(self) -> str:
     return os.path.join(self.output_root, "serving", configs.SERVING_MODEL_NAME)
+
+  @property
+  def tflite_model_dir(self) -> str:
+    return os.path.join(self.output_root, "tflite", configs.SERVING_MODEL_NAME)
+
+  @property
+  def reports_dir(self) -> str:
+    return os.path.join(self.output_root, "reports")
+
+
+def _tolerated_anomalies(text: str) -> List[str]:
+  try:
+    return anomalies.check_tolerated(text.split(","))
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def parse_args(argv: Optional[Sequence[str]], description: str):
@@ -79,6 +96,21 @@ def parse_args(argv: Optional[Sequence[str]], description: str):
   parser.add_argument(
     "--no_cache", action="store_true", help="Re-run every component even if unchanged."
   )
+  parser.add_argument(
+    "--span",
+    type=int,
+    default=None,
+    help="Ingest this span instead of the latest one (drift is measured against the span "
+    "before it).",
+  )
+  parser.add_argument(
+    "--tolerate_anomalies",
+    type=_tolerated_anomalies,
+    default=[],
+    metavar="KIND[,feature:KIND...]",
+    help="Data anomaly kinds that do not stop the run before training (still reported), "
+    "e.g. ENUM_TYPE_UNEXPECTED_STRING_VALUES or user_segment:COMPARATOR_L_INFTY_HIGH.",
+  )
   args, unknown = parser.parse_known_args(argv)
   stray = [a for a in unknown if not a.startswith("--")]
   if stray:
@@ -91,6 +123,8 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
 
   Raises:
     FileNotFoundError: if the data root or the schema does not exist.
+    preflight.BadInputError: if the input files cannot be read as the data
+      contract says (naming the file).
   """
   data_root = os.path.abspath(args.data_root)
   if not os.path.isdir(data_root):
@@ -101,6 +135,7 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
   schema_path = os.path.abspath(args.schema_path)
   if not os.path.isfile(schema_path):
     raise FileNotFoundError(f"Schema file {schema_path} does not exist.")
+  preflight.check_input(data_root, configs.INPUT_PATTERN, schema_path, span=args.span)
   paths = RunPaths(os.path.abspath(args.output_root))
   return pipeline_lib.create_pipeline(
     pipeline_name=configs.PIPELINE_NAME,
@@ -114,6 +149,10 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
     accuracy_threshold=args.accuracy_threshold,
     accuracy_change_threshold=configs.EVAL_ACCURACY_CHANGE_THRESHOLD,
     input_pattern=configs.INPUT_PATTERN,
+    span=args.span,
+    tolerated_anomalies=args.tolerate_anomalies,
+    report_dir=paths.reports_dir,
+    tflite_push_base_directory=paths.tflite_model_dir,
     train_hash_buckets=configs.TRAIN_HASH_BUCKETS,
     eval_hash_buckets=configs.EVAL_HASH_BUCKETS,
     slice_features=configs.SLICE_FEATURES,

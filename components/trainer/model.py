@@ -21,6 +21,7 @@ from components.trainer import features
 from components.trainer import layers
 from components.trainer import multi_worker
 from components.trainer import presets
+from serving import warmup
 
 # Examples buffered for shuffling; the default dataset's train split fits.
 _SHUFFLE_BUFFER = 50_000
@@ -30,6 +31,8 @@ _PARSE_BATCH = 512
 # longest in their batch: most histories are far shorter than the maximum,
 # and the encoder's cost grows with the padded length.
 _LENGTH_BUCKET_BOUNDARIES = (9, 17, 33)
+# Requests written to the SavedModel's assets.extra for TensorFlow Serving warmup.
+_WARMUP_EXAMPLES = 8
 
 
 def input_fn(
@@ -195,6 +198,17 @@ def make_serving_signatures(
   }
 
 
+def _warmup_examples(file_pattern: List[str]) -> List[bytes]:
+  """A few serialized eval examples without their label, as clients send them."""
+  files = sorted(f for pattern in file_pattern for f in tf.io.gfile.glob(pattern))
+  examples = []
+  for record in tf.data.TFRecordDataset(files[:1], compression_type="GZIP").take(_WARMUP_EXAMPLES):
+    example = tf.train.Example.FromString(record.numpy())
+    del example.features.feature[constants.LABEL_KEY]
+    examples.append(example.SerializeToString())
+  return examples
+
+
 def _is_chief(strategy: tf.distribute.Strategy) -> bool:
   resolver = strategy.cluster_resolver
   if resolver is None or not resolver.task_type:
@@ -245,6 +259,10 @@ def train(fn_args: tfx.components.FnArgs) -> None:
     model = build_model(config)
 
   model_dir = _model_dir_for_worker(fn_args, strategy)
+  # Only the chief's logs go to the run directory TensorBoard reads.
+  log_dir = fn_args.model_run_dir
+  if not _is_chief(strategy):
+    log_dir = multi_worker.worker_dir(fn_args.model_run_dir, strategy.cluster_resolver.task_id)
   history = model.fit(
     train_dataset,
     epochs=1,
@@ -252,7 +270,7 @@ def train(fn_args: tfx.components.FnArgs) -> None:
     validation_data=eval_dataset,
     validation_steps=fn_args.eval_steps,
     callbacks=[
-      tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq=100),
+      tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=100),
       # A restarted worker resumes from the last backup instead of step 0.
       tf.keras.callbacks.BackupAndRestore(
         backup_dir=os.path.join(fn_args.model_run_dir, "backup"),
@@ -262,6 +280,9 @@ def train(fn_args: tfx.components.FnArgs) -> None:
     verbose=2,
   )
   model.save(model_dir, save_format="tf", signatures=make_serving_signatures(model))
+  # TensorFlow Serving replays these at load, so the first real request does
+  # not pay for tracing and graph optimisation.
+  warmup.write_warmup_requests(model_dir, _warmup_examples(fn_args.eval_files))
   if _is_chief(strategy):
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
       json.dump({k: [float(v) for v in values] for k, values in history.history.items()}, f)
@@ -275,6 +296,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
   (default 1) and `worker_timeout_seconds` (default 3600) for a local cluster.
   """
   custom_config = fn_args.custom_config or {}
+  # Fail on a bad preset here, before any worker process starts.
+  presets.get(custom_config.get("preset", "small"), **custom_config.get("hparams", {}))
   num_workers = int(custom_config.get("num_workers", 1))
   if num_workers < 1:
     raise ValueError(f"num_workers must be at least 1, got {num_workers}.")

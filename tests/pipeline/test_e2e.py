@@ -4,6 +4,7 @@ Checks executions through ML Metadata, the pushed model's serving signature,
 a second run served from cache, and a failing component's exit status.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -20,10 +21,12 @@ from tests import model_checks
 pytestmark = pytest.mark.e2e
 
 _NODES = {
+  "TFLiteConverter",
   "ImportExampleGen",
   "StatisticsGen",
   "ImportSchemaGen",
   "ExampleValidator",
+  "AnomalyGate",
   "Trainer",
   "latest_blessed_model_resolver",
   "Evaluator",
@@ -41,6 +44,8 @@ def _run_pipeline(data_root, output_root, *flags):
     "--preset=tiny",
     "--train_steps=60",
     "--eval_steps=4",
+    # A real two-process MultiWorkerMirroredStrategy cluster on loopback.
+    "--num_workers=2",
     "--direct_running_mode=in_memory",
     *flags,
   ]
@@ -83,6 +88,22 @@ def test_every_component_ran_and_a_model_was_pushed(first_run):
   assert f"Pushed: {summary.pushed_path} (version {summary.pushed_version})" in result.stdout
   base = os.path.join(output_root, "serving", configs.SERVING_MODEL_NAME)
   assert summary.pushed_path == os.path.join(base, summary.pushed_version)
+
+
+def test_tflite_model_was_converted_and_checked(first_run):
+  _, output_root, _ = first_run
+  (converter,) = [c for c in _summary(output_root).components if c.node_id == "TFLiteConverter"]
+  (artifact,) = converter.outputs["tflite_model"]
+  with open(os.path.join(artifact.uri, "metrics.json")) as f:
+    metrics = json.load(f)
+  assert metrics["size_bytes"]["int8_to_float_ratio"] < 0.3
+  pushed = artifact.custom_properties["pushed"].int_value
+  tflite_base = os.path.join(output_root, "tflite", configs.SERVING_MODEL_NAME)
+  if pushed:
+    version = artifact.custom_properties["pushed_version"].string_value
+    assert os.path.exists(os.path.join(tflite_base, version, "model.tflite"))
+  else:
+    assert artifact.custom_properties["reason"].string_value
 
 
 def test_pushed_model_answers_serving_default(first_run):

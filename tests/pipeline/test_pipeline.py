@@ -4,24 +4,12 @@ import pytest
 
 from pipeline import beam_runner
 from pipeline import configs
-from pipeline import pipeline as pipeline_lib
 from pipeline import runner_flags
+from tests.pipeline import pipelines
 
 
 def _create(**overrides):
-  settings = dict(
-    pipeline_name="p",
-    pipeline_root="/tmp/p",
-    data_root="/tmp/d",
-    schema_path=configs.SCHEMA_PATH,
-    run_fn=configs.RUN_FN,
-    serving_model_dir="/tmp/s",
-    train_steps=10,
-    eval_steps=2,
-    accuracy_threshold=0.5,
-  )
-  settings.update(overrides)
-  return pipeline_lib.create_pipeline(**settings)
+  return pipelines.create_test_pipeline(**overrides)
 
 
 def test_pipeline_has_every_component_wired():
@@ -32,20 +20,33 @@ def test_pipeline_has_every_component_wired():
     "StatisticsGen",
     "ImportSchemaGen",
     "ExampleValidator",
+    "AnomalyGate",
     "Trainer",
     "latest_blessed_model_resolver",
     "Evaluator",
     "Pusher",
   }
+  # The Trainer runs only after AnomalyGate passed.
   assert {c.id for c in components["Trainer"].upstream_nodes} == {
     "ImportExampleGen",
     "ImportSchemaGen",
+    "AnomalyGate",
   }
   assert {c.id for c in components["Pusher"].upstream_nodes} == {"Trainer", "Evaluator"}
   assert {c.id for c in components["Evaluator"].upstream_nodes} == {
     "ImportExampleGen",
     "Trainer",
     "latest_blessed_model_resolver",
+  }
+
+
+def test_tflite_conversion_follows_the_pusher_when_asked_for():
+  assert "TFLiteConverter" not in {c.id for c in _create().components}
+  components = {c.id: c for c in _create(tflite_push_base_directory="/tmp/t").components}
+  assert {c.id for c in components["TFLiteConverter"].upstream_nodes} == {
+    "ImportExampleGen",
+    "Trainer",
+    "Pusher",
   }
 
 

@@ -173,6 +173,11 @@ def test_run_fn_trains_and_exports(tmp_path):
   )
   assert out["probabilities"].shape == (3, constants.NUM_CATEGORIES)
   assert tf.io.gfile.glob(os.path.join(fn_args.model_run_dir, "train", "events.*"))
+  # Warmup requests for TensorFlow Serving, in its format, without labels.
+  from serving import warmup  # pylint: disable=g-import-not-at-top
+
+  records = list(tf.data.TFRecordDataset(warmup.warmup_file(fn_args.serving_model_dir)))
+  assert len(records) == 8
 
 
 def test_tiny_model_learns(tmp_path):

@@ -1,0 +1,71 @@
+"""The compiled Kubeflow package: where it is written, its runtime parameters, reading it back.
+
+Shared by `kubeflow_runner` (which writes the package) and `kubeflow_submit`
+(which starts runs of it); it imports neither TFX nor KFP, so submitting does
+not pay for importing TFX.
+"""
+
+import json
+import os
+from typing import Any
+from typing import Dict
+
+# The package is a KFP v2 PipelineJob (what Vertex AI Pipelines runs as is);
+# its `pipelineSpec` is the PipelineSpec the open-source KFP API takes.
+PACKAGE_DIR = "kubeflow"
+PACKAGE_FILENAME = "pipeline.json"
+
+# The Trainer's TrainArgs as a runtime parameter. TFX 1.16 cannot put a
+# runtime parameter inside a proto field, so the parameter is the whole
+# TrainArgs as JSON, e.g. {"num_steps": 400}.
+TRAIN_ARGS_PARAMETER = "train_args"
+
+
+def package_path(output_root: str) -> str:
+  """Where `kubeflow_runner` writes the package under OUTPUT_ROOT."""
+  return os.path.join(output_root, PACKAGE_DIR, PACKAGE_FILENAME)
+
+
+def train_args_value(train_steps: int) -> str:
+  """The `train_args` runtime parameter value for `train_steps` steps.
+
+  Raises:
+    ValueError: if `train_steps` is not positive.
+  """
+  if train_steps < 1:
+    raise ValueError(f"train_steps must be positive, got {train_steps}.")
+  return json.dumps({"num_steps": train_steps})
+
+
+def load(path: str) -> Dict[str, Any]:
+  """Reads a compiled package.
+
+  Returns:
+    The PipelineJob as a dict, with `pipelineSpec` and `runtimeConfig`.
+
+  Raises:
+    FileNotFoundError: if there is no package at `path`.
+    ValueError: if the file is not a PipelineJob with a pipeline spec.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+      f"No compiled pipeline at {path}; run `make kubeflow` (python -m "
+      "pipeline.kubeflow_runner) first, or pass --package=/path/to/pipeline.json."
+    )
+  with open(path) as f:
+    try:
+      job = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not JSON ({e}); expected a compiled PipelineJob.") from e
+  if not isinstance(job, dict) or "pipelineSpec" not in job:
+    raise ValueError(
+      f"{path} has no pipelineSpec; expected the PipelineJob that pipeline.kubeflow_runner writes."
+    )
+  job.setdefault("runtimeConfig", {})
+  return job
+
+
+def parameter_values(job: Dict[str, Any]) -> Dict[str, Any]:
+  """The runtime parameter values the package was compiled with."""
+  # Schema 2.1 (what kubeflow_runner compiles) keeps plain JSON values here.
+  return dict(job["runtimeConfig"].get("parameterValues", {}))
