@@ -43,7 +43,7 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --preset=$(PR
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
 	kubeflow-submit skew-report \
-	serve query bench-serving bench-tflite
+	serve query bench-serving bench-tflite bench-multi-worker
 
 install: $(STAMP)
 
@@ -94,6 +94,9 @@ format: install
 
 bench-train: install
 	$(PY) -m bench.train_input --preset=$(PRESET)
+
+bench-multi-worker: install
+	$(PY) -m bench.multi_worker --preset=$(PRESET)
 
 bench-serving: install
 	$(PY) -m bench.serving_bench --preset=$(PRESET)
