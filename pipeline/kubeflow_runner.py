@@ -22,7 +22,7 @@ from tfx import v1 as tfx
 from components.anomaly_gate import anomalies
 from pipeline import configs
 from pipeline import kubeflow_package
-from pipeline import pipeline as pipeline_lib
+from pipeline import runner_flags
 
 # KFP pipeline names allow only [a-z0-9-].
 KFP_PIPELINE_NAME = configs.PIPELINE_NAME.replace("_", "-")
@@ -176,34 +176,18 @@ def build_pipeline(args: argparse.Namespace, beam_pipeline_args: List[str]) -> t
     ValueError: for settings that cannot work.
   """
   paths = storage_paths(args)
-  pipeline = pipeline_lib.create_pipeline(
+  pipeline = runner_flags.create_pipeline_from_flags(
+    args,
+    beam_pipeline_args,
     pipeline_name=KFP_PIPELINE_NAME,
     pipeline_root=paths.pipeline_root,
     data_root=paths.data_root,
     schema_path=args.schema_path,
-    run_fn=configs.RUN_FN,
     serving_model_dir=paths.serving_model_dir,
-    train_steps=args.train_steps,
-    eval_steps=args.eval_steps,
-    accuracy_threshold=args.accuracy_threshold,
-    accuracy_change_threshold=configs.EVAL_ACCURACY_CHANGE_THRESHOLD,
-    input_pattern=configs.INPUT_PATTERN,
-    span=args.span,
-    tolerated_anomalies=args.tolerate_anomalies,
     report_dir=paths.reports_dir,
     tflite_push_base_directory=paths.tflite_model_dir,
-    train_hash_buckets=configs.TRAIN_HASH_BUCKETS,
-    eval_hash_buckets=configs.EVAL_HASH_BUCKETS,
-    slice_features=configs.SLICE_FEATURES,
-    trainer_custom_config={
-      "preset": args.preset,
-      "seed": configs.TRAINING_SEED,
-      "num_workers": args.num_workers,
-    },
-    enable_cache=not args.no_cache,
     # Kubeflow connects the components to its own ML Metadata store.
     metadata_connection_config=None,
-    beam_pipeline_args=beam_pipeline_args,
   )
   _read_train_args_at_run_time(pipeline, args.train_steps)
   return pipeline

@@ -137,13 +137,39 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
     raise FileNotFoundError(f"Schema file {schema_path} does not exist.")
   preflight.check_input(data_root, configs.INPUT_PATTERN, schema_path, span=args.span)
   paths = RunPaths(os.path.abspath(args.output_root))
-  return pipeline_lib.create_pipeline(
+  return create_pipeline_from_flags(
+    args,
+    beam_pipeline_args,
     pipeline_name=configs.PIPELINE_NAME,
     pipeline_root=paths.pipeline_root,
     data_root=data_root,
     schema_path=schema_path,
-    run_fn=configs.RUN_FN,
     serving_model_dir=paths.serving_model_dir,
+    report_dir=paths.reports_dir,
+    tflite_push_base_directory=paths.tflite_model_dir,
+    metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      paths.metadata_path
+    ),
+  )
+
+
+def create_pipeline_from_flags(
+  args: argparse.Namespace, beam_pipeline_args: List[str], **locations
+) -> tfx.dsl.Pipeline:
+  """`create_pipeline` with every setting that comes from flags or `configs`.
+
+  Shared by every runner, so they differ only in where things live.
+
+  Args:
+    args: flags as `parse_args` (or a runner's own parser) returns them.
+    beam_pipeline_args: arguments of the components' Beam pipelines.
+    **locations: the runner's `pipeline_name`, paths or URIs
+      (`pipeline_root`, `data_root`, `schema_path`, `serving_model_dir`,
+      `report_dir`, `tflite_push_base_directory`) and
+      `metadata_connection_config`.
+  """
+  return pipeline_lib.create_pipeline(
+    run_fn=configs.RUN_FN,
     train_steps=args.train_steps,
     eval_steps=args.eval_steps,
     accuracy_threshold=args.accuracy_threshold,
@@ -151,8 +177,6 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
     input_pattern=configs.INPUT_PATTERN,
     span=args.span,
     tolerated_anomalies=args.tolerate_anomalies,
-    report_dir=paths.reports_dir,
-    tflite_push_base_directory=paths.tflite_model_dir,
     train_hash_buckets=configs.TRAIN_HASH_BUCKETS,
     eval_hash_buckets=configs.EVAL_HASH_BUCKETS,
     slice_features=configs.SLICE_FEATURES,
@@ -162,8 +186,6 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
       "num_workers": args.num_workers,
     },
     enable_cache=not args.no_cache,
-    metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-      paths.metadata_path
-    ),
     beam_pipeline_args=beam_pipeline_args,
+    **locations,
   )
