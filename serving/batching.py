@@ -235,7 +235,11 @@ class BatchScheduler:
         batch.start = time.monotonic()
       batch.tasks.append(task)
       batch.size += size
-      self._cond.notify()
+      # A waiting batch thread only needs waking when a batch appears (its
+      # timeout starts) or fills up; waking it for every request costs each
+      # request a thread switch.
+      if len(batch.tasks) == 1 or batch.size >= self._options.max_batch_size:
+        self._cond.notify()
     return task.future
 
   def close(self, timeout: Optional[float] = 30.0) -> None:

@@ -3,8 +3,9 @@
 gRPC and REST both call these, so both check requests the same way and answer
 with TensorFlow Serving's status codes and messages (see
 `tensorflow_serving/servables/tensorflow/predict_util.cc` and friends).
-Predict and Classify return futures: with batching on, the work happens on
-batch threads.
+Predict and Classify return `Pending` results: with batching on, the model
+runs on batch threads, and the response is built by the request's own thread
+when it asks for the result.
 """
 
 import concurrent.futures
@@ -14,6 +15,7 @@ from typing import Dict
 from typing import Optional
 from typing import Sequence
 from typing import Tuple
+from typing import Union
 
 import grpc
 import numpy as np
@@ -117,20 +119,30 @@ def validate_inputs(
   return batch_size
 
 
-def _chain(future: concurrent.futures.Future, fn: Callable) -> concurrent.futures.Future:
-  """A future of `fn(future.result())`, computed on the thread that completes `future`."""
-  result = concurrent.futures.Future()
+class Pending:
+  """A response that is computed from a future's value when asked for.
 
-  def done(source):
-    try:
-      value = fn(source.result())
-    except BaseException as e:  # Hand every failure to the caller.
-      result.set_exception(e)
-    else:
-      result.set_result(value)
+  `fn` runs on the thread calling `result`, not on the batch thread that
+  completes the future: the batch thread, which every queued request waits
+  on, goes on to the next batch instead of building responses.
+  """
 
-  future.add_done_callback(done)
-  return result
+  def __init__(self, future: Union[concurrent.futures.Future, "Pending"], fn: Callable):
+    self._future = future
+    self._fn = fn
+
+  def result(self, timeout: Optional[float] = None):
+    """`fn(future.result(timeout))`.
+
+    Raises:
+      concurrent.futures.TimeoutError: if the future is not done in time.
+      Exception: whatever the future or `fn` raises.
+    """
+    return self._fn(self._future.result(timeout))
+
+  def cancel(self) -> bool:
+    """Cancels the work if it has not started (a batch skips a cancelled request)."""
+    return self._future.cancel()
 
 
 class InferenceService:
@@ -159,7 +171,7 @@ class InferenceService:
     output_filter: Sequence[str] = (),
     deadline: Optional[float] = None,
     servable: Optional[servables.Servable] = None,
-  ) -> Tuple[servables.Servable, str, concurrent.futures.Future]:
+  ) -> Tuple[servables.Servable, str, Pending]:
     """Validates and submits one request.
 
     Args:
@@ -172,7 +184,7 @@ class InferenceService:
         (warmup).
 
     Returns:
-      `(servable, signature name, future of the outputs)`.
+      `(servable, signature name, pending outputs)`.
 
     Raises:
       ServingError: for an invalid request, an unknown model, version or
@@ -202,9 +214,13 @@ class InferenceService:
             f"Model {target.name} version {target.version} is being unloaded.",
           ) from None
         continue
-      if aliases is not None:
-        future = _chain(future, lambda outputs, aliases=aliases: {a: outputs[a] for a in aliases})
-      return target, signature_name, future
+      if aliases is None:
+        return target, signature_name, Pending(future, lambda outputs: outputs)
+      return (
+        target,
+        signature_name,
+        Pending(future, lambda outputs, aliases=aliases: {a: outputs[a] for a in aliases}),
+      )
     raise AssertionError("unreachable")
 
   def predict(
@@ -212,14 +228,14 @@ class InferenceService:
     request: predict_pb2.PredictRequest,
     deadline: Optional[float] = None,
     servable: Optional[servables.Servable] = None,
-  ) -> concurrent.futures.Future:
-    """Predict: a future of the PredictResponse.
+  ) -> Pending:
+    """Predict: the pending PredictResponse.
 
     Raises:
       ServingError: as `run` does, and INVALID_ARGUMENT for a malformed tensor.
     """
     inputs = {alias: tensors.to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
-    target, signature_name, future = self.run(
+    target, signature_name, outputs = self.run(
       request.model_spec,
       request.model_spec.signature_name,
       inputs,
@@ -235,14 +251,14 @@ class InferenceService:
         tensors.fill_tensor_proto(array, response.outputs[alias])
       return response
 
-    return _chain(future, respond)
+    return Pending(outputs, respond)
 
   def classify(
     self,
     request: classification_pb2.ClassificationRequest,
     deadline: Optional[float] = None,
     servable: Optional[servables.Servable] = None,
-  ) -> concurrent.futures.Future:
+  ) -> Pending:
     """Classify over a signature taking serialized tf.Examples.
 
     The class scores come from the signature's `probabilities` output
@@ -281,7 +297,7 @@ class InferenceService:
     alias = next(iter(infos))
     serialized = np.empty(len(examples), dtype=object)
     serialized[:] = examples
-    target, signature_name, future = self.run(
+    target, signature_name, outputs = self.run(
       request.model_spec, signature_name, {alias: serialized}, (score_output,), deadline, servable
     )
 
@@ -301,7 +317,7 @@ class InferenceService:
           classifications.classes.add(label=label, score=score)
       return response
 
-    return _chain(future, respond)
+    return Pending(outputs, respond)
 
   def get_model_metadata(
     self, request: get_model_metadata_pb2.GetModelMetadataRequest

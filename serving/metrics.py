@@ -5,6 +5,8 @@ Exposed on the REST port at the path of the `--monitoring_config_file`
 as TensorFlow Serving reports them.
 """
 
+from typing import Dict
+
 import prometheus_client
 from tensorflow_serving.apis import get_model_status_pb2
 
@@ -36,6 +38,7 @@ class ServingMetrics:
 
   def __init__(self):
     self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
+    self._request_children: Dict[tuple, tuple] = {}
     self._requests = prometheus_client.Counter(
       ":tensorflow:serving:request_count",
       "Requests by model, version, API, entrypoint (GRPC or REST) and status.",
@@ -85,8 +88,16 @@ class ServingMetrics:
     status: str,
     latency_seconds: float,
   ) -> None:
-    self._requests.labels(model_name, model_version, api, entrypoint, status).inc()
-    self._latency.labels(model_name, api, entrypoint).observe(latency_seconds * 1e6)
+    key = (model_name, model_version, api, entrypoint, status)
+    children = self._request_children.get(key)
+    if children is None:
+      # `labels()` locks and validates on every call; each request would pay that twice.
+      children = self._request_children[key] = (
+        self._requests.labels(*key),
+        self._latency.labels(model_name, api, entrypoint),
+      )
+    children[0].inc()
+    children[1].observe(latency_seconds * 1e6)
 
   def batch_observer(self, model_name: str, model_version: int):
     """A `BatchObserver` recording the batches of one model version."""
