@@ -149,8 +149,6 @@ class _SignatureRunner:
     self._outputs = function.structured_outputs
     self._function = function
     self._frozen = None
-    if os.environ.get("NC_NO_FREEZE"):
-      return
     try:
       frozen = convert_to_constants.convert_variables_to_constants_v2(function)
     except Exception as e:  # Any failure leaves the function as loaded.
