@@ -116,10 +116,20 @@ class Runner:
     model_content: the TFLite model.
     num_threads: interpreter threads; 1 measures single-example latency on
       one core, as a phone or a sidecar would run it.
+    xnnpack: run with the interpreter's default XNNPACK delegate, as
+      `tf.lite.Interpreter` does unless told otherwise (and as the model is
+      served); False runs TFLite's builtin kernels only, for comparison.
   """
 
-  def __init__(self, model_content: bytes, num_threads: int = 1):
-    self.interpreter = tf.lite.Interpreter(model_content=model_content, num_threads=num_threads)
+  def __init__(self, model_content: bytes, num_threads: int = 1, xnnpack: bool = True):
+    resolver = tf.lite.experimental.OpResolverType
+    self.interpreter = tf.lite.Interpreter(
+      model_content=model_content,
+      num_threads=num_threads,
+      experimental_op_resolver_type=resolver.AUTO
+      if xnnpack
+      else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
     self.interpreter.allocate_tensors()
     runner = self.interpreter.get_signature_runner(SIGNATURE_KEY)
     self._inputs = {

@@ -1,70 +1,115 @@
 """Transformer encoder block: self-attention and feed-forward with residuals.
 
 The block is written in operations that TensorFlow Lite runs fast in full
-integer (int8) form as well as in float: every normalization and elementwise
-step lowers to an op XNNPACK's int8 path accepts, and padding is masked with a
-finite bias so the attention logits keep a range int8 can resolve (see
-`MASKED_LOGIT_BIAS`). The float model computes the same function as a textbook
-post-layer-norm encoder.
+integer (int8) form as well as in float. TFLite 2.16 has no XNNPACK int8
+kernel for SOFTMAX or RSQRT, and its own int8 kernels for them are slower than
+the float ones (softmax of the 2 x 50 x 50 attention logits: ~25 us in int8
+against ~15 us in float; one RSQRT: ~5 us against ~0.3 us). So:
+
+* attention weights are a sigmoid of the logits (LOGISTIC, which XNNPACK runs
+  in int8) instead of a softmax, with a bias of -log(number of real keys)
+  (Ramapuram et al., "Theory, Analysis, and Best Practices for Sigmoid
+  Self-Attention", ICLR 2025);
+* each layer normalization is a Dynamic Tanh, `gamma * tanh(alpha * x) +
+  beta` (Zhu et al., "Transformers without Normalization", CVPR 2025): MUL,
+  TANH and ADD, all XNNPACK int8 ops, instead of mean, variance and RSQRT.
+
+Padding is masked with a finite bias so the attention logits keep a range
+int8 can resolve (see `MASKED_LOGIT_BIAS`).
 """
 
 import math
 
-import numpy as np
 import tensorflow as tf
 
 # Added to the attention logits of padded keys. Large enough that a padded key
-# gets a weight below e^-20 of a real key's (padding does not change
-# predictions), small enough that int8 post-training quantization keeps ~0.15
-# resolution on real logits. With -1e9 (what Keras' MultiHeadAttention adds),
-# the calibrated int8 range of the masked logits is ~1e9 wide and every real
-# logit rounds to the same value: attention degenerates to a plain average.
+# gets a weight of about e^(logit - 30) (padding does not change predictions), small
+# enough that int8 post-training quantization keeps ~0.15 resolution on real
+# logits. With -1e9 (what Keras' MultiHeadAttention adds), the calibrated int8
+# range of the masked logits is ~1e9 wide and every real logit rounds to the
+# same value: attention degenerates to a plain average.
 MASKED_LOGIT_BIAS = -30.0
 
 
-def _mean_over_last_axis(x: tf.Tensor) -> tf.Tensor:
-  """Mean over the last axis, keeping it, as a product with a constant column.
+def _key_bias(padding_mask: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+  """[batch, length] bias of each key: -log(real keys in the row), or `MASKED_LOGIT_BIAS`.
 
-  `tf.reduce_mean(x, -1)` lowers to a TFLite MEAN over the innermost axis,
-  which XNNPACK does not take and whose int8 kernel is slow reference code
-  (~15 us per call here). A [width, 1] matmul lowers to a FULLY_CONNECTED that
-  XNNPACK runs in int8 and float, and 1/width quantizes exactly.
+  The -log(n) offset keeps the sigmoid weights of n keys summing to about 1
+  while the logits are near 0 (n * sigmoid(-log(n)) = n / (n + 1)), as a
+  softmax row does, whatever the history length. A lookup in a
+  constant row by an integer index rather than arithmetic on the mask: in
+  int8 TFLite the row is a quantized constant, so no float tensor is left in
+  the graph and no elementwise op runs on the mask.
   """
-  width = x.shape[-1]
-  return tf.matmul(x, tf.constant(np.full((width, 1), 1.0 / width), x.dtype))
+  valid = tf.cast(padding_mask, tf.int32)
+  count = tf.reduce_sum(valid, axis=1, keepdims=True)
+  # biases[n] = -log(n), and biases[0] = MASKED_LOGIT_BIAS for padded keys.
+  counts = tf.range(tf.shape(valid)[1] + 1)
+  biases = tf.where(
+    counts > 0,
+    -tf.math.log(tf.cast(tf.maximum(counts, 1), dtype)),
+    tf.constant(MASKED_LOGIT_BIAS, dtype),
+  )
+  return tf.gather(biases, valid * count)
 
 
-class _LayerNormalization(tf.keras.layers.LayerNormalization):
-  """`LayerNormalization` over the last axis, in ops that stay fast in int8 TFLite.
+class _DynamicTanh(tf.keras.layers.Layer):
+  """Dynamic Tanh (DyT): `gamma * tanh(alpha * x) + beta`, in place of layer normalization.
 
-  Same weights, configuration and function as the Keras layer (for the
-  last-axis, center-and-scale case the encoder uses), but the two means are
-  matmuls with a constant column (see `_mean_over_last_axis`) and the variance
-  is not a SQUARED_DIFFERENCE: TFLite 2.16 has no XNNPACK int8 path for MEAN
-  over the last axis or SQUARED_DIFFERENCE, and their reference int8 kernels
-  made one Keras layer norm cost ~30 us in int8 against ~4 us this way.
+  `alpha` is a learned scalar, `gamma` and `beta` learned per channel, as in
+  "Transformers without Normalization". tanh squashes large activations the way
+  normalization bounds them, without per-position statistics; in int8 TFLite
+  it is four XNNPACK ops (MUL, TANH, MUL, ADD), where a layer normalization
+  needs a mean, a variance and an RSQRT that XNNPACK does not run in int8.
+  (XNNPACK declines the int8 ADD of `beta` when beta's quantization scale is
+  below ~1/1000 of the output's, as in one block of the benchmarked model;
+  that ADD then runs TFLite's own int8 kernel.)
+
+  Args:
+    alpha_init: initial value of `alpha`.
+    **kwargs: passed to `tf.keras.layers.Layer`.
   """
+
+  def __init__(self, alpha_init=1.0, **kwargs):
+    super().__init__(**kwargs)
+    self.alpha_init = alpha_init
+
+  def build(self, input_shape):
+    self.alpha = self.add_weight(
+      name="alpha", shape=(), initializer=tf.keras.initializers.Constant(self.alpha_init)
+    )
+    self.gamma = self.add_weight(name="gamma", shape=(input_shape[-1],), initializer="ones")
+    self.beta = self.add_weight(name="beta", shape=(input_shape[-1],), initializer="zeros")
+    super().build(input_shape)
 
   def call(self, inputs):
-    centered = inputs - _mean_over_last_axis(inputs)
-    variance = _mean_over_last_axis(centered * centered)
-    return centered * tf.math.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+    return tf.tanh(self.alpha * inputs) * self.gamma + self.beta
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({"alpha_init": self.alpha_init})
+    return config
 
 
 @tf.keras.utils.register_keras_serializable(package="next_category")
 class TransformerEncoder(tf.keras.layers.Layer):
-  """One Transformer encoder block (post-layer-norm, as in "Attention Is All You Need").
+  """One Transformer encoder block, post-normalization as in "Attention Is All You Need".
 
   Multi-head self-attention, then a two-layer feed-forward network; each
-  sub-layer has dropout, a residual connection and layer normalization.
-  Padded positions are never attended to: their keys get `MASKED_LOGIT_BIAS`.
+  sub-layer has dropout and a residual connection followed by a Dynamic Tanh
+  (DyT), the normalization-free stand-in for layer normalization. Attention
+  weights are `sigmoid(q.k / sqrt(head_dim) - log(n))` over the n real keys
+  (sigmoid attention) rather than a softmax; both choices keep the int8 TFLite
+  model on XNNPACK's integer kernels (see the module docstring). Padded
+  positions are never attended to: their keys get `MASKED_LOGIT_BIAS`.
 
   Args:
     intermediate_dim: width of the feed-forward network's hidden layer.
     num_heads: number of attention heads; must divide the input width.
     dropout: dropout rate for attention weights and sub-layer outputs.
     activation: activation of the feed-forward hidden layer.
-    layer_norm_epsilon: epsilon of both layer normalizations.
+    normalization_alpha_init: initial `alpha` of both Dynamic Tanh
+      normalizations (`gamma * tanh(alpha * x) + beta`).
     **kwargs: passed to `tf.keras.layers.Layer`.
 
   Example:
@@ -82,7 +127,7 @@ class TransformerEncoder(tf.keras.layers.Layer):
     num_heads,
     dropout=0.0,
     activation="relu",
-    layer_norm_epsilon=1e-5,
+    normalization_alpha_init=1.0,
     **kwargs,
   ):
     super().__init__(**kwargs)
@@ -90,7 +135,7 @@ class TransformerEncoder(tf.keras.layers.Layer):
     self.num_heads = num_heads
     self.dropout = dropout
     self.activation = activation
-    self.layer_norm_epsilon = layer_norm_epsilon
+    self.normalization_alpha_init = normalization_alpha_init
     self.supports_masking = True
 
   def build(self, input_shape):
@@ -110,9 +155,7 @@ class TransformerEncoder(tf.keras.layers.Layer):
       dense.build(input_shape)
     self.attention_weights_dropout = tf.keras.layers.Dropout(self.dropout)
     self.attention_dropout = tf.keras.layers.Dropout(self.dropout)
-    self.attention_norm = _LayerNormalization(
-      epsilon=self.layer_norm_epsilon, name="attention_norm"
-    )
+    self.attention_norm = _DynamicTanh(self.normalization_alpha_init, name="attention_norm")
     self.attention_norm.build(input_shape)
     self.intermediate_dense = tf.keras.layers.Dense(
       self.intermediate_dim, activation=self.activation, name="intermediate_dense"
@@ -121,7 +164,7 @@ class TransformerEncoder(tf.keras.layers.Layer):
     self.output_dense = tf.keras.layers.Dense(hidden_dim, name="output_dense")
     self.output_dense.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
     self.output_dropout = tf.keras.layers.Dropout(self.dropout)
-    self.output_norm = _LayerNormalization(epsilon=self.layer_norm_epsilon, name="output_norm")
+    self.output_norm = _DynamicTanh(self.normalization_alpha_init, name="output_norm")
     self.output_norm.build(input_shape)
     super().build(input_shape)
 
@@ -142,15 +185,11 @@ class TransformerEncoder(tf.keras.layers.Layer):
     query = self._split_heads(self.query_dense(inputs) * (1.0 / math.sqrt(self._head_dim)))
     key = self._split_heads(self.key_dense(inputs))
     value = self._split_heads(self.value_dense(inputs))
+    if padding_mask is None:
+      padding_mask = tf.ones(tf.shape(inputs)[:2], tf.bool)
     logits = tf.matmul(query, key, transpose_b=True)  # [batch, heads, query, key]
-    if padding_mask is not None:
-      # A lookup rather than a cast and multiply: in int8 TFLite the bias is a
-      # quantized constant row, so no float tensor is left in the graph.
-      key_bias = tf.gather(
-        tf.constant([MASKED_LOGIT_BIAS, 0.0], logits.dtype), tf.cast(padding_mask, tf.int32)
-      )
-      logits += key_bias[:, tf.newaxis, tf.newaxis, :]
-    weights = tf.nn.softmax(logits, axis=-1)
+    logits += _key_bias(padding_mask, logits.dtype)[:, tf.newaxis, tf.newaxis, :]
+    weights = tf.sigmoid(logits)
     weights = self.attention_weights_dropout(weights, training=training)
     attended = self._merge_heads(tf.matmul(weights, value))
     return self.attention_output_dense(attended)
@@ -171,7 +210,7 @@ class TransformerEncoder(tf.keras.layers.Layer):
         "num_heads": self.num_heads,
         "dropout": self.dropout,
         "activation": self.activation,
-        "layer_norm_epsilon": self.layer_norm_epsilon,
+        "normalization_alpha_init": self.normalization_alpha_init,
       }
     )
     return config

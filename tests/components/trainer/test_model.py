@@ -13,6 +13,7 @@ from components.trainer import features
 from components.trainer import layers
 from components.trainer import model as model_lib
 from components.trainer import presets
+from components.trainer.layers import transformer_encoder
 from dataset import clickstream
 from tests import model_checks
 
@@ -130,6 +131,33 @@ def test_serving_rejects_examples_without_required_features(tiny_model):
 def test_layer_config_round_trips(layer):
   config = layer.get_config()
   assert type(layer).from_config(config).get_config() == config
+
+
+def test_attention_key_bias_is_minus_log_of_real_keys_and_masks_padding():
+  bias = transformer_encoder._key_bias(
+    tf.constant([[True, True, False], [True, False, False]]), tf.float32
+  )
+  np.testing.assert_allclose(
+    bias.numpy(),
+    [
+      [-np.log(2.0), -np.log(2.0), transformer_encoder.MASKED_LOGIT_BIAS],
+      [0.0, transformer_encoder.MASKED_LOGIT_BIAS, transformer_encoder.MASKED_LOGIT_BIAS],
+    ],
+    rtol=1e-6,
+  )
+
+
+def test_dynamic_tanh_normalization_is_gamma_tanh_alpha_x_plus_beta():
+  norm = transformer_encoder._DynamicTanh(alpha_init=0.5)
+  norm.build((1, 2))
+  norm.gamma.assign([2.0, -1.0])
+  norm.beta.assign([0.0, 1.0])
+  np.testing.assert_allclose(
+    norm(tf.constant([[4.0, -2.0]])).numpy(),
+    [[2.0 * np.tanh(2.0), -np.tanh(-1.0) + 1.0]],
+    rtol=1e-6,
+  )
+  assert norm.get_config()["alpha_init"] == 0.5
 
 
 def test_config_errors_name_the_problem():
