@@ -1,15 +1,14 @@
 """gRPC services of TensorFlow Serving: tensorflow.serving.PredictionService and ModelService.
 
-The servicers are tensorflow-serving-api's generated base classes, served by a
-synchronous `grpc.server` with a thread pool, as TensorFlow Serving serves them
-with gRPC's synchronous C++ server: a request's thread waits (without the GIL)
-for its batch. On this project's 2-core reference machine that costs about half
-the CPU per request of a `grpc.aio` server doing the same work (see README
-"Serving"), and CPU per request is what bounds throughput here.
+The servicers are tensorflow-serving-api's generated base classes with async
+methods, served by a `grpc.aio` server: a request waiting for its batch holds
+no thread.
 """
 
-import concurrent.futures
+import asyncio
+import collections
 import logging
+import threading
 import time
 from typing import Callable
 from typing import Optional
@@ -28,9 +27,53 @@ from serving import status
 ENTRYPOINT = "GRPC"
 
 
-def _deadline(context: grpc.ServicerContext) -> Optional[float]:
+def _deadline(context: grpc.aio.ServicerContext) -> Optional[float]:
   remaining = context.time_remaining()
   return None if remaining is None else time.monotonic() + remaining
+
+
+class _Completions:
+  """Hands results from batch threads to the event loop, one wakeup per burst.
+
+  `asyncio.wrap_future` wakes the loop once per request; a batch completes
+  many requests at once, and waking once for all of them leaves the loop
+  more time to take in requests.
+  """
+
+  def __init__(self, loop: asyncio.AbstractEventLoop):
+    self._loop = loop
+    self._pending = collections.deque()
+    self._lock = threading.Lock()
+    self._scheduled = False
+
+  def wrap(self, future: inference.Pending) -> asyncio.Future:
+    waiter = self._loop.create_future()
+    future.add_done_callback(lambda done: self._done(waiter, done))
+    return waiter
+
+  def _done(self, waiter: asyncio.Future, future: inference.Pending) -> None:
+    # Runs on the batch thread: build the response here, off the event loop,
+    # which every request's I/O goes through.
+    future.exception()
+    self._pending.append((waiter, future))
+    with self._lock:
+      if self._scheduled:
+        return
+      self._scheduled = True
+    self._loop.call_soon_threadsafe(self._drain)
+
+  def _drain(self) -> None:
+    with self._lock:
+      self._scheduled = False
+    while self._pending:
+      waiter, future = self._pending.popleft()
+      if waiter.cancelled():
+        continue
+      error = future.exception()
+      if error is not None:
+        waiter.set_exception(error)
+      else:
+        waiter.set_result(future.result())
 
 
 class _Handler:
@@ -38,35 +81,37 @@ class _Handler:
 
   def __init__(self, metrics: Optional[metrics_lib.ServingMetrics]):
     self._metrics = metrics
+    self._completions: Optional[_Completions] = None
 
-  def __call__(self, api: str, model_name: str, context, call: Callable, is_future: bool = True):
+  async def __call__(
+    self, api: str, model_name: str, context, call: Callable, is_future: bool = True
+  ):
     start = time.perf_counter()
     version, code, message = "", grpc.StatusCode.OK, ""
     try:
       result = call()
       if is_future:
-        # The batch threads always settle the future; the deadline only
-        # bounds how long this thread waits for it.
-        result = result.result(timeout=context.time_remaining())
+        if self._completions is None:
+          self._completions = _Completions(asyncio.get_running_loop())
+        result = await self._completions.wrap(result)
       spec = getattr(result, "model_spec", None)
       if spec is not None and spec.HasField("version"):
         version = str(spec.version.value)
       return result
     except status.ServingError as e:
       code, message = e.code, e.message
-    except concurrent.futures.TimeoutError:
-      code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"
+    except asyncio.CancelledError:
+      code = grpc.StatusCode.CANCELLED
+      raise
     except Exception as e:  # No request may take the server down.
       logging.exception("%s failed", api)
       code, message = grpc.StatusCode.INTERNAL, f"{api} failed: {type(e).__name__}: {e}"
     finally:
       if self._metrics is not None:
-        if code == grpc.StatusCode.OK and not context.is_active():
-          code = grpc.StatusCode.CANCELLED
         self._metrics.record_request(
           model_name, version, api, ENTRYPOINT, code.name, time.perf_counter() - start
         )
-    context.abort(code, message)
+    await context.abort(code, message)
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -78,24 +123,24 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     self._service = service
     self._handle = _Handler(metrics)
 
-  def Predict(self, request, context):
-    return self._handle(
+  async def Predict(self, request, context):
+    return await self._handle(
       "Predict",
       request.model_spec.name,
       context,
       lambda: self._service.predict(request, _deadline(context)),
     )
 
-  def Classify(self, request, context):
-    return self._handle(
+  async def Classify(self, request, context):
+    return await self._handle(
       "Classify",
       request.model_spec.name,
       context,
       lambda: self._service.classify(request, _deadline(context)),
     )
 
-  def GetModelMetadata(self, request, context):
-    return self._handle(
+  async def GetModelMetadata(self, request, context):
+    return await self._handle(
       "GetModelMetadata",
       request.model_spec.name,
       context,
@@ -103,13 +148,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
       is_future=False,
     )
 
-  def Regress(self, request, context):
-    context.abort(
+  async def Regress(self, request, context):
+    await context.abort(
       grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported: the models here classify."
     )
 
-  def MultiInference(self, request, context):
-    context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by this server.")
+  async def MultiInference(self, request, context):
+    await context.abort(
+      grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by this server."
+    )
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -125,8 +172,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     self._manager = manager
     self._handle = _Handler(metrics)
 
-  def GetModelStatus(self, request, context):
-    return self._handle(
+  async def GetModelStatus(self, request, context):
+    return await self._handle(
       "GetModelStatus",
       request.model_spec.name,
       context,
@@ -134,10 +181,13 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
       is_future=False,
     )
 
-  def HandleReloadConfigRequest(self, request, context):
+  async def HandleReloadConfigRequest(self, request, context):
     response = model_management_pb2.ReloadConfigResponse()
     try:
-      self._manager.reload_config(request.config)
+      # Loading takes a while: keep it off the event loop.
+      await asyncio.get_running_loop().run_in_executor(
+        None, self._manager.reload_config, request.config
+      )
     except ValueError as e:
       response.status.CopyFrom(
         status_pb2.StatusProto(
@@ -150,7 +200,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def add_services(
-  server: grpc.Server,
+  server: grpc.aio.Server,
   service: inference.InferenceService,
   manager: model_manager.ModelManager,
   metrics: Optional[metrics_lib.ServingMetrics] = None,

@@ -9,6 +9,7 @@ when it asks for the result.
 """
 
 import concurrent.futures
+import threading
 import time
 from typing import Callable
 from typing import Dict
@@ -120,25 +121,52 @@ def validate_inputs(
 
 
 class Pending:
-  """A response that is computed from a future's value when asked for.
+  """A response computed from a future's value by the first thread that asks for it.
 
-  `fn` runs on the thread calling `result`, not on the batch thread that
-  completes the future: the batch thread, which every queued request waits
-  on, goes on to the next batch instead of building responses.
+  The batch thread that completes the future does not build the response: it
+  goes on to the next batch, which every queued request is waiting for. Has
+  the parts of `concurrent.futures.Future` the front ends use.
   """
 
   def __init__(self, future: Union[concurrent.futures.Future, "Pending"], fn: Callable):
     self._future = future
     self._fn = fn
+    self._lock = threading.Lock()
+    self._resolved = False
+    self._value = None
+    self._error: Optional[BaseException] = None
 
   def result(self, timeout: Optional[float] = None):
-    """`fn(future.result(timeout))`.
+    """`fn(future.result(timeout))`, computed once.
 
     Raises:
       concurrent.futures.TimeoutError: if the future is not done in time.
       Exception: whatever the future or `fn` raises.
     """
-    return self._fn(self._future.result(timeout))
+    value = self._future.result(timeout)  # Raises on timeout: nothing is cached.
+    with self._lock:
+      if not self._resolved:
+        try:
+          self._value = self._fn(value)
+        except BaseException as e:  # Handed to every caller.
+          self._error = e
+        self._resolved = True
+    if self._error is not None:
+      raise self._error
+    return self._value
+
+  def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+    try:
+      self.result(timeout)
+    except concurrent.futures.TimeoutError:
+      raise
+    except BaseException as e:  # The exception is the answer here.
+      return e
+    return None
+
+  def add_done_callback(self, fn: Callable[["Pending"], None]) -> None:
+    """Calls `fn(self)` once the underlying future is done."""
+    self._future.add_done_callback(lambda _: fn(self))
 
   def cancel(self) -> bool:
     """Cancels the work if it has not started (a batch skips a cancelled request)."""

@@ -135,10 +135,10 @@ class _SignatureRunner:
   """Runs one signature function on NumPy inputs.
 
   The function's variables are frozen into constants at load time when they
-  can be (`convert_variables_to_constants_v2`): for the next-category model the
-  frozen graph has about 80 fewer nodes per call (no variable handle and read
-  per weight), and it is run on flat tensors. Together that makes a batch call
-  ~10-25% cheaper, CPU that every request shares. Grappler folds the frozen
+  can be (`convert_variables_to_constants_v2`): the frozen graph has no
+  variable handle and read per weight, and it is run on flat tensors. For the
+  next-category model that makes a batch call up to ~25% cheaper (batch 32),
+  CPU that every request shares. Grappler folds the frozen
   graph's constants, so outputs can differ from the loaded function's in the
   last bit of a float32 (relative 1e-7). A function that cannot be frozen (one
   with lookup tables or other resources, say) is run as loaded.

@@ -11,6 +11,7 @@ cannot be installed, and in tests.
 """
 
 import argparse
+import asyncio
 import concurrent.futures
 import dataclasses
 import logging
@@ -39,11 +40,6 @@ from serving import warmup
 _REQUEST_THREADS = 2 * (os.cpu_count() or 1)
 # gRPC answers RESOURCE_EXHAUSTED beyond this many requests in progress.
 _MAX_CONCURRENT_RPCS = 1024
-# Threads that handle gRPC requests. Each waits for its request's batch, so
-# this bounds the requests that can share a batch; an idle one costs nothing.
-# (tensorflow_model_server's default is 4 per core; its threads are cheaper
-# than Python's, but Python threads waiting on a batch do not use the GIL.)
-_GRPC_MAX_THREADS = 64
 # TensorFlow Serving accepts messages up to 2 GiB.
 _MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -77,7 +73,6 @@ class ServerOptions:
   tensorflow_inter_op_parallelism: int = 0
   grpc_channel_arguments: str = ""
   grpc_max_concurrent_rpcs: int = _MAX_CONCURRENT_RPCS
-  grpc_max_threads: int = _GRPC_MAX_THREADS
 
 
 def _channel_arguments(text: str) -> List[tuple]:
@@ -105,7 +100,9 @@ class ModelServer:
     self._options = options
     self.metrics = metrics_lib.ServingMetrics()
     self._stopped = threading.Event()
-    self._grpc_server: Optional[grpc.Server] = None
+    self._loop: Optional[asyncio.AbstractEventLoop] = None
+    self._loop_thread: Optional[threading.Thread] = None
+    self._grpc_server: Optional[grpc.aio.Server] = None
     self._rest_server: Optional[rest_api.RestServer] = None
     self._config_thread: Optional[threading.Thread] = None
     self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -190,7 +187,12 @@ class ModelServer:
       _REQUEST_THREADS, thread_name_prefix="request"
     )
     self.manager.start()
-    self.grpc_port = self._start_grpc()
+    self._loop = asyncio.new_event_loop()
+    self._loop_thread = threading.Thread(
+      target=self._loop.run_forever, name="grpc-server", daemon=True
+    )
+    self._loop_thread.start()
+    self.grpc_port = asyncio.run_coroutine_threadsafe(self._start_grpc(), self._loop).result()
     logging.info("Running gRPC ModelServer at %s:%d ...", self._options.host, self.grpc_port)
     if self._options.rest_api_port:
       prometheus = self._monitoring.prometheus_config
@@ -215,17 +217,13 @@ class ModelServer:
       )
       self._config_thread.start()
 
-  def _start_grpc(self) -> int:
+  async def _start_grpc(self) -> int:
     options = [
       ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
       ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
     ] + _channel_arguments(self._options.grpc_channel_arguments)
-    self._grpc_server = grpc.server(
-      concurrent.futures.ThreadPoolExecutor(
-        self._options.grpc_max_threads, thread_name_prefix="grpc"
-      ),
-      options=options,
-      maximum_concurrent_rpcs=self._options.grpc_max_concurrent_rpcs,
+    self._grpc_server = grpc.aio.server(
+      options=options, maximum_concurrent_rpcs=self._options.grpc_max_concurrent_rpcs
     )
     grpc_service.add_services(self._grpc_server, self.service, self.manager, self.metrics)
     address = f"{self._options.host}:{self._options.port}"
@@ -240,7 +238,7 @@ class ModelServer:
       port = self._grpc_server.add_insecure_port(address)
     if not port:
       raise RuntimeError(f"Could not bind the gRPC port {address}.")
-    self._grpc_server.start()
+    await self._grpc_server.start()
     return port
 
   def _poll_config(self) -> None:
@@ -269,7 +267,11 @@ class ModelServer:
     if self._rest_server is not None:
       self._rest_server.stop()
     if self._grpc_server is not None:
-      self._grpc_server.stop(grace_seconds).wait()
+      asyncio.run_coroutine_threadsafe(self._grpc_server.stop(grace_seconds), self._loop).result()
+    if self._loop is not None:
+      self._loop.call_soon_threadsafe(self._loop.stop)
+      self._loop_thread.join()
+      self._loop.close()
     self.manager.stop()
     if self._executor is not None:
       self._executor.shutdown(wait=True)
@@ -348,7 +350,6 @@ def parse_flags(argv: Optional[Sequence[str]] = None) -> ServerOptions:
   flag("tensorflow_inter_op_parallelism", int, "TensorFlow inter-op threads; 0: auto.")
   flag("grpc_channel_arguments", str, "gRPC server arguments, as key=value,key=value.")
   flag("grpc_max_concurrent_rpcs", int, "Requests in progress before RESOURCE_EXHAUSTED.")
-  flag("grpc_max_threads", int, "Threads handling gRPC requests (and waiting on batches).")
   args = parser.parse_args(argv)
   options = ServerOptions(**vars(args))
   if not options.model_base_path and not options.model_config_file:

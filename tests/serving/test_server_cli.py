@@ -21,13 +21,11 @@ def test_flags_have_tf_serving_names_and_defaults():
       "--enable_batching",
       "--rest_api_port=0",
       "--prefer_tflite_model=false",
-      "--grpc_max_threads=8",
     ]
   )
   assert (options.port, options.rest_api_port, options.model_name) == (8500, 0, "default")
   assert options.enable_batching and not options.prefer_tflite_model
   assert options.file_system_poll_wait_seconds == 1
-  assert options.grpc_max_threads == 8
   with pytest.raises(SystemExit):
     server_lib.parse_flags([])  # Neither a base path nor a config file.
 
