@@ -19,7 +19,6 @@ from typing import Tuple
 
 from tfx import v1 as tfx
 
-from components.anomaly_gate import anomalies
 from pipeline import configs
 from pipeline import kubeflow_package
 from pipeline import runner_flags
@@ -60,13 +59,6 @@ class StoragePaths:
     )
 
 
-def _tolerated_anomalies(text: str) -> List[str]:
-  try:
-    return anomalies.check_tolerated(text.split(","))
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(str(e)) from e
-
-
 def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:
   """Parses the runner's flags; unrecognised `--flags` are Beam pipeline args.
 
@@ -103,48 +95,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[
     default=IMAGE_SCHEMA_PATH,
     help="The schema as the components see it: a path inside the image or a URI.",
   )
-  parser.add_argument(
-    "--preset", default=configs.MODEL_PRESET, help="Model preset (components/trainer/presets.py)."
+  runner_flags.add_pipeline_flags(
+    parser,
+    num_workers_help="Training workers, passed to run_fn as custom_config['num_workers'].",
+    train_steps_help="Default of the train_args runtime parameter; a run may override it.",
   )
-  parser.add_argument(
-    "--train_steps",
-    type=int,
-    default=configs.TRAIN_NUM_STEPS,
-    help="Default of the train_args runtime parameter; a run may override it.",
-  )
-  parser.add_argument("--eval_steps", type=int, default=configs.EVAL_NUM_STEPS)
-  parser.add_argument(
-    "--accuracy_threshold",
-    type=float,
-    default=configs.EVAL_ACCURACY_THRESHOLD,
-    help="Minimum eval accuracy for the model to be pushed.",
-  )
-  parser.add_argument(
-    "--num_workers",
-    type=int,
-    default=1,
-    help="Training workers, passed to run_fn as custom_config['num_workers'].",
-  )
-  parser.add_argument(
-    "--no_cache", action="store_true", help="Re-run every component even if unchanged."
-  )
-  parser.add_argument(
-    "--span", type=int, default=None, help="Ingest this span instead of the latest one."
-  )
-  parser.add_argument(
-    "--tolerate_anomalies",
-    type=_tolerated_anomalies,
-    default=[],
-    metavar="KIND[,feature:KIND...]",
-    help="Data anomaly kinds that do not stop the run before training (still reported).",
-  )
-  args, unknown = parser.parse_known_args(argv)
-  stray = [a for a in unknown if not a.startswith("--")]
-  if stray:
-    parser.error(f"unexpected arguments {stray}; Beam args must be --name=value.")
-  if args.num_workers < 1:
-    parser.error(f"--num_workers must be at least 1, got {args.num_workers}.")
-  return args, list(unknown) or list(configs.BEAM_PIPELINE_ARGS)
+  return runner_flags.parse_with_beam_args(parser, argv)
 
 
 def storage_paths(args: argparse.Namespace) -> StoragePaths:

@@ -11,6 +11,7 @@ import os
 from typing import List
 from typing import Optional
 from typing import Sequence
+from typing import Tuple
 
 from tfx import v1 as tfx
 
@@ -75,17 +76,28 @@ def parse_args(argv: Optional[Sequence[str]], description: str):
     help="Pipeline outputs, ML Metadata and pushed models.",
   )
   parser.add_argument("--schema_path", default=configs.SCHEMA_PATH)
+  add_pipeline_flags(
+    parser,
+    num_workers_help="Trainer workers: with no TF_CONFIG, a local MultiWorkerMirroredStrategy "
+    "cluster of this many processes on loopback ports.",
+  )
+  return parse_with_beam_args(parser, argv)
+
+
+def add_pipeline_flags(
+  parser: argparse.ArgumentParser, num_workers_help: str, train_steps_help: Optional[str] = None
+) -> None:
+  """Adds the flags every runner shares: model, training, evaluation and data validation.
+
+  `create_pipeline_from_flags` reads them.
+  """
   parser.add_argument(
     "--preset", default=configs.MODEL_PRESET, help="Model preset (components/trainer/presets.py)."
   )
+  parser.add_argument("--num_workers", type=int, default=1, help=num_workers_help)
   parser.add_argument(
-    "--num_workers",
-    type=int,
-    default=1,
-    help="Trainer workers: with no TF_CONFIG, a local MultiWorkerMirroredStrategy "
-    "cluster of this many processes on loopback ports.",
+    "--train_steps", type=int, default=configs.TRAIN_NUM_STEPS, help=train_steps_help
   )
-  parser.add_argument("--train_steps", type=int, default=configs.TRAIN_NUM_STEPS)
   parser.add_argument("--eval_steps", type=int, default=configs.EVAL_NUM_STEPS)
   parser.add_argument(
     "--accuracy_threshold",
@@ -111,10 +123,22 @@ def parse_args(argv: Optional[Sequence[str]], description: str):
     help="Data anomaly kinds that do not stop the run before training (still reported), "
     "e.g. ENUM_TYPE_UNEXPECTED_STRING_VALUES or user_segment:COMPARATOR_L_INFTY_HIGH.",
   )
+
+
+def parse_with_beam_args(
+  parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
+) -> Tuple[argparse.Namespace, List[str]]:
+  """Parses `argv`; unrecognised `--flags` are the components' Beam pipeline args.
+
+  Returns:
+    `(args, beam_pipeline_args)`; without any Beam args, `configs.BEAM_PIPELINE_ARGS`.
+  """
   args, unknown = parser.parse_known_args(argv)
   stray = [a for a in unknown if not a.startswith("--")]
   if stray:
     parser.error(f"unexpected arguments {stray}; Beam args must be --name=value.")
+  if args.num_workers < 1:
+    parser.error(f"--num_workers must be at least 1, got {args.num_workers}.")
   return args, list(unknown) or list(configs.BEAM_PIPELINE_ARGS)
 
 
