@@ -141,7 +141,6 @@ def _write_reports(
   found: List[anomalies_lib.Anomaly],
   measurements: List[comparators.Measurement],
 ) -> List[str]:
-  tf.io.gfile.makedirs(report_dir)
   pages = {
     "skew_statistics.html": report.statistics_html(
       "Training against serving statistics", [training, serving]
@@ -154,13 +153,7 @@ def _write_reports(
       [f"Training: {training[0]}", f"Serving: {serving[0]}"],
     ),
   }
-  paths = []
-  for name, page in pages.items():
-    path = os.path.join(report_dir, name)
-    with tf.io.gfile.GFile(path, "w") as f:
-      f.write(page)
-    paths.append(path)
-  return paths
+  return report.write_pages(pages, report_dir)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

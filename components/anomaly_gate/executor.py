@@ -214,7 +214,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
       return []
     run_id = getattr(self._context, "pipeline_run_id", None) or "latest"
     run_dir = os.path.join(report_dir, run_id)
-    tf.io.gfile.makedirs(run_dir)
     split, span, current_stats = current
     pages = {
       "statistics.html": report.statistics_html(
@@ -234,10 +233,4 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     pages["anomalies.html"] = report.anomalies_html(
       f"Data anomalies of span {span}", blocking, accepted, measurements, notes
     )
-    paths = []
-    for name, page in pages.items():
-      path = os.path.join(run_dir, name)
-      with tf.io.gfile.GFile(path, "w") as f:
-        f.write(page)
-      paths.append(path)
-    return paths
+    return report.write_pages(pages, run_dir)

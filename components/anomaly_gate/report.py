@@ -6,11 +6,14 @@ internet).
 """
 
 import html
+import os
+from typing import Dict
 from typing import List
 from typing import Optional
 from typing import Sequence
 from typing import Tuple
 
+import tensorflow as tf
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from components.anomaly_gate import anomalies as anomalies_lib
@@ -185,3 +188,19 @@ def anomalies_html(
       )
     )
   return _page(title, body)
+
+
+def write_pages(pages: Dict[str, str], directory: str) -> List[str]:
+  """Writes `{file name: HTML}` into `directory` (created if missing).
+
+  Returns:
+    The paths written, in the order of `pages`.
+  """
+  tf.io.gfile.makedirs(directory)
+  paths = []
+  for name, page in pages.items():
+    path = os.path.join(directory, name)
+    with tf.io.gfile.GFile(path, "w") as f:
+      f.write(page)
+    paths.append(path)
+  return paths
