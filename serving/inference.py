@@ -3,9 +3,9 @@
 gRPC and REST both call these, so both check requests the same way and answer
 with TensorFlow Serving's status codes and messages (see
 `tensorflow_serving/servables/tensorflow/predict_util.cc` and friends).
-Predict and Classify return `Pending` results: with batching on, the model
-runs on batch threads, and the response is built by the request's own thread
-when it asks for the result.
+Predict and Classify return `Pending` responses: with batching on, the model
+runs on batch threads, and each response is built by the first thread that
+asks for it (see `Pending`).
 """
 
 import concurrent.futures
@@ -121,11 +121,12 @@ def validate_inputs(
 
 
 class Pending:
-  """A response computed from a future's value by the first thread that asks for it.
+  """A response computed once from a future's value, by the first thread that asks for it.
 
-  The batch thread that completes the future does not build the response: it
-  goes on to the next batch, which every queued request is waiting for. Has
-  the parts of `concurrent.futures.Future` the front ends use.
+  The front end chooses that thread: a REST request thread builds its own
+  response when it waits for it; the gRPC front end asks from the done
+  callback, on the batch thread, to keep the work off its event loop. Has the
+  parts of `concurrent.futures.Future` the front ends use.
   """
 
   def __init__(self, future: Union[concurrent.futures.Future, "Pending"], fn: Callable):
@@ -199,7 +200,7 @@ class InferenceService:
     output_filter: Sequence[str] = (),
     deadline: Optional[float] = None,
     servable: Optional[servables.Servable] = None,
-  ) -> Tuple[servables.Servable, str, Pending]:
+  ) -> Tuple[servables.Servable, str, Union[concurrent.futures.Future, Pending]]:
     """Validates and submits one request.
 
     Args:
@@ -212,7 +213,7 @@ class InferenceService:
         (warmup).
 
     Returns:
-      `(servable, signature name, pending outputs)`.
+      `(servable, signature name, future of the outputs)`.
 
     Raises:
       ServingError: for an invalid request, an unknown model, version or
@@ -242,13 +243,9 @@ class InferenceService:
             f"Model {target.name} version {target.version} is being unloaded.",
           ) from None
         continue
-      if aliases is None:
-        return target, signature_name, Pending(future, lambda outputs: outputs)
-      return (
-        target,
-        signature_name,
-        Pending(future, lambda outputs, aliases=aliases: {a: outputs[a] for a in aliases}),
-      )
+      if aliases is not None:
+        future = Pending(future, lambda outputs, aliases=aliases: {a: outputs[a] for a in aliases})
+      return target, signature_name, future
     raise AssertionError("unreachable")
 
   def predict(
