@@ -148,7 +148,9 @@ def test_int8_accuracy_matches_the_saved_model(blessed, trained):
   _, output, metrics = blessed
   accuracy = metrics["accuracy"]
   # The barely trained tiny model is close to uniform, so a few examples flip
-  # either way: at most two of the eval examples may (0.67 points each).
+  # either way: at most two of the eval examples may (0.67 points each), and
+  # the drop stays within the default gate bound of 1 point.
+  assert accuracy["drop_points"][executor.INT8] <= 1.0
   assert abs(accuracy["drop_points"][executor.INT8]) <= 2 * 100 / _EVAL_EXAMPLES + 1e-9
   assert accuracy["drop_points"][executor.FLOAT] == 0.0
   eval_examples = examples_lib.read([trained.eval_dir], 60)
