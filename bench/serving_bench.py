@@ -13,6 +13,16 @@ call time. Client and server share the machine's cores, so on a busy machine
 the CPU times say more than the rates: `cpu_bound_predictions_per_second` is
 what the cores could sustain at that cost. Writes bench/results/serving.json
 and prints a table.
+
+Two load generators drive gRPC: this process's own `grpc.aio` client (as a
+Python program would call the server), and, where it is installed, nghttp2's
+`h2load` (`apt-get install nghttp2-client`), a C HTTP/2 load generator that
+sends the same gRPC-framed PredictRequest over one connection with
+`concurrency` streams. h2load costs the shared cores about a tenth of the
+Python client's CPU per request, so its rows say what the server itself can
+do on this machine. h2load only sees HTTP statuses; gRPC statuses come from
+the server's request counter, and any request not answered OK counts as an
+error.
 """
 
 import argparse
@@ -24,12 +34,15 @@ import os
 import platform
 import re
 import resource
+import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from typing import Dict
 from typing import List
 from typing import Optional
 from typing import Sequence
@@ -39,6 +52,7 @@ import grpc
 import numpy as np
 import portpicker
 import tensorflow as tf
+import uvloop
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -58,11 +72,17 @@ _TARGET_P99_MS = 50.0
 _TARGET_BATCHING_SPEEDUP = 3.0
 
 
+# Load generators (see the module docstring).
+PYTHON_CLIENT = "python"
+H2LOAD_CLIENT = "h2load"
+
+
 @dataclasses.dataclass
 class RunResult:
   """One load run."""
 
   protocol: str
+  client: str
   batching: bool
   concurrency: int
   examples_per_request: int
@@ -142,11 +162,6 @@ def _process_cpu_seconds(pid: int) -> float:
   return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_cpu_seconds() -> float:
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
-
-
 class _Server:
   """`python -m serving.server` in a subprocess on free loopback ports."""
 
@@ -219,6 +234,17 @@ class _Server:
       values.append(float(match.group(1)) if match else 0.0)
     return np.array(values)
 
+  def request_counts(self) -> Dict[str, float]:
+    """Requests answered so far by status (OK, INVALID_ARGUMENT, ...), from the server's metrics."""
+    url = f"http://127.0.0.1:{self.rest_port}/monitoring/prometheus/metrics"
+    text = urllib.request.urlopen(url, timeout=_DEADLINE_SECONDS).read().decode()
+    counts: Dict[str, float] = {}
+    for match in re.finditer(
+      r'^:tensorflow:serving:request_count\{[^}]*status="(\w+)"[^}]*\} (\S+)$', text, re.MULTILINE
+    ):
+      counts[match.group(1)] = counts.get(match.group(1), 0.0) + float(match.group(2))
+    return counts
+
   def stop(self) -> None:
     self._process.terminate()
     try:
@@ -280,15 +306,74 @@ async def _rest_load(port: int, body: bytes, concurrency: int, seconds: float):
   return latencies, errors
 
 
+def _h2load_load(server: _Server, request, concurrency: int, seconds: float) -> Tuple[list, int]:
+  """Runs h2load against Predict; latencies from its per-request log."""
+  with tempfile.TemporaryDirectory(prefix="h2load_") as workdir:
+    body = os.path.join(workdir, "request.bin")
+    message = request.SerializeToString()
+    with open(body, "wb") as f:  # gRPC framing: uncompressed flag, length, message.
+      f.write(b"\x00" + struct.pack(">I", len(message)) + message)
+    log = os.path.join(workdir, "requests.tsv")
+    counts_before = server.request_counts()
+    subprocess.run(
+      [
+        "h2load",
+        "--clients=1",
+        f"--max-concurrent-streams={concurrency}",
+        f"--duration={round(seconds * 1000)}ms",
+        f"--data={body}",
+        "--header=content-type: application/grpc",
+        "--header=te: trailers",
+        f"--log-file={log}",
+        f"http://127.0.0.1:{server.grpc_port}/tensorflow.serving.PredictionService/Predict",
+      ],
+      check=True,
+      stdout=subprocess.DEVNULL,
+    )
+    counts = server.request_counts()
+    latencies, errors = [], 0
+    with open(log) as f:
+      for line in f:  # start (us since epoch), HTTP status, duration (us).
+        _, http_status, micros = line.split("\t")[:3]
+        if http_status == "200":
+          latencies.append(int(micros) / 1e6)
+        else:
+          errors += 1
+  # A gRPC error still arrives as HTTP 200: count what the server did not answer OK.
+  errors += int(sum(n - counts_before.get(code, 0.0) for code, n in counts.items() if code != "OK"))
+  return latencies, errors
+
+
+def _run(coroutine):
+  with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    return runner.run(coroutine)
+
+
 def _load(
-  server: _Server, protocol: str, concurrency: int, examples: List[bytes], seconds: float
+  server: _Server,
+  protocol: str,
+  client: str,
+  concurrency: int,
+  examples: List[bytes],
+  seconds: float,
 ) -> Tuple[list, int]:
   if protocol == "grpc":
     request = client_lib.make_predict_request(examples, MODEL_NAME)
-    return asyncio.run(_grpc_load(server.grpc_port, request, concurrency, seconds))
+    if client == H2LOAD_CLIENT:
+      return _h2load_load(server, request, concurrency, seconds)
+    return _run(_grpc_load(server.grpc_port, request, concurrency, seconds))
   instances = [{"b64": base64.b64encode(e).decode()} for e in examples]
   body = json.dumps({"instances": instances}).encode()
-  return asyncio.run(_rest_load(server.rest_port, body, concurrency, seconds))
+  return _run(_rest_load(server.rest_port, body, concurrency, seconds))
+
+
+def _own_and_children_cpu_seconds() -> float:
+  """CPU time of this process and of its finished children (h2load)."""
+  total = 0.0
+  for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+    usage = resource.getrusage(who)
+    total += usage.ru_utime + usage.ru_stime
+  return total
 
 
 def run_load(
@@ -299,17 +384,19 @@ def run_load(
   examples: List[bytes],
   seconds: float,
   warmup_seconds: float,
+  client: str = PYTHON_CLIENT,
 ) -> RunResult:
   """Drives the server with `concurrency` closed-loop clients for `seconds`.
 
   Each request carries all of `examples`.
   """
-  _load(server, protocol, concurrency, examples, warmup_seconds)
+  _load(server, protocol, client, concurrency, examples, warmup_seconds)
   batches_before = server.batch_stats()
-  server_cpu, client_cpu = _process_cpu_seconds(server.pid), _own_cpu_seconds()
-  latencies, errors = _load(server, protocol, concurrency, examples, seconds)
+  server_cpu = _process_cpu_seconds(server.pid)
+  client_cpu = _own_and_children_cpu_seconds()
+  latencies, errors = _load(server, protocol, client, concurrency, examples, seconds)
   server_cpu = _process_cpu_seconds(server.pid) - server_cpu
-  client_cpu = _own_cpu_seconds() - client_cpu
+  client_cpu = _own_and_children_cpu_seconds() - client_cpu
   processed, batches = server.batch_stats() - batches_before
   requests = len(latencies)
   predictions = max(requests * len(examples), 1)
@@ -318,6 +405,7 @@ def run_load(
   client_ms = client_cpu * 1e3 / predictions
   return RunResult(
     protocol=protocol,
+    client=client,
     batching=batching,
     concurrency=concurrency,
     examples_per_request=len(examples),
@@ -336,8 +424,8 @@ def run_load(
 
 
 _HEADER = (
-  f"{'protocol':8} {'batching':8} {'conc':>4} {'ex/req':>6} {'req/s':>7} {'pred/s':>7} "
-  f"{'p50 ms':>7} {'p99 ms':>7} {'batch':>5} {'srv cpu ms':>10} {'cli cpu ms':>10} "
+  f"{'protocol':8} {'client':6} {'batching':8} {'conc':>4} {'ex/req':>6} {'req/s':>7} "
+  f"{'pred/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'batch':>5} {'srv cpu ms':>10} {'cli cpu ms':>10} "
   f"{'cpu-bound':>9} {'errors':>6}"
 )
 
@@ -345,7 +433,7 @@ _HEADER = (
 def _row(r: RunResult) -> str:
   batch = f"{r.mean_batch_size:.1f}" if r.mean_batch_size else "-"
   return (
-    f"{r.protocol:8} {'on' if r.batching else 'off':8} {r.concurrency:>4} "
+    f"{r.protocol:8} {r.client:6} {'on' if r.batching else 'off':8} {r.concurrency:>4} "
     f"{r.examples_per_request:>6} {r.requests_per_second:>7.0f} {r.predictions_per_second:>7.0f} "
     f"{r.p50_ms:>7.1f} {r.p99_ms:>7.1f} {batch:>5} {r.server_cpu_ms_per_prediction:>10.3f} "
     f"{r.client_cpu_ms_per_prediction:>10.3f} {r.cpu_bound_predictions_per_second:>9.0f} "
@@ -353,14 +441,14 @@ def _row(r: RunResult) -> str:
   )
 
 
-def _targets(results: List[RunResult], concurrency: int) -> dict:
+def _targets(results: List[RunResult], concurrency: int, client: str) -> dict:
   def find(batching, examples_per_request=1):
     return next(
       (
         r
         for r in results
-        if (r.protocol, r.batching, r.concurrency, r.examples_per_request)
-        == ("grpc", batching, concurrency, examples_per_request)
+        if (r.protocol, r.client, r.batching, r.concurrency, r.examples_per_request)
+        == ("grpc", client, batching, concurrency, examples_per_request)
       ),
       None,
     )
@@ -399,6 +487,9 @@ def run_benchmark(
 ) -> dict:
   """Runs every configuration and writes the JSON report to `output`."""
   load_before = os.getloadavg()
+  h2load = shutil.which("h2load") is not None
+  if not h2load:
+    print("h2load not found (apt-get install nghttp2-client): gRPC uses the Python client only.")
   results = []
   with tempfile.TemporaryDirectory(prefix="serving_bench_") as workdir:
     base_path = os.path.join(workdir, MODEL_NAME)
@@ -408,10 +499,11 @@ def run_benchmark(
     for batching in (False, True):
       server = _Server(base_path, batching, os.path.join(workdir, f"server_{batching}.log"))
       try:
-        runs = [(p, c, 1) for p in protocols for c in concurrencies]
+        runs = [(p, PYTHON_CLIENT, c, 1) for p in protocols for c in concurrencies]
         if "grpc" in protocols:
-          runs += [("grpc", max(concurrencies), n) for n in multi_example_sizes]
-        for protocol, concurrency, examples_per_request in runs:
+          runs += [("grpc", PYTHON_CLIENT, max(concurrencies), n) for n in multi_example_sizes]
+          runs += [("grpc", H2LOAD_CLIENT, c, 1) for c in concurrencies if h2load]
+        for protocol, client, concurrency, examples_per_request in runs:
           result = run_load(
             server,
             protocol,
@@ -420,6 +512,7 @@ def run_benchmark(
             examples[:examples_per_request],
             seconds,
             warmup_seconds,
+            client,
           )
           print(_row(result), flush=True)
           results.append(result)
@@ -438,7 +531,11 @@ def run_benchmark(
     },
     "in_process_call_ms": in_process,
     "runs": [dataclasses.asdict(r) for r in results],
-    "targets": _targets(results, max(concurrencies)),
+    "targets": {
+      client: _targets(results, max(concurrencies), client)
+      for client in (PYTHON_CLIENT, H2LOAD_CLIENT)
+      if any(r.client == client for r in results)
+    },
   }
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w") as f:

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import grpc
 import tensorflow as tf
+import uvloop
 
 from serving import batching
 from serving import grpc_service
@@ -187,7 +188,9 @@ class ModelServer:
       _REQUEST_THREADS, thread_name_prefix="request"
     )
     self.manager.start()
-    self._loop = asyncio.new_event_loop()
+    # uvloop: the loop thread carries every gRPC request's Python work, and
+    # with uvloop it spends about a third less CPU on each (README "Serving").
+    self._loop = uvloop.new_event_loop()
     self._loop_thread = threading.Thread(
       target=self._loop.run_forever, name="grpc-server", daemon=True
     )
