@@ -240,7 +240,9 @@ class _Server:
     text = urllib.request.urlopen(url, timeout=_DEADLINE_SECONDS).read().decode()
     counts: Dict[str, float] = {}
     for match in re.finditer(
-      r'^:tensorflow:serving:request_count\{[^}]*status="(\w+)"[^}]*\} (\S+)$', text, re.MULTILINE
+      r'^:tensorflow:serving:request_count_total\{[^}]*status="(\w+)"[^}]*\} (\S+)$',
+      text,
+      re.MULTILINE,
     ):
       counts[match.group(1)] = counts.get(match.group(1), 0.0) + float(match.group(2))
     return counts
