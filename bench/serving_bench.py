@@ -220,10 +220,14 @@ class _Server:
         time.sleep(0.2)
     raise TimeoutError(f"The server was not ready in {_SERVER_START_SECONDS} s.")
 
+  def _metrics_text(self) -> str:
+    """The server's Prometheus metrics, in text format."""
+    url = f"http://127.0.0.1:{self.rest_port}/monitoring/prometheus/metrics"
+    return urllib.request.urlopen(url, timeout=_DEADLINE_SECONDS).read().decode()
+
   def batch_stats(self) -> np.ndarray:
     """(examples, batches) processed so far, from the server's Prometheus metrics."""
-    url = f"http://127.0.0.1:{self.rest_port}/monitoring/prometheus/metrics"
-    text = urllib.request.urlopen(url, timeout=_DEADLINE_SECONDS).read().decode()
+    text = self._metrics_text()
     values = []
     for name in ("sum", "count"):
       match = re.search(
@@ -236,12 +240,10 @@ class _Server:
 
   def request_counts(self) -> Dict[str, float]:
     """Requests answered so far by status (OK, INVALID_ARGUMENT, ...), from the server's metrics."""
-    url = f"http://127.0.0.1:{self.rest_port}/monitoring/prometheus/metrics"
-    text = urllib.request.urlopen(url, timeout=_DEADLINE_SECONDS).read().decode()
     counts: Dict[str, float] = {}
     for match in re.finditer(
       r'^:tensorflow:serving:request_count_total\{[^}]*status="(\w+)"[^}]*\} (\S+)$',
-      text,
+      self._metrics_text(),
       re.MULTILINE,
     ):
       counts[match.group(1)] = counts.get(match.group(1), 0.0) + float(match.group(2))
