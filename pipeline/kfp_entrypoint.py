@@ -92,6 +92,18 @@ def adapt_executor_input(
   return adapted
 
 
+def merge_driver_artifacts(executor_input: pipeline_spec_pb2.ExecutorInput, path: str) -> None:
+  """Merges the output artifacts a driver wrote to `path` into `executor_input`'s outputs."""
+  driver_output = pipeline_spec_pb2.ExecutorOutput()
+  with fileio.open(path, "rb") as f:
+    json_format.Parse(f.read(), driver_output, ignore_unknown_fields=True)
+  for key, artifact_list in driver_output.artifacts.items():
+    if key not in executor_input.outputs.artifacts or not artifact_list.artifacts:
+      continue
+    (target, *_) = executor_input.outputs.artifacts[key].artifacts
+    target.metadata.update(json_format.MessageToDict(artifact_list.artifacts[0].metadata))
+
+
 def directory_markers(sizes: Dict[str, int]) -> List[str]:
   """The zero-byte `dir/` marker objects of directories that hold other objects.
 
@@ -161,7 +173,6 @@ def run(args: argparse.Namespace, beam_args: List[str]) -> None:
     args.json_serialized_invocation_args, executor_input, ignore_unknown_fields=True
   )
   adapted = adapt_executor_input(executor_input, json.loads(args.artifact_types))
-  adapted_json = json_format.MessageToJson(adapted)
 
   if args.pre_cache_check_module and not fileio.exists(adapted.outputs.output_file):
     # Open-source KFP did not run lifecycle.preCacheCheck; Vertex AI would have
@@ -174,16 +185,20 @@ def run(args: argparse.Namespace, beam_args: List[str]) -> None:
     driver = importlib.import_module(args.pre_cache_check_module)
     driver.main(
       argparse.Namespace(
-        json_serialized_invocation_args=adapted_json,
+        json_serialized_invocation_args=json_format.MessageToJson(adapted),
         json_serialized_inputs_spec_args=args.json_serialized_inputs_spec_args,
       )
     )
+    # TFX's executor reads the driver's parameters back from the file itself;
+    # the output artifacts' properties (ExampleGen's span) are what Vertex AI
+    # updates before it runs the executor.
+    merge_driver_artifacts(adapted, adapted.outputs.output_file)
 
   kubeflow_v2_run_executor.main(
     (
       argparse.Namespace(
         executor_class_path=args.executor_class_path,
-        json_serialized_invocation_args=adapted_json,
+        json_serialized_invocation_args=json_format.MessageToJson(adapted),
         json_serialized_inputs_spec_args=args.json_serialized_inputs_spec_args,
       ),
       beam_args,
