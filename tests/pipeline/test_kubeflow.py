@@ -115,9 +115,7 @@ def test_every_local_component_is_a_task_with_the_same_upstreams(spec):
     # (the Trainer's AnomalyGate, whose outputs it does not read).
     producers = {a.task_output_artifact.producer_task for a in task.inputs.artifacts.values()}
     assert producers <= set(task.dependent_tasks), name
-    assert set(task.dependent_tasks) == {
-      u.id for u in local[name].upstream_nodes
-    }, name
+    assert set(task.dependent_tasks) == {u.id for u in local[name].upstream_nodes}, name
   # The baseline the Evaluator compares against is the model serving now.
   baseline = tasks["Evaluator"].inputs.artifacts["baseline_model"].task_output_artifact
   assert baseline.producer_task == "ServingBaseline"
