@@ -34,6 +34,8 @@ step runs as with TFX's own entry point: the artifacts get the same classes.
 import argparse
 import importlib
 import json
+import os
+import sys
 from typing import Dict
 from typing import List
 from typing import Sequence
@@ -229,9 +231,31 @@ def parse_flags(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
   return parser.parse_known_args(list(argv)[1:])
 
 
+def uses_s3(args: argparse.Namespace) -> bool:
+  """Whether the step reads or writes s3:// URIs (artifacts or parameters such as input_base)."""
+  return "s3://" in args.json_serialized_invocation_args
+
+
 def main(parsed: Tuple[argparse.Namespace, List[str]]) -> None:
   args, beam_args = parsed
+  if not uses_s3(args):
+    run(args, beam_args)
+    return
+  # TensorFlow 2.16 has no s3:// filesystem of its own; tensorflow-io
+  # registers it on import (configured by AWS_ACCESS_KEY_ID,
+  # AWS_SECRET_ACCESS_KEY, AWS_REGION and, for MinIO, S3_ENDPOINT,
+  # S3_USE_HTTPS=0, S3_VERIFY_SSL=0).
+  import tensorflow_io  # noqa: F401
+
   run(args, beam_args)
+  # tensorflow-io 0.37's S3 client aborts the interpreter at exit ("pure
+  # virtual method called", exit status 134) after any s3:// access, which
+  # the launcher would report as a failed step: the step is done, so leave
+  # without running the exit handlers.
+  sys.stdout.flush()
+  sys.stderr.flush()
+  logging.flush()
+  os._exit(0)
 
 
 if __name__ == "__main__":

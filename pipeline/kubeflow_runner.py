@@ -26,6 +26,7 @@ from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import compiler_utils
 from tfx.utils import import_utils
 
+from pipeline import caching
 from pipeline import configs
 from pipeline import kfp_entrypoint
 from pipeline import kubeflow_package
@@ -40,12 +41,6 @@ KFP_PIPELINE_NAME = configs.PIPELINE_NAME.replace("_", "-")
 DEFAULT_IMAGE = "next-category-pipeline:0.1.0"
 # Where the Dockerfile puts the curated schema inside the image.
 IMAGE_SCHEMA_PATH = "/pipeline/schemas/schema.pbtxt"
-# Steps that read state outside their input artifacts, so a cached result
-# would freeze a scheduled run: ImportExampleGen lists the data root (open-
-# source KFP's cache key is input artifacts, parameters, image and command
-# only, so it would never see a new span) and the baseline step lists the
-# serving directory.
-UNCACHED_STEPS = ("ImportExampleGen", "serving_baseline")
 # Compiling needs no bucket, but running does; compiling with this default
 # warns.
 PLACEHOLDER_STORAGE_ROOT = "gs://YOUR_BUCKET/next-category"
@@ -250,8 +245,7 @@ def adapt_steps(job: Dict[str, Any], pipeline: tfx.dsl.Pipeline) -> Dict[str, An
 
   Each container runs `pipeline.kfp_entrypoint` with the classes of its
   artifacts and, for ImportExampleGen, the module of its pre-cache check
-  (which only Vertex AI runs); steps that read state outside their inputs
-  (`UNCACHED_STEPS`) are never served from cache.
+  (which only Vertex AI runs); `uncached_steps` are never served from cache.
 
   Raises:
     ValueError: if a step is not a container step (open-source KFP runs only
@@ -288,11 +282,29 @@ def adapt_steps(job: Dict[str, Any], pipeline: tfx.dsl.Pipeline) -> Dict[str, An
       flags += ["--pre_cache_check_module", module]
     container["command"] = list(kfp_entrypoint.COMMAND)
     container["args"] = flags + container["args"]
+  # Steps that read state outside their input artifacts would freeze a
+  # scheduled run if served from cache: open-source KFP's cache key is the
+  # input artifacts, parameters, image and command only
+  # (backend/src/v2/driver/cache.go, getFingerPrint), so a cached ExampleGen
+  # (whose span resolution only Vertex AI runs before the cache lookup) never
+  # sees a new span, and a cached ServingBaseline hands on a stale baseline.
   tasks = spec["root"]["dag"]["tasks"]
-  for name in UNCACHED_STEPS:
-    if name in tasks:
-      tasks[name]["cachingOptions"] = {"enableCache": False}
+  for name in uncached_steps(job, pipeline):
+    tasks[name]["cachingOptions"] = {"enableCache": False}
   return job
+
+
+def uncached_steps(job: Dict[str, Any], pipeline: tfx.dsl.Pipeline) -> List[str]:
+  """Tasks never served from cache: with a pre-cache check, or in `caching.uncached_node_ids`."""
+  spec = job["pipelineSpec"]
+  executors = spec["deploymentSpec"]["executors"]
+  with_check = [
+    name
+    for name, task in spec["root"]["dag"]["tasks"].items()
+    if "lifecycle"
+    in executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]["container"]
+  ]
+  return sorted(set(with_check) | set(caching.uncached_node_ids(pipeline)))
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from typing import Any
 from typing import Dict
 from typing import Optional
 from typing import Sequence
@@ -95,14 +96,7 @@ def submit(
   """
   job = kubeflow_package.load(package_path)
   spec = job["pipelineSpec"]
-  declared = set(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
-  unknown = set(parameter_overrides or {}) - declared
-  if unknown:
-    raise ValueError(
-      f"The pipeline has no runtime parameter {', '.join(sorted(unknown))}; "
-      f"it has {', '.join(sorted(declared)) or 'none'}."
-    )
-  arguments = {**kubeflow_package.parameter_values(job), **(parameter_overrides or {})}
+  arguments = run_parameters(job, parameter_overrides)
   pipeline_name = spec["pipelineInfo"]["name"]
   run_name = run_name or (
     f"{pipeline_name}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
@@ -128,14 +122,32 @@ def submit(
     except kfp_server_api.ApiException as e:
       raise SubmitError(
         f"Kubeflow Pipelines at {host} refused the run: HTTP {e.status} {e.reason}: "
-        f"{_server_message(e.body)}"
+        f"{server_message(e.body)}"
       ) from e
     except (urllib3.exceptions.HTTPError, TimeoutError) as e:
       raise SubmitError(f"Lost the connection to Kubeflow Pipelines at {host}: {e}") from e
   return result.run_id
 
 
-def _server_message(body) -> str:
+def run_parameters(job: Dict[str, Any], overrides: Optional[Dict[str, str]]) -> Dict[str, Any]:
+  """The compiled runtime parameter values of `job` with `overrides` applied.
+
+  Raises:
+    ValueError: for an override of a parameter the pipeline does not have.
+  """
+  spec = job["pipelineSpec"]
+  declared = set(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
+  unknown = set(overrides or {}) - declared
+  if unknown:
+    raise ValueError(
+      f"The pipeline has no runtime parameter {', '.join(sorted(unknown))}; "
+      f"it has {', '.join(sorted(declared)) or 'none'}."
+    )
+  return {**kubeflow_package.parameter_values(job), **(overrides or {})}
+
+
+def server_message(body) -> str:
+  """The message of a KFP API error body."""
   # The API server answers errors as JSON with a `message`, or `error`.
   try:
     parsed = json.loads(body)

@@ -1,0 +1,128 @@
+"""End to end: every step of the compiled package run here, as open-source KFP 2.x and as Vertex AI.
+
+The package `make kubeflow` writes is run twice on a tiny dataset by
+`tests.pipeline.kfp_emulator`, each step a process running the executor's
+`command` + `args` with the ExecutorInput its backend would build: first as
+open-source KFP 2.x builds it (untyped upstream artifacts, an extra
+`executor-logs` output, no pre-cache check), then, after a new span arrives,
+as Vertex AI does (typed artifacts, the pre-cache check run first). The second
+run must evaluate its model against the one the first pushed, and both push.
+"""
+
+import json
+import os
+import time
+
+import pytest
+
+from dataset import clickstream
+from pipeline import configs
+from pipeline import kubeflow_package
+from pipeline import kubeflow_runner
+from tests.pipeline import kfp_emulator
+
+pytestmark = pytest.mark.e2e
+
+_EXAMPLES_PER_SPAN = 600
+
+
+def _write_span(data_root, span):
+  clickstream.write_span(data_root, span=span, num_examples=_EXAMPLES_PER_SPAN, seed=span)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """`(job, storage root, open-source run, Vertex AI run, seconds of each run)`."""
+  root = tmp_path_factory.mktemp("kfp")
+  storage_root = str(root / "storage")
+  data_root = os.path.join(storage_root, "data")
+  _write_span(data_root, 1)
+  _write_span(data_root, 2)
+  code = kubeflow_runner.main(
+    [
+      f"--output_root={root / 'out'}",
+      f"--storage_root={storage_root}",
+      # The image keeps the schema at kubeflow_runner.IMAGE_SCHEMA_PATH; here
+      # the project root stands in for the image's /pipeline.
+      f"--schema_path={configs.SCHEMA_PATH}",
+      "--preset=tiny",
+      "--train_steps=20",
+      "--eval_steps=2",
+      "--accuracy_threshold=0.01",
+      "--direct_running_mode=in_memory",
+      "--direct_num_workers=1",
+    ]
+  )
+  assert code == 0
+  with open(kubeflow_package.package_path(str(root / "out"))) as f:
+    job = json.load(f)
+
+  seconds = {}
+  start = time.monotonic()
+  work = str(root / "pods")
+  open_source = kfp_emulator.Backend(kfp_emulator.OPEN_SOURCE, work, configs.PROJECT_ROOT).run(job)
+  seconds["open_source"] = time.monotonic() - start
+
+  # A new span arrives; this run also trains longer, so its model is better
+  # than the one serving and is pushed too.
+  _write_span(data_root, 3)
+  start = time.monotonic()
+  vertex = kfp_emulator.Backend(kfp_emulator.VERTEX, work, configs.PROJECT_ROOT).run(
+    job, {kubeflow_package.TRAIN_ARGS_PARAMETER: kubeflow_package.train_args_value(150)}
+  )
+  seconds["vertex"] = time.monotonic() - start
+  print(f"\nEmulated runs: {json.dumps({k: round(v, 1) for k, v in seconds.items()})} s")
+  return job, storage_root, open_source, vertex
+
+
+def test_every_step_ran_on_both_backends(runs):
+  job, _, open_source, vertex = runs
+  tasks = set(job["pipelineSpec"]["root"]["dag"]["tasks"])
+  assert len(tasks) == 10
+  assert set(open_source) == set(vertex) == tasks
+
+
+def test_open_source_steps_got_untyped_inputs_and_the_launchers_log_output(runs):
+  _, _, open_source, _ = runs
+  for name, step in open_source.items():
+    assert "executor-logs" in step.executor_input["outputs"]["artifacts"], name
+    for artifact_list in step.executor_input["inputs"]["artifacts"].values():
+      assert artifact_list["artifacts"][0]["type"] == {"instanceSchema": ""}, name
+
+
+def test_example_gen_ingests_the_latest_span_with_or_without_the_pre_cache_check(runs):
+  _, _, open_source, vertex = runs
+  for step, span, checked in (
+    (open_source["ImportExampleGen"], 2, False),
+    (vertex["ImportExampleGen"], 3, True),
+  ):
+    assert step.pre_cache_check_ran is checked
+    assert step.outputs["examples"]["metadata"]["span"] == span
+    splits = sorted(os.listdir(step.outputs["examples"]["uri"]))
+    assert splits == ["Split-eval", "Split-train"]
+
+
+def _pushed_version(run):
+  metadata = run["Pusher"].outputs["pushed_model"]["metadata"]
+  assert metadata["pushed"] == 1, metadata
+  return int(metadata["pushed_version"])
+
+
+def test_both_runs_push_and_the_second_evaluates_against_the_first(runs):
+  _, storage_root, open_source, vertex = runs
+  first, second = _pushed_version(open_source), _pushed_version(vertex)
+  assert second > first
+  # Nothing served before the first run.
+  assert open_source["ServingBaseline"].outputs["baseline_model"]["metadata"]["has_model"] == 0
+  baseline = vertex["ServingBaseline"].outputs["baseline_model"]["metadata"]
+  assert (baseline["has_model"], baseline["serving_version"]) == (1, first)
+  evaluated = vertex["Evaluator"].executor_input["inputs"]["artifacts"]["baseline_model"]
+  assert (
+    evaluated["artifacts"][0]["uri"] == vertex["ServingBaseline"].outputs["baseline_model"]["uri"]
+  )
+  serving = os.path.join(storage_root, "serving", configs.SERVING_MODEL_NAME)
+  tflite = os.path.join(storage_root, "tflite", configs.SERVING_MODEL_NAME)
+  assert sorted(int(v) for v in os.listdir(serving)) == [first, second]
+  for version in (first, second):
+    assert os.path.isfile(os.path.join(serving, str(version), "saved_model.pb"))
+    assert os.path.isfile(os.path.join(tflite, str(version), "model.tflite"))
