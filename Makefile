@@ -35,6 +35,9 @@ KFP_HOST ?=
 EXPERIMENT ?= next-category
 RUN_NAME ?=
 BEAM_ARGS ?=
+# `make kubeflow-schedule`: a 5-field cron (KFP's seconds field is added).
+CRON ?=
+SCHEDULE_NAME ?=
 
 RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --preset=$(PRESET) \
 	$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) --num_workers=$(NUM_WORKERS) \
@@ -42,7 +45,7 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --preset=$(PR
 	$(if $(RUN_SPAN),--span=$(RUN_SPAN))
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
-	kubeflow-submit skew-report \
+	kubeflow-submit kubeflow-schedule skew-report \
 	serve query bench-serving bench-tflite bench-multi-worker
 
 install: $(STAMP)
@@ -124,7 +127,8 @@ skew-report: install
 image:
 	docker build -t $(IMAGE) .
 
-# Compiles the same pipeline into a KFP v2 PipelineJob: OUTPUT_ROOT/kubeflow/pipeline.json.
+# Compiles the same pipeline for Kubeflow: OUTPUT_ROOT/kubeflow/pipeline.json (the
+# PipelineJob Vertex AI runs) and pipeline_spec.yaml (what the KFP UI and kfp.Client take).
 kubeflow: install
 	$(PY) -m pipeline.kubeflow_runner --output_root=$(OUTPUT_ROOT) --image=$(IMAGE) \
 		--preset=$(PRESET) --num_workers=$(NUM_WORKERS) \
@@ -136,6 +140,14 @@ kubeflow-submit: install
 	$(PY) -m pipeline.kubeflow_submit --host=$(KFP_HOST) --output_root=$(OUTPUT_ROOT) \
 		--experiment_name=$(EXPERIMENT) $(if $(RUN_NAME),--run_name=$(RUN_NAME)) \
 		$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS))
+
+# Creates a recurring run of the compiled pipeline at KFP_HOST, e.g.
+# `make kubeflow-schedule CRON='0 3 * * *' KFP_HOST=http://localhost:8080`
+# (list, pause, resume, delete: python -m pipeline.kubeflow_schedule --help).
+kubeflow-schedule: install
+	$(PY) -m pipeline.kubeflow_schedule create --host=$(KFP_HOST) --cron='$(CRON)' \
+		--output_root=$(OUTPUT_ROOT) --experiment_name=$(EXPERIMENT) \
+		$(if $(SCHEDULE_NAME),--name=$(SCHEDULE_NAME)) $(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS))
 
 clean:
 	rm -rf $(OUTPUT_ROOT) .pytest_cache

@@ -216,12 +216,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1]
   )
   common = argparse.ArgumentParser(add_help=False)
-  common.add_argument(
-    "--host",
-    default=os.environ.get("KF_PIPELINES_ENDPOINT"),
-    help="KFP API endpoint, http(s)://host[:port] (default: $KF_PIPELINES_ENDPOINT).",
-  )
-  common.add_argument("--namespace", help="Kubernetes namespace of a multi-user deployment.")
+  kubeflow_submit.add_endpoint_flags(common)
   commands = parser.add_subparsers(dest="command", required=True)
   create_parser = commands.add_parser("create", parents=[common], help="Create a recurring run.")
   create_parser.add_argument(
@@ -250,10 +245,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
       "recurring_run_id", help="The id `list` shows."
     )
   args = parser.parse_args(argv)
-  if not args.host:
-    parser.error("--host (KFP_HOST) is required, e.g. --host=http://localhost:8080.")
-  if not args.host.startswith(("http://", "https://")):
-    parser.error(f"--host must start with http:// or https://, got {args.host!r}.")
+  kubeflow_submit.check_endpoint_flags(parser, args)
   return args
 
 

@@ -167,11 +167,7 @@ def _parse_parameter(text: str) -> Tuple[str, str]:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument(
-    "--host",
-    default=os.environ.get("KF_PIPELINES_ENDPOINT"),
-    help="KFP API endpoint, http(s)://host[:port] (default: $KF_PIPELINES_ENDPOINT).",
-  )
+  add_endpoint_flags(parser)
   parser.add_argument(
     "--output_root",
     default=configs.OUTPUT_ROOT,
@@ -194,16 +190,30 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     metavar="NAME=VALUE",
     help="A runtime parameter value for this run (repeatable).",
   )
-  parser.add_argument("--namespace", help="Kubernetes namespace of a multi-user deployment.")
   parser.add_argument(
     "--no_cache", action="store_true", help="Run every task even if a cached result exists."
   )
   args = parser.parse_args(argv)
+  check_endpoint_flags(parser, args)
+  return args
+
+
+def add_endpoint_flags(parser: argparse.ArgumentParser) -> None:
+  """Adds --host and --namespace, the KFP endpoint flags of submit and schedule."""
+  parser.add_argument(
+    "--host",
+    default=os.environ.get("KF_PIPELINES_ENDPOINT"),
+    help="KFP API endpoint, http(s)://host[:port] (default: $KF_PIPELINES_ENDPOINT).",
+  )
+  parser.add_argument("--namespace", help="Kubernetes namespace of a multi-user deployment.")
+
+
+def check_endpoint_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """Exits with a usage error unless --host is an http(s) URL."""
   if not args.host:
     parser.error("--host (KFP_HOST) is required, e.g. --host=http://localhost:8080.")
   if not args.host.startswith(("http://", "https://")):
     parser.error(f"--host must start with http:// or https://, got {args.host!r}.")
-  return args
 
 
 def main(argv=None) -> int:
