@@ -48,6 +48,7 @@ import dataclasses
 import itertools
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -76,6 +77,9 @@ class StepRun:
   outputs: Dict[str, Dict[str, Any]]
   pre_cache_check_ran: bool
   seconds: float
+  # CPU time of the step's processes, what the wall time would be on an idle
+  # machine if they used one core.
+  cpu_seconds: float
 
 
 class MetadataStore:
@@ -87,6 +91,11 @@ class MetadataStore:
   def record(self) -> int:
     """The id of a newly recorded artifact."""
     return next(self._ids)
+
+
+def _children_cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
 
 
 def _topological_order(tasks: Dict[str, Any]) -> List[str]:
@@ -247,7 +256,7 @@ class Backend:
 
   def _run_step(self, name, container, executor_input) -> StepRun:
     input_json = json.dumps(executor_input)
-    start = time.monotonic()
+    start, start_cpu = time.monotonic(), _children_cpu_seconds()
     pre_cache_check = container.get("lifecycle", {}).get("preCacheCheck")
     ran_check = False
     if pre_cache_check and self.backend == VERTEX:
@@ -280,7 +289,14 @@ class Backend:
         artifact["metadata"].setdefault("store_session_info", '{"Provider":"gs","Params":{}}')
       artifact["id"] = self.store.record()
       outputs[key] = artifact
-    return StepRun(name, executor_input, outputs, ran_check, time.monotonic() - start)
+    return StepRun(
+      name,
+      executor_input,
+      outputs,
+      ran_check,
+      time.monotonic() - start,
+      _children_cpu_seconds() - start_cpu,
+    )
 
   def _execute(self, label, container, executor_input, input_json) -> None:
     command = [
