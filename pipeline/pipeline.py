@@ -9,6 +9,7 @@ from typing import Dict
 from typing import List
 from typing import Optional
 from typing import Sequence
+from typing import Union
 
 import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
@@ -66,6 +67,44 @@ def _eval_config(
   )
 
 
+# What the Trainer accepts for its arguments: the proto, or a runtime parameter
+# holding the whole proto as JSON (KubeflowV2 binds it to a pipeline input).
+TrainArgsValue = Union[tfx.proto.TrainArgs, tfx.dsl.experimental.RuntimeParameter]
+EvalArgsValue = Union[tfx.proto.EvalArgs, tfx.dsl.experimental.RuntimeParameter]
+# The splits ImportExampleGen writes.
+_SPLITS = ("train", "eval")
+
+
+def _check_steps_args(name: str, value, proto_class) -> None:
+  """Refuses `train_args`/`eval_args` the Trainer could not use.
+
+  A RuntimeParameter is checked only for its type: its value arrives at run time.
+  """
+  if isinstance(value, tfx.dsl.experimental.RuntimeParameter):
+    if value.ptype is not str:
+      raise ValueError(
+        f"The {name} runtime parameter {value.name!r} must have ptype str (the whole "
+        f"{proto_class.__name__} as JSON), got {value.ptype.__name__}."
+      )
+    return
+  if not isinstance(value, proto_class):
+    raise ValueError(
+      f"{name} must be a tfx.proto.{proto_class.__name__} or a RuntimeParameter, "
+      f"got {type(value).__name__}."
+    )
+  if value.num_steps < 1:
+    raise ValueError(
+      f"{name}.num_steps must be positive (the run_fn trains and evaluates a fixed number of "
+      f"steps), got {value.num_steps}."
+    )
+  unknown = sorted(set(value.splits) - set(_SPLITS))
+  if unknown:
+    raise ValueError(
+      f"{name}.splits names {', '.join(unknown)}, which ImportExampleGen does not write; "
+      f"it writes {' and '.join(_SPLITS)}."
+    )
+
+
 def create_pipeline(
   pipeline_name: str,
   pipeline_root: str,
@@ -73,8 +112,8 @@ def create_pipeline(
   schema_path: str,
   run_fn: str,
   serving_model_dir: str,
-  train_steps: int,
-  eval_steps: int,
+  train_args: TrainArgsValue,
+  eval_args: EvalArgsValue,
   accuracy_threshold: float,
   accuracy_change_threshold: float = -1e-10,
   input_pattern: str = "span-{SPAN}/*",
@@ -101,8 +140,10 @@ def create_pipeline(
     schema_path: the curated schema (`schemas/schema.pbtxt`).
     run_fn: dotted path of the Trainer's `run_fn`.
     serving_model_dir: base path the Pusher writes numbered versions to.
-    train_steps: Trainer training steps.
-    eval_steps: Trainer evaluation steps.
+    train_args: the Trainer's `tfx.proto.TrainArgs` (training steps), or a
+      RuntimeParameter of type str holding them as JSON.
+    eval_args: the Trainer's `tfx.proto.EvalArgs` (evaluation steps), or a
+      RuntimeParameter of type str holding them as JSON.
     accuracy_threshold: minimum eval top-1 accuracy for blessing.
     accuracy_change_threshold: minimum accuracy difference to the latest
       blessed model (a small negative number means "no worse").
@@ -133,10 +174,8 @@ def create_pipeline(
   Raises:
     ValueError: for settings that cannot work.
   """
-  if train_steps < 1 or eval_steps < 1:
-    raise ValueError(
-      f"train_steps and eval_steps must be positive, got {train_steps} and {eval_steps}."
-    )
+  _check_steps_args("train_args", train_args, tfx.proto.TrainArgs)
+  _check_steps_args("eval_args", eval_args, tfx.proto.EvalArgs)
   if "{SPAN}" not in input_pattern:
     raise ValueError(
       f"input_pattern must contain {{SPAN}} to read span directories, got {input_pattern!r}."
@@ -196,8 +235,8 @@ def create_pipeline(
     run_fn=run_fn,
     examples=example_gen.outputs["examples"],
     schema=schema_gen.outputs["schema"],
-    train_args=tfx.proto.TrainArgs(num_steps=train_steps),
-    eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+    train_args=train_args,
+    eval_args=eval_args,
     custom_config=dict(trainer_custom_config or {}),
   )
   # The Trainer consumes no output of the gate, so the order is explicit.
