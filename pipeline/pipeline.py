@@ -16,6 +16,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from components.anomaly_gate.component import AnomalyGate
+from components.infra_validator.component import InfraValidator
 from components.tflite_converter.component import TFLiteConverter
 
 
@@ -259,10 +260,19 @@ def create_pipeline(
     ),
   )
 
+  # Canary: serves the blessed model in a model server process and checks its
+  # answers; the Pusher refuses a model it does not bless.
+  infra_validator = InfraValidator(
+    model=trainer.outputs["model"],
+    examples=example_gen.outputs["examples"],
+    model_blessing=evaluator.outputs["blessing"],
+  )
+
   # Pushes a blessed model to the base path TensorFlow Serving watches.
   pusher = tfx.components.Pusher(
     model=trainer.outputs["model"],
     model_blessing=evaluator.outputs["blessing"],
+    infra_blessing=infra_validator.outputs["blessing"],
     push_destination=tfx.proto.PushDestination(
       filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
     ),
@@ -277,6 +287,7 @@ def create_pipeline(
     trainer,
     latest_blessed_model_resolver,
     evaluator,
+    infra_validator,
     pusher,
   ]
   if tflite_push_base_directory:

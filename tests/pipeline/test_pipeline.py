@@ -27,6 +27,7 @@ def test_pipeline_has_every_component_wired():
     "Trainer",
     "latest_blessed_model_resolver",
     "Evaluator",
+    "InfraValidator",
     "Pusher",
   }
   # The Trainer runs only after AnomalyGate passed.
@@ -35,7 +36,17 @@ def test_pipeline_has_every_component_wired():
     "ImportSchemaGen",
     "AnomalyGate",
   }
-  assert {c.id for c in components["Pusher"].upstream_nodes} == {"Trainer", "Evaluator"}
+  assert {c.id for c in components["Pusher"].upstream_nodes} == {
+    "Trainer",
+    "Evaluator",
+    "InfraValidator",
+  }
+  # The canary serves the model the Evaluator blessed, before the Pusher.
+  assert {c.id for c in components["InfraValidator"].upstream_nodes} == {
+    "ImportExampleGen",
+    "Trainer",
+    "Evaluator",
+  }
   assert {c.id for c in components["Evaluator"].upstream_nodes} == {
     "ImportExampleGen",
     "Trainer",
