@@ -16,7 +16,10 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from components.anomaly_gate.component import AnomalyGate
+from components.evaluator.component import Evaluator
 from components.infra_validator.component import InfraValidator
+from components.pusher.component import Pusher
+from components.serving_baseline.component import ServingBaseline
 from components.tflite_converter.component import TFLiteConverter
 
 
@@ -49,8 +52,8 @@ def _eval_config(
                   value_threshold=tfma.GenericValueThreshold(
                     lower_bound={"value": accuracy_threshold}
                   ),
-                  # Ignored on the first run, when no model is
-                  # blessed yet.
+                  # Against the model serving now; ignored on the
+                  # first run, when none is.
                   change_threshold=tfma.GenericChangeThreshold(
                     direction=tfma.MetricDirection.HIGHER_IS_BETTER,
                     absolute={"value": accuracy_change_threshold},
@@ -146,8 +149,8 @@ def create_pipeline(
     eval_args: the Trainer's `tfx.proto.EvalArgs` (evaluation steps), or a
       RuntimeParameter of type str holding them as JSON.
     accuracy_threshold: minimum eval top-1 accuracy for blessing.
-    accuracy_change_threshold: minimum accuracy difference to the latest
-      blessed model (a small negative number means "no worse").
+    accuracy_change_threshold: minimum accuracy difference to the model
+      serving now (a small negative number means "no worse").
     input_pattern: file pattern under `data_root`, with `{SPAN}`.
     span: the span to ingest; None ingests the latest one.
     tolerated_anomalies: anomaly kinds (or `feature:KIND`) that do not stop
@@ -243,18 +246,16 @@ def create_pipeline(
   # The Trainer consumes no output of the gate, so the order is explicit.
   trainer.add_upstream_node(anomaly_gate)
 
-  # Finds the latest blessed model, the baseline a new model must not lose to.
-  latest_blessed_model_resolver = tfx.dsl.Resolver(
-    strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-    model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-    model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-  ).with_id("latest_blessed_model_resolver")
+  # Copies the model serving now (the highest complete version under the push
+  # destination), the baseline a new model must be no worse than; on a first
+  # run there is none.
+  serving_baseline = ServingBaseline(serving_model_dir=serving_model_dir)
 
   # Evaluates per slice with TFMA and blesses the model if it passes.
-  evaluator = tfx.components.Evaluator(
+  evaluator = Evaluator(
     examples=example_gen.outputs["examples"],
     model=trainer.outputs["model"],
-    baseline_model=latest_blessed_model_resolver.outputs["model"],
+    baseline_model=serving_baseline.outputs["baseline_model"],
     eval_config=_eval_config(
       label_key, accuracy_threshold, accuracy_change_threshold, slice_features
     ),
@@ -268,8 +269,9 @@ def create_pipeline(
     model_blessing=evaluator.outputs["blessing"],
   )
 
-  # Pushes a blessed model to the base path TensorFlow Serving watches.
-  pusher = tfx.components.Pusher(
+  # Pushes a blessed model to the base path TensorFlow Serving watches, unless
+  # it is the version serving already.
+  pusher = Pusher(
     model=trainer.outputs["model"],
     model_blessing=evaluator.outputs["blessing"],
     infra_blessing=infra_validator.outputs["blessing"],
@@ -285,7 +287,7 @@ def create_pipeline(
     example_validator,
     anomaly_gate,
     trainer,
-    latest_blessed_model_resolver,
+    serving_baseline,
     evaluator,
     infra_validator,
     pusher,

@@ -6,6 +6,7 @@ import pytest
 from tfx import v1 as tfx
 
 from pipeline import beam_runner
+from pipeline import caching
 from pipeline import configs
 from pipeline import runner_flags
 from tests.pipeline import pipelines
@@ -25,7 +26,7 @@ def test_pipeline_has_every_component_wired():
     "ExampleValidator",
     "AnomalyGate",
     "Trainer",
-    "latest_blessed_model_resolver",
+    "ServingBaseline",
     "Evaluator",
     "InfraValidator",
     "Pusher",
@@ -50,8 +51,22 @@ def test_pipeline_has_every_component_wired():
   assert {c.id for c in components["Evaluator"].upstream_nodes} == {
     "ImportExampleGen",
     "Trainer",
-    "latest_blessed_model_resolver",
+    "ServingBaseline",
   }
+  baseline = components["Evaluator"].inputs["baseline_model"]
+  assert baseline.producer_component_id == "ServingBaseline"
+  assert components["ServingBaseline"].exec_properties == {"serving_model_dir": "/tmp/s"}
+
+
+def test_only_the_baseline_step_is_never_cached():
+  pipeline = _create(enable_cache=True)
+  assert caching.uncached_node_ids(pipeline) == ["ServingBaseline"]
+  ir = caching.compile_ir(pipeline)
+  enabled = {
+    n.pipeline_node.node_info.id: n.pipeline_node.execution_options.caching_options.enable_cache
+    for n in ir.nodes
+  }
+  assert enabled == {c.id: c.id != "ServingBaseline" for c in pipeline.components}
 
 
 def test_tflite_conversion_follows_the_pusher_when_asked_for():
