@@ -9,6 +9,7 @@ from tfx.types import standard_artifacts
 import model_signing
 from components import version_signing
 from components.pusher import executor as pusher_executor
+from components.tflite_converter import executor as tflite_executor
 from tests import saved_models
 
 
@@ -69,3 +70,26 @@ def test_an_unreadable_key_fails_the_push_and_publishes_nothing(tmp_path, keys):
     _push(tmp_path, base, keys["public"])
   # Signing happens in staging, before the rename: nothing became visible.
   assert os.listdir(base) == []
+
+
+def test_shipped_tflite_version_verifies_and_tampering_is_detected(tmp_path, keys):
+  source = tmp_path / "source"
+  source.mkdir()
+  for name in (
+    tflite_executor.MODEL_FILE,
+    tflite_executor.LABELS_FILE,
+    tflite_executor.METRICS_FILE,
+  ):
+    (source / name).write_bytes(b"contents of " + name.encode())
+  version_dir = tflite_executor.push(str(source), str(tmp_path / "tflite"), "7", keys["private"])
+
+  manifest = model_signing.verify_directory(version_dir, keys["public"])
+  assert sorted(manifest) == ["labels.txt", "metrics.json", "model.tflite"]
+  with open(os.path.join(version_dir, "extra.tflite"), "wb") as f:
+    f.write(b"added after signing")
+  with pytest.raises(model_signing.VerificationError, match="not in the manifest: extra.tflite"):
+    model_signing.verify_directory(version_dir, keys["public"])
+  os.remove(os.path.join(version_dir, "extra.tflite"))
+  os.remove(os.path.join(version_dir, model_signing.MANIFEST_PATH))
+  with pytest.raises(model_signing.VerificationError, match="unsigned"):
+    model_signing.verify_directory(version_dir, keys["public"])
