@@ -126,6 +126,7 @@ def create_pipeline(
   report_dir: Optional[str] = None,
   tflite_push_base_directory: Optional[str] = None,
   tflite_max_accuracy_drop: float = 1.0,
+  model_signing_key: Optional[str] = None,
   train_hash_buckets: int = 4,
   eval_hash_buckets: int = 1,
   slice_features: Sequence[str] = ("user_segment", "city_tier"),
@@ -162,6 +163,9 @@ def create_pipeline(
       TFLite conversion out of the pipeline.
     tflite_max_accuracy_drop: largest top-1 accuracy drop (points) of the
       int8 model against the SavedModel for it to be shipped.
+    model_signing_key: an Ed25519 private key file the Pusher and the
+      TFLiteConverter sign every version they push with (in staging, before
+      it is visible); None pushes unsigned versions.
     train_hash_buckets: hash buckets of the train split.
     eval_hash_buckets: hash buckets of the eval split.
     slice_features: features the Evaluator slices by (each, and all crossed).
@@ -275,6 +279,7 @@ def create_pipeline(
     model=trainer.outputs["model"],
     model_blessing=evaluator.outputs["blessing"],
     infra_blessing=infra_validator.outputs["blessing"],
+    model_signing_key=model_signing_key,
     push_destination=tfx.proto.PushDestination(
       filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
     ),
@@ -301,6 +306,7 @@ def create_pipeline(
       pushed_model=pusher.outputs["pushed_model"],
       push_base_directory=tflite_push_base_directory,
       max_accuracy_drop=tflite_max_accuracy_drop,
+      model_signing_key=model_signing_key,
     )
     components.append(tflite_converter)
 
