@@ -6,12 +6,12 @@ import os
 import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
-from tfx.components.pusher import executor as pusher_executor
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
 from components.infra_validator import conftest
 from components.infra_validator import executor
+from components.pusher import executor as pusher_executor
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def _run(models, saved_model_dir, tmp_path, model_blessed=None, **options):
 
 
 def _push(tmp_path, model_dir, infra_blessing):
-  """TFX's own Pusher with an Evaluator blessing and this InfraBlessing: (pushed, destination)."""
+  """Pushes with the pipeline's Pusher, the Evaluator's blessing and this InfraBlessing."""
   model_blessing = standard_artifacts.ModelBlessing()
   model_blessing.set_int_custom_property("blessed", 1)
   pushed_model = standard_artifacts.PushedModel()
