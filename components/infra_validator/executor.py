@@ -82,12 +82,16 @@ class Options:
   max_abs_difference: float = 1e-5
 
 
-def _read_examples(split_dir: str, limit: int) -> List[bytes]:
-  files = sorted(
-    os.path.join(split_dir, name)
-    for name in tf.io.gfile.listdir(split_dir)
-    if not tf.io.gfile.isdir(os.path.join(split_dir, name))
-  )
+def _read_examples(path: str, limit: int) -> List[bytes]:
+  """Up to `limit` records of a TFRecord file, or of a directory's files in name order."""
+  if tf.io.gfile.isdir(path):
+    files = sorted(
+      os.path.join(path, name)
+      for name in tf.io.gfile.listdir(path)
+      if not tf.io.gfile.isdir(os.path.join(path, name))
+    )
+  else:
+    files = sorted(tf.io.gfile.glob(path))
   records = []
   for path in files:
     compression = "GZIP" if path.endswith(".gz") else ""
@@ -137,7 +141,8 @@ def validate(
 
   Args:
     saved_model_dir: the candidate SavedModel (local or remote).
-    examples_dir: a directory of TFRecord files of serialized tf.Examples.
+    examples_dir: a directory of TFRecord files of serialized tf.Examples
+      (or one file, or a glob pattern); `.gz` files are read as GZIP.
     log_path: local file the server's log is written to.
     options: sizes and bounds of the check.
 
