@@ -50,6 +50,8 @@ class RunSummary:
   reports: List[str] = dataclasses.field(default_factory=list)
   # InfraValidator's verdict: (blessed, reason with its latency), when it ran.
   infra_validation: Optional[Tuple[bool, str]] = None
+  # The model was the version serving already: the Pusher copied nothing.
+  already_pushed: bool = False
 
   def component(self, node_id: str) -> Optional[ComponentRun]:
     for run in self.components:
@@ -193,6 +195,9 @@ def summarize(
       if props.get("pushed") and props["pushed"].int_value:
         summary.pushed_path = props["pushed_destination"].string_value
         summary.pushed_version = props["pushed_version"].string_value
+        summary.already_pushed = bool(
+          props.get("already_pushed") and props["already_pushed"].int_value
+        )
   return summary
 
 
@@ -249,7 +254,8 @@ def format_summary(summary: RunSummary) -> str:
       f"Canary (InfraValidator): {reason or ('blessed' if infra_blessed else 'not blessed')}"
     )
   if summary.pushed_path:
-    lines.append(f"Pushed: {summary.pushed_path} (version {summary.pushed_version})")
+    already = ", already serving: not copied again" if summary.already_pushed else ""
+    lines.append(f"Pushed: {summary.pushed_path} (version {summary.pushed_version}{already})")
   else:
     lines.append("Pushed: nothing")
   if summary.reports:

@@ -189,11 +189,16 @@ def test_gate_trips_on_an_impossible_bound(trained, tmp_path):
   assert not os.path.exists(tmp_path / "push")
 
 
-def test_push_replaces_a_version_atomically(tmp_path):
-  source = tmp_path / "source"
-  source.mkdir()
+def _write_files(directory, prefix):
+  """The artifact's three files with placeholder contents `<prefix> <file name>`."""
+  directory.mkdir(parents=True)
   for name in (executor.MODEL_FILE, executor.LABELS_FILE, executor.METRICS_FILE):
-    (source / name).write_text("new " + name)
+    (directory / name).write_text(f"{prefix} {name}")
+  return directory
+
+
+def test_push_replaces_a_partial_version_atomically(tmp_path):
+  source = _write_files(tmp_path / "source", "new")
   base = tmp_path / "base"
   (base / "7").mkdir(parents=True)
   (base / "7" / "stale.txt").write_text("old")
@@ -207,15 +212,9 @@ def test_push_replaces_a_version_atomically(tmp_path):
 
 
 def test_push_keeps_a_shipped_version_and_removes_stale_staging(tmp_path):
-  source = tmp_path / "source"
-  source.mkdir()
-  for name in (executor.MODEL_FILE, executor.LABELS_FILE, executor.METRICS_FILE):
-    (source / name).write_text("new " + name)
+  source = _write_files(tmp_path / "source", "new")
   base = tmp_path / "base"
-  shipped = base / "7"
-  shipped.mkdir(parents=True)
-  for name in (executor.MODEL_FILE, executor.LABELS_FILE, executor.METRICS_FILE):
-    (shipped / name).write_text("first " + name)
+  shipped = _write_files(base / "7", "first")
   # Left by a run killed while shipping, two hours ago.
   stale = base / f"{serving_versions.STAGING_PREFIX}{int(time.time()) - 7200}-0dead"
   stale.mkdir()
