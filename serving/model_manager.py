@@ -24,6 +24,7 @@ from typing import Tuple
 
 import grpc
 import tensorflow as tf
+from google.protobuf import message as protobuf_message
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.config import model_server_config_pb2
@@ -97,6 +98,13 @@ def _load_error(error: Exception) -> Tuple[grpc.StatusCode, str]:
   if isinstance(error, tf.errors.OpError):
     converted = status.from_tf_error(error)
     return converted.code, converted.message
+  if isinstance(error, protobuf_message.DecodeError):
+    # TensorFlow's ReadBinaryProto: "Can't parse ... as binary proto" is DATA_LOSS.
+    return grpc.StatusCode.DATA_LOSS, f"Can't parse the SavedModel as a binary proto: {error}"
+  if isinstance(error, IndexError):
+    # TensorFlow's file reads answer "Read less bytes than requested" with OUT_OF_RANGE,
+    # which its Python bindings raise as IndexError.
+    return grpc.StatusCode.OUT_OF_RANGE, str(error)
   if isinstance(error, FileNotFoundError):
     return grpc.StatusCode.NOT_FOUND, str(error)
   if isinstance(error, PermissionError):

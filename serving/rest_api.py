@@ -58,6 +58,9 @@ _STATUS_PATH = re.compile(
 )
 _API_PREFIX = re.compile(r"(?i)/v1/.*")
 _API_NAMES = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
+# A refused request's remaining body is read and dropped for at most this long and this much.
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 16 * 1024 * 1024
 
 
 def _model_spec(name: str, version: Optional[str], label: Optional[str]) -> model_pb2.ModelSpec:
@@ -472,6 +475,21 @@ class _Connection(http.server.BaseHTTPRequestHandler):
   def _refuse(self, code: int, message: str) -> None:
     self.close_connection = True
     self._respond(code, "application/json", json.dumps({"error": message}).encode("utf-8"))
+    # A lingering close, as web servers do: closing with the body still arriving
+    # would reset the connection and the client could lose this answer. What
+    # arrives is read and dropped, for a bounded time and size.
+    try:
+      self.wfile.flush()
+      self.connection.shutdown(socket.SHUT_WR)
+      self.connection.settimeout(_LINGER_SECONDS / 2)
+      deadline, drained = time.monotonic() + _LINGER_SECONDS, 0
+      while drained < _LINGER_BYTES and time.monotonic() < deadline:
+        chunk = self.connection.recv(65536)
+        if not chunk:
+          break
+        drained += len(chunk)
+    except OSError:
+      pass
 
   def _serve(self, method: str) -> None:
     body = b""
