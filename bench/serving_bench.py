@@ -557,6 +557,15 @@ def run_production_comparison(
   verdict compares the medians of the rounds.
   """
   results, summary = [], {}
+
+  def measure(server: _Server, client: str, features: str) -> RunResult:
+    result = run_load(
+      server, "grpc", True, concurrency, examples[:1], seconds, warmup_seconds, client, features
+    )
+    print(_row(result), flush=True)
+    results.append(result)
+    return result
+
   servers = {
     name: _Server(
       base_path,
@@ -572,20 +581,7 @@ def run_production_comparison(
       rates = {"off": [], "all": []}
       for index in range(rounds):
         for name in ("off", "all") if index % 2 == 0 else ("all", "off"):
-          result = run_load(
-            servers[name],
-            "grpc",
-            True,
-            concurrency,
-            examples[:1],
-            seconds,
-            warmup_seconds,
-            client,
-            name,
-          )
-          print(_row(result), flush=True)
-          results.append(result)
-          rates[name].append(result.predictions_per_second)
+          rates[name].append(measure(servers[name], client, name).predictions_per_second)
       off, on = float(np.median(rates["off"])), float(np.median(rates["all"]))
       loss = 100.0 * (off - on) / off if off else float("nan")
       summary[client] = {
@@ -608,19 +604,7 @@ def run_production_comparison(
       base_path, True, os.path.join(workdir, f"server_{feature}.log"), (feature,), sampling_rate
     )
     try:
-      result = run_load(
-        server,
-        "grpc",
-        True,
-        concurrency,
-        examples[:1],
-        seconds,
-        warmup_seconds,
-        clients[0],
-        feature,
-      )
-      print(_row(result), flush=True)
-      results.append(result)
+      measure(server, clients[0], feature)
     finally:
       server.stop()
   return results, summary

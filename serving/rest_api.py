@@ -241,8 +241,7 @@ class RestApi:
         spec = _model_spec(model_name, number, label)
         principal = self._policy.authorize(authorization, spec.name)
         parsed = _json_body(body)
-        del body  # The parsed JSON replaces the raw bytes in memory.
-        signature = parsed.get("signature_name", "") if isinstance(parsed, dict) else ""
+        signature = parsed.get("signature_name", "")
         examples = _body_examples(api, parsed)
         result, version = self._post(api, spec, parsed)
       elif method == "GET" and (match := _STATUS_PATH.fullmatch(path)):
@@ -523,7 +522,6 @@ class _Connection(http.server.BaseHTTPRequestHandler):
       authorization=self.headers.get("Authorization"),
       peer=f"{self.client_address[0]}:{self.client_address[1]}",
     )
-    del body
     self._respond(*response)
 
   def do_GET(self):  # noqa: N802 (BaseHTTPRequestHandler's naming)
@@ -633,6 +631,7 @@ class RestServer:
         return
       if len(self._idle) >= self._max_connections:
         oldest = min(self._idle, key=lambda s: self._idle[s][1])
+        self._selector.unregister(oldest)
         self._forget(self._idle.pop(oldest)[0])
       sock.setblocking(True)
       with self._open_lock:
@@ -663,10 +662,10 @@ class RestServer:
       self._forget(self._idle.pop(sock)[0])
 
   def _forget(self, connection) -> None:
+    """Closes a connection: a new one, `(socket, address)`, or a `_Connection`."""
     sock = connection[0] if isinstance(connection, tuple) else connection.connection
     with self._open_lock:
       self._open.discard(sock)
-      self._open.discard(connection[0] if isinstance(connection, tuple) else sock)
     if isinstance(connection, tuple):
       try:
         sock.close()
@@ -684,10 +683,12 @@ class RestServer:
         if self._ssl_context is not None:
           with self._open_lock:
             self._open.discard(sock)
-          sock = self._ssl_context.wrap_socket(sock, server_side=True)
-          with self._open_lock:
+            sock = self._ssl_context.wrap_socket(
+              sock, server_side=True, do_handshake_on_connect=False
+            )
             self._open.add(sock)
           connection = (sock, address)
+          sock.do_handshake()
         connection = self._handler(sock, address, self, self._request_timeout_seconds)
       while connection.serve_one():
         if self._stopping.is_set():
