@@ -161,7 +161,13 @@ def validate(
     return measurements
   with tempfile.TemporaryDirectory(prefix="infra_validation-") as root:
     base_path = model_server.stage_model(saved_model_dir, root, MODEL_NAME, MODEL_VERSION)
-    server = model_server.ModelServer(MODEL_NAME, base_path, log_path)
+    server = model_server.ModelServer(
+      MODEL_NAME,
+      base_path,
+      log_path,
+      # The server gives up (and exits) when the version is not loaded by then.
+      extra_flags=[f"--model_load_timeout_seconds={options.load_timeout_seconds:g}"],
+    )
     measurements["server_command"] = " ".join(server.command)
     try:
       with server:

@@ -11,6 +11,7 @@ container, Kubeflow's included.
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -29,8 +30,12 @@ _POLL_RPC_SECONDS = 1.0
 # gRPC retries a refused connection after this long (its default starts at
 # 1 s and grows), so a server that has just bound its port is seen at once.
 _RECONNECT_BACKOFF_MS = 100
-# Characters of the server's log quoted in an error.
-_LOG_EXCERPT_CHARS = 2000
+# How much of the server's log an error quotes.
+_LOG_TAIL_BYTES = 64 * 1024
+_EXCERPT_LINES = 3
+_LOG_EXCERPT_CHARS = 1000
+# The server's own error lines (Python logging's ERROR, its start-up failure).
+_SERVER_ERROR_LINE = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) |^Failed to start server|^\w*Error: ")
 # State names of ModelVersionStatus (tensorflow_serving/apis/get_model_status.proto).
 _STATE_NAMES = get_model_status_pb2.ModelVersionStatus.State.Name
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
@@ -124,14 +129,20 @@ class ModelServer:
     return self._channel
 
   def log_excerpt(self) -> str:
-    """The end of the server's log, for error messages."""
+    """The server's error lines (else the end of its log), for error messages.
+
+    TensorFlow's own start-up noise (lines like `2026-... E external/...`) is
+    left out; the whole log stays in `log_path`.
+    """
     try:
       with open(self.log_path, "rb") as f:
         f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - _LOG_EXCERPT_CHARS))
-        return f.read().decode("utf-8", "replace").strip()
+        f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
+        lines = f.read().decode("utf-8", "replace").splitlines()
     except OSError:
       return ""
+    errors = [line for line in lines if _SERVER_ERROR_LINE.search(line)]
+    return "\n".join(errors[-_EXCERPT_LINES:] or lines[-_EXCERPT_LINES:])[:_LOG_EXCERPT_CHARS]
 
   def wait_until_available(self, version: int, timeout_seconds: float) -> float:
     """Polls GetModelStatus until `version` is AVAILABLE (loaded and warmed up).
@@ -159,15 +170,14 @@ class ModelServer:
       code = self._process.poll()
       if code is not None:
         raise ModelServerError(
-          f"The model server exited with code {code} before version {version} was available; "
-          f"its log ends with:\n{self.log_excerpt()}"
+          f"The model server exited with code {code} before version {version} was available: "
+          f"{self.log_excerpt()}"
         )
       remaining = deadline - time.monotonic()
       if remaining <= 0:
         raise ModelServerError(
           f"Version {version} of model {self.model_name} was not available within "
-          f"{timeout_seconds:g} s (last status: {last}); the server's log ends with:\n"
-          f"{self.log_excerpt()}"
+          f"{timeout_seconds:g} s (last status: {last}); the server's log: {self.log_excerpt()}"
         )
       try:
         response = stub.GetModelStatus(
