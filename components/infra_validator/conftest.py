@@ -1,27 +1,92 @@
-"""Fixtures of the InfraValidator tests: tiny SavedModels (good, corrupted, wrong) and examples.
+"""Fixtures of the InfraValidator tests: small SavedModels (good, corrupted, wrong) and examples.
 
-The models are untrained `tiny` Transformers: the canary compares the server
-with the same SavedModel called in-process, so weights need no training.
+The canary knows signatures and tensors, never a particular model, so the
+models here are a toy classifier written with TensorFlow alone (not the
+Trainer's): it parses serialized tf.Examples, averages item embeddings and
+returns class probabilities, with TensorFlow Serving's Predict and Classify
+signatures and warmup requests, as the Trainer exports them.
 """
 
 import os
 import shutil
 import types as pytypes
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 
-from components.trainer import constants
-from components.trainer import features
-from components.trainer import model as model_lib
-from components.trainer import presets
-from serving import warmup
-from tests import model_checks
-
 NUM_EXAMPLES = 40
+_NUM_ITEMS = 50
+_NUM_CLASSES = 10
+_CLASS_NAMES = [f"category_{i}" for i in range(_NUM_CLASSES)]
+_SEGMENTS = ["new", "returning", "loyal"]
+
+
+def _examples(num_examples: int, seed: int = 11):
+  """Serialized tf.Examples: item_history (ints), user_segment, label."""
+  rng = np.random.default_rng(seed)
+  serialized = []
+  for _ in range(num_examples):
+    example = tf.train.Example()
+    feature = example.features.feature
+    length = int(rng.integers(1, 8))
+    feature["item_history"].int64_list.value.extend(rng.integers(1, _NUM_ITEMS, length).tolist())
+    feature["user_segment"].bytes_list.value.append(rng.choice(_SEGMENTS).encode())
+    feature["label"].int64_list.value.append(int(rng.integers(0, _NUM_CLASSES)))
+    serialized.append(example.SerializeToString())
+  return serialized
+
+
+class _ToyClassifier(tf.Module):
+  """Mean item embedding -> dense -> softmax; `dropout` is applied even at serving (a bug)."""
+
+  def __init__(self, dropout: float = 0.0):
+    super().__init__()
+    rng = np.random.default_rng(3)
+    self.embeddings = tf.Variable(rng.normal(size=(_NUM_ITEMS, 8)).astype(np.float32))
+    self.kernel = tf.Variable(rng.normal(size=(8, _NUM_CLASSES)).astype(np.float32))
+    self.dropout = dropout
+
+  def probabilities(self, serialized):
+    parsed = tf.io.parse_example(serialized, {"item_history": tf.io.VarLenFeature(tf.int64)})
+    history = tf.sparse.to_dense(parsed["item_history"])
+    mask = tf.cast(history > 0, tf.float32)[..., tf.newaxis]
+    embedded = tf.gather(self.embeddings, history) * mask
+    pooled = tf.reduce_sum(embedded, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
+    if self.dropout:
+      pooled = tf.nn.dropout(pooled, rate=self.dropout)
+    return tf.nn.softmax(tf.matmul(pooled, self.kernel))
+
+
+def _save(path: str, dropout: float, examples) -> str:
+  module = _ToyClassifier(dropout)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  def predict(examples):
+    return {"probabilities": module.probabilities(examples)}
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+  def classify(inputs):
+    scores = module.probabilities(inputs)
+    classes = tf.tile(tf.constant(_CLASS_NAMES)[tf.newaxis, :], [tf.shape(scores)[0], 1])
+    return {"classes": classes, "scores": scores}
+
+  tf.saved_model.save(
+    module,
+    path,
+    signatures={
+      "serving_default": predict.get_concrete_function(),
+      "classification": classify.get_concrete_function(),
+    },
+  )
+  _set_method_name(path, "classification", "tensorflow/serving/classify")
+  _write_warmup_requests(path, examples[:4])
+  return path
 
 
 def _set_method_name(saved_model_dir: str, signature_name: str, method_name: str) -> None:
@@ -35,10 +100,19 @@ def _set_method_name(saved_model_dir: str, signature_name: str, method_name: str
     f.write(saved_model.SerializeToString())
 
 
-def _save(model: tf.keras.Model, path: str, signatures, examples) -> str:
-  model.save(path, save_format="tf", signatures=signatures, save_traces=False)
-  warmup.write_warmup_requests(path, examples[:4])
-  return path
+def _write_warmup_requests(saved_model_dir: str, examples) -> None:
+  # TensorFlow Serving's format: PredictionLog records in assets.extra/.
+  path = os.path.join(saved_model_dir, "assets.extra", "tf_serving_warmup_requests")
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.TFRecordWriter(path) as writer:
+    for serialized in examples:
+      request = predict_pb2.PredictRequest()
+      request.model_spec.signature_name = "serving_default"
+      request.inputs["examples"].CopyFrom(tf.make_tensor_proto([serialized], dtype=tf.string))
+      log = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+      )
+      writer.write(log.SerializeToString())
 
 
 @pytest.fixture(scope="session")
@@ -46,41 +120,14 @@ def models(tmp_path_factory):
   """SavedModel directories: `good` (Predict and Classify), `corrupted`, `dropout_on`.
 
   Returns a namespace with those paths and `examples_artifact` (an Examples
-  artifact whose `eval` split holds `NUM_EXAMPLES` examples with labels).
+  artifact whose `eval` split holds `NUM_EXAMPLES` examples).
   """
   root = tmp_path_factory.mktemp("infra_validator")
-  examples = model_checks.serialized_examples(NUM_EXAMPLES, seed=11)
-  tf.keras.utils.set_random_seed(3)
-  model = model_lib.build_model(presets.get("tiny"))
-
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-  def classify(inputs):
-    probabilities = model(features.parse_and_encode(inputs, with_label=False), training=False)
-    names = tf.constant(constants.CATEGORY_NAMES)
-    classes = tf.tile(names[tf.newaxis, :], [tf.shape(probabilities)[0], 1])
-    return {"classes": classes, "scores": probabilities}
-
-  # Dropout left on at inference: each call answers differently, a bug the
-  # in-process comparison must catch.
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-  def serve_with_dropout(examples):
-    encoded = features.parse_and_encode(examples, with_label=False)
-    return {constants.PROBABILITIES_KEY: model(encoded, training=True)}
-
-  signatures = model_lib.make_serving_signatures(model)
-  good = _save(
-    model,
-    str(root / "good"),
-    {**signatures, "classification": classify.get_concrete_function()},
-    examples,
-  )
-  _set_method_name(good, "classification", "tensorflow/serving/classify")
-  dropout_on = _save(
-    model,
-    str(root / "dropout_on"),
-    {"serving_default": serve_with_dropout.get_concrete_function()},
-    examples,
-  )
+  examples = _examples(NUM_EXAMPLES)
+  good = _save(str(root / "good"), 0.0, examples)
+  # Dropout left on at serving: each call answers differently, a bug the
+  # comparison with the in-process model must catch.
+  dropout_on = _save(str(root / "dropout_on"), 0.5, examples)
 
   # A copy whose variables file lost its second half, as an interrupted copy leaves it.
   corrupted = str(root / "corrupted")
@@ -94,18 +141,13 @@ def models(tmp_path_factory):
   examples_artifact.split_names = artifact_utils.encode_split_names(["train", "eval"])
   eval_dir = artifact_utils.get_split_uri([examples_artifact], "eval")
   tf.io.gfile.makedirs(eval_dir)
-  labelled = model_checks.serialized_examples(NUM_EXAMPLES, seed=11, with_label=True)
   with tf.io.TFRecordWriter(
     os.path.join(eval_dir, "data_tfrecord-00000-of-00001.gz"), options="GZIP"
   ) as writer:
-    for record in labelled:
+    for record in examples:
       writer.write(record)
   return pytypes.SimpleNamespace(
-    good=good,
-    corrupted=corrupted,
-    dropout_on=dropout_on,
-    examples_artifact=examples_artifact,
-    eval_dir=eval_dir,
+    good=good, corrupted=corrupted, dropout_on=dropout_on, examples_artifact=examples_artifact
   )
 
 

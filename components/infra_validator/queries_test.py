@@ -50,7 +50,7 @@ def test_choose_signatures_needs_a_serialized_examples_input(models):
   signatures = queries.read_signature_defs(models.good)
   assert queries.choose_signatures(signatures) == ("serving_default", "classification")
   with pytest.raises(ValueError, match="no Predict signature with one DT_STRING input"):
-    queries.choose_signatures({"serving_raw": signatures["serving_raw"]})
+    queries.choose_signatures({"classification": signatures["classification"]})
 
 
 def test_read_signature_defs_names_a_file_that_is_not_a_saved_model(tmp_path):
