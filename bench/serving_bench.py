@@ -512,6 +512,7 @@ def _targets(results: List[RunResult], concurrency: int, client: str) -> dict:
         for r in results
         if (r.protocol, r.client, r.batching, r.concurrency, r.examples_per_request)
         == ("grpc", client, batching, concurrency, examples_per_request)
+        and r.features == "off"
       ),
       None,
     )

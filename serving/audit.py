@@ -12,9 +12,9 @@ disk drops lines, counted in the server's metrics, and never fails a request.
 """
 
 import dataclasses
-import datetime
 import json
 import os
+import time
 from typing import Callable
 from typing import Optional
 
@@ -41,13 +41,21 @@ class AuditRecord:
   latency_ms: float
 
   def to_json(self) -> str:
-    fields = dataclasses.asdict(self)
-    fields["time"] = (
-      datetime.datetime.fromtimestamp(self.time, datetime.timezone.utc)
-      .isoformat(timespec="microseconds")
-      .replace("+00:00", "Z")
-    )
-    fields["latency_ms"] = round(self.latency_ms, 3)
+    seconds = int(self.time)
+    micros = int((self.time - seconds) * 1e6)
+    fields = {
+      "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z",
+      "peer": self.peer,
+      "principal": self.principal,
+      "model": self.model,
+      "version": self.version,
+      "api": self.api,
+      "entrypoint": self.entrypoint,
+      "signature": self.signature,
+      "examples": self.examples,
+      "status": self.status,
+      "latency_ms": round(self.latency_ms, 3),
+    }
     return json.dumps(fields, separators=(",", ":"))
 
 

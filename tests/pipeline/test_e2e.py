@@ -101,7 +101,7 @@ def test_every_component_ran_and_a_model_was_pushed(first_run):
   (baseline,) = summary.component("ServingBaseline").outputs["baseline_model"]
   assert baseline.custom_properties["has_model"].int_value == 0
   (blessing,) = summary.component("Evaluator").outputs["blessing"]
-  assert "baseline_model_uri" not in blessing.custom_properties
+  assert "baseline_model" not in blessing.custom_properties
 
 
 def test_tflite_model_was_converted_and_checked(first_run):
@@ -167,7 +167,7 @@ def test_second_run_after_a_kill_is_cached_compares_with_the_served_model_and_pu
     serving_base, version
   )
   (blessing,) = summary.component("Evaluator").outputs["blessing"]
-  assert blessing.custom_properties["baseline_model_uri"].string_value == baseline.uri
+  assert blessing.custom_properties["baseline_model"].string_value == baseline.uri
   # The same model, no worse than itself: blessed, and not pushed again.
   assert summary.blessed is True
   (pushed,) = summary.component("Pusher").outputs["pushed_model"]
