@@ -28,6 +28,10 @@ TOLERATE_ANOMALIES ?=
 RUN_SPAN ?=
 # Logged serving requests for `make skew-report`.
 SERVING_DATA ?=
+# Where `make keygen` writes the model signing key pair.
+KEY_DIR ?= keys
+# A private key from `make keygen`: every pushed version (SavedModel and TFLite) is signed with it.
+MODEL_SIGNING_KEY ?=
 # Kubeflow: the pipeline image, where components keep their data, the KFP API.
 IMAGE ?= next-category-pipeline:0.1.0
 KFP_STORAGE_ROOT ?=
@@ -42,10 +46,11 @@ SCHEDULE_NAME ?=
 RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --preset=$(PRESET) \
 	$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) --num_workers=$(NUM_WORKERS) \
 	$(if $(TOLERATE_ANOMALIES),--tolerate_anomalies=$(TOLERATE_ANOMALIES)) \
-	$(if $(RUN_SPAN),--span=$(RUN_SPAN))
+	$(if $(RUN_SPAN),--span=$(RUN_SPAN)) \
+	$(if $(MODEL_SIGNING_KEY),--model_signing_key=$(MODEL_SIGNING_KEY))
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
-	kubeflow-submit kubeflow-schedule skew-report \
+	kubeflow-submit kubeflow-schedule skew-report keygen \
 	serve query bench-serving bench-tflite bench-multi-worker
 
 install: $(STAMP)
@@ -123,6 +128,10 @@ query: install
 skew-report: install
 	$(PY) -m pipeline.skew_report --serving_data='$(SERVING_DATA)' --output_root=$(OUTPUT_ROOT)
 
+# Writes an Ed25519 key pair for signing pushed models (README "Serving in production").
+keygen: install
+	$(PY) -m model_signing.keygen --key_dir=$(KEY_DIR)
+
 # Builds the image every Kubeflow component runs in (needs a container engine).
 image:
 	docker build -t $(IMAGE) .
@@ -133,7 +142,8 @@ kubeflow: install
 	$(PY) -m pipeline.kubeflow_runner --output_root=$(OUTPUT_ROOT) --image=$(IMAGE) \
 		--preset=$(PRESET) --num_workers=$(NUM_WORKERS) \
 		$(if $(KFP_STORAGE_ROOT),--storage_root=$(KFP_STORAGE_ROOT)) \
-		$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) $(BEAM_ARGS)
+		$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) \
+		$(if $(MODEL_SIGNING_KEY),--model_signing_key=$(MODEL_SIGNING_KEY)) $(BEAM_ARGS)
 
 # Submits the compiled pipeline to the KFP v2 API at KFP_HOST.
 kubeflow-submit: install
