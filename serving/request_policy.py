@@ -81,6 +81,13 @@ class RequestPolicy:
     if self.request_logs is not None and request is not None:
       self.request_logs.log(model_name, api, request, response, arrived)
 
+  def log_request_lazily(
+    self, model_name: str, api: str, protos: Callable[[], tuple], arrived: float
+  ) -> None:
+    """As `log_request`; `protos()` builds (request, response), only if the request is sampled."""
+    if self.request_logs is not None:
+      self.request_logs.log_lazily(model_name, api, protos, arrived)
+
   def finish(
     self,
     entrypoint: str,

@@ -16,6 +16,7 @@ import base64
 import binascii
 import collections
 import concurrent.futures
+import functools
 import http
 import http.server
 import json
@@ -40,6 +41,7 @@ from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_pb2
+from tensorflow_serving.apis import predict_pb2
 
 from serving import inference
 from serving import request_policy
@@ -182,6 +184,26 @@ def _body_examples(api: str, body: Dict[str, Any]) -> int:
   return len(value) if isinstance(value, list) else 0
 
 
+def _predict_protos(spec, signature_name, inputs, servable, resolved_signature, outputs):
+  """The PredictRequest and PredictResponse a REST Predict stands for, for the request log.
+
+  As TensorFlow Serving's `ProcessPredictRequest` fills them from the JSON
+  (tensorflow_serving/model_servers/http_rest_api_handler.cc), so the record
+  is the one the same call over gRPC writes.
+  """
+  request = predict_pb2.PredictRequest(model_spec=spec)
+  request.model_spec.signature_name = signature_name
+  for alias, array in inputs.items():
+    tensors.fill_tensor_proto(array, request.inputs[alias])
+  response = predict_pb2.PredictResponse()
+  response.model_spec.name = servable.name
+  response.model_spec.version.value = servable.version
+  response.model_spec.signature_name = resolved_signature
+  for alias, array in outputs.items():
+    tensors.fill_tensor_proto(array, response.outputs[alias])
+  return request, response
+
+
 class RestApi:
   """Turns REST requests into calls of an `InferenceService`.
 
@@ -243,7 +265,7 @@ class RestApi:
         parsed = _json_body(body)
         signature = parsed.get("signature_name", "")
         examples = _body_examples(api, parsed)
-        result, version = self._post(api, spec, parsed)
+        result, version = self._post(api, spec, parsed, arrived)
       elif method == "GET" and (match := _STATUS_PATH.fullmatch(path)):
         model_name, number, label, metadata = match.groups()
         if not model_name:
@@ -302,17 +324,19 @@ class RestApi:
         grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded waiting for the model."
       ) from None
 
-  def _post(self, api: str, spec: model_pb2.ModelSpec, body: Dict[str, Any]) -> Tuple[bytes, str]:
+  def _post(
+    self, api: str, spec: model_pb2.ModelSpec, body: Dict[str, Any], arrived: float
+  ) -> Tuple[bytes, str]:
     deadline = inference.deadline_after(self._timeout_seconds)
     if api == "Predict":
-      return self._predict(spec, body, deadline)
+      return self._predict(spec, body, deadline, arrived)
     if api == "Classify":
-      return self._classify(spec, body, deadline)
+      return self._classify(spec, body, deadline, arrived)
     raise status.ServingError(
       grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported: the models here classify."
     )
 
-  def _predict(self, spec, body, deadline) -> Tuple[bytes, str]:
+  def _predict(self, spec, body, deadline, arrived) -> Tuple[bytes, str]:
     signature_name = _signature_name(body)
     if "instances" in body and "inputs" in body:
       raise status.invalid_argument("Only one of 'instances' or 'inputs' may be specified.")
@@ -338,8 +362,18 @@ class RestApi:
       alias: tensors.json_to_ndarray(value, infos[alias].dtype, alias)
       for alias, value in values.items()
     }
-    servable, _, future = self._service.run(spec, signature_name, arrays, (), deadline)
+    servable, resolved_signature, future = self._service.run(
+      spec, signature_name, arrays, (), deadline
+    )
     outputs = self._wait(future)
+    self._policy.log_request_lazily(
+      spec.name,
+      "Predict",
+      functools.partial(
+        _predict_protos, spec, signature_name, arrays, servable, resolved_signature, outputs
+      ),
+      arrived,
+    )
     if row_format:
       aliases = sorted(outputs)
       batch = {outputs[a].shape[0] if outputs[a].ndim else -1 for a in aliases}
@@ -361,7 +395,7 @@ class RestApi:
         result = {"outputs": {a: tensors.ndarray_to_json(v, a) for a, v in outputs.items()}}
     return json.dumps(result).encode("utf-8"), str(servable.version)
 
-  def _classify(self, spec, body, deadline) -> Tuple[bytes, str]:
+  def _classify(self, spec, body, deadline, arrived) -> Tuple[bytes, str]:
     request = classification_pb2.ClassificationRequest(model_spec=spec)
     request.model_spec.signature_name = _signature_name(body)
     examples = body.get("examples")
@@ -375,6 +409,7 @@ class RestApi:
     for index, value in enumerate(examples):
       listed.examples.add().CopyFrom(_example(value, f"Element {index} of 'examples'"))
     response = self._wait(self._service.classify(request, deadline))
+    self._policy.log_request(spec.name, "Classify", request, response, arrived)
     result = [
       [[c.label, c.score] for c in classifications.classes]
       for classifications in response.result.classifications
