@@ -11,6 +11,8 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONWARNINGS := ignore::FutureWarning,ignore::DeprecationWarning
 
 DATA_ROOT ?= data/default
+# The data contract (README: Bring your own data).
+SCHEMA ?= schemas/schema.pbtxt
 OUTPUT_ROOT ?= artifacts
 RUNNER ?= beam
 PRESET ?= small
@@ -36,7 +38,8 @@ EXPERIMENT ?= next-category
 RUN_NAME ?=
 BEAM_ARGS ?=
 
-RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --preset=$(PRESET) \
+RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path=$(SCHEMA) \
+	--preset=$(PRESET) \
 	$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) --num_workers=$(NUM_WORKERS) \
 	$(if $(TOLERATE_ANOMALIES),--tolerate_anomalies=$(TOLERATE_ANOMALIES)) \
 	$(if $(RUN_SPAN),--span=$(RUN_SPAN))
@@ -67,9 +70,10 @@ lock:
 	  .venv-lock/bin/pip freeze --exclude-editable; } > requirements.lock
 	rm -rf .venv-lock
 
-# Writes span SPAN of the default dataset (refuses to overwrite an existing span).
+# Writes span SPAN of the synthetic dataset, with SCHEMA's features (refuses to
+# overwrite an existing span).
 data: install
-	$(PY) -m dataset.generate --data_root=$(DATA_ROOT) --span=$(SPAN) \
+	$(PY) -m dataset.generate --data_root=$(DATA_ROOT) --span=$(SPAN) --schema_path=$(SCHEMA) \
 		--num_examples=$(NUM_EXAMPLES) $(if $(DRIFT),--drift=$(DRIFT))
 
 # Generates the default dataset only when DATA_ROOT holds no span yet, so a

@@ -324,7 +324,7 @@ def from_schema(
     f for f in schema.feature if not f.deprecated and f.lifecycle_stage not in _NOT_IN_PRODUCTION
   ]
   for feature in features:
-    if feature.type not in _VALUE_KINDS:
+    if feature.type not in (schema_pb2.INT, schema_pb2.BYTES):
       raise ContractError(
         f"feature {feature.name!r} has type {schema_pb2.FeatureType.Name(feature.type)}; the "
         f"contract knows INT and BYTES features {_RULES}."

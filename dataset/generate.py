@@ -80,7 +80,7 @@ def main(argv=None) -> int:
       overwrite=args.overwrite,
       data_contract=data_contract,
     )
-  except (ValueError, FileExistsError) as e:
+  except (ValueError, FileExistsError) as e:  # contract.ContractError is a ValueError.
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(

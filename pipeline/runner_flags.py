@@ -15,6 +15,7 @@ from typing import Tuple
 
 from tfx import v1 as tfx
 
+import contract
 from components.anomaly_gate import anomalies
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
@@ -75,7 +76,11 @@ def parse_args(argv: Optional[Sequence[str]], description: str):
     default=configs.OUTPUT_ROOT,
     help="Pipeline outputs, ML Metadata and pushed models.",
   )
-  parser.add_argument("--schema_path", default=configs.SCHEMA_PATH)
+  parser.add_argument(
+    "--schema_path",
+    default=configs.SCHEMA_PATH,
+    help="The data contract: feature names, vocabularies, label and limits are read from it.",
+  )
   add_pipeline_flags(
     parser,
     num_workers_help="Trainer workers: with no TF_CONFIG, a local MultiWorkerMirroredStrategy "
@@ -123,6 +128,23 @@ def add_pipeline_flags(
     help="Data anomaly kinds that do not stop the run before training (still reported), "
     "e.g. ENUM_TYPE_UNEXPECTED_STRING_VALUES or user_segment:COMPARATOR_L_INFTY_HIGH.",
   )
+  parser.add_argument(
+    "--label_feature",
+    default=None,
+    help="The label, if not the schema's feature absent from SERVING (README: Data contract).",
+  )
+  parser.add_argument(
+    "--sequence_feature",
+    default=None,
+    help="The id sequence, if not the schema's variable-length INT feature.",
+  )
+  parser.add_argument(
+    "--slice_features",
+    type=lambda text: [name for name in text.split(",") if name],
+    default=None,
+    metavar="FEATURE[,FEATURE...]",
+    help="Features the Evaluator slices by (default: the schema's categorical features).",
+  )
 
 
 def parse_with_beam_args(
@@ -147,6 +169,7 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
 
   Raises:
     FileNotFoundError: if the data root or the schema does not exist.
+    contract.ContractError: if the schema does not fit the data contract's rules.
     preflight.BadInputError: if the input files cannot be read as the data
       contract says (naming the file).
   """
@@ -159,6 +182,7 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
   schema_path = os.path.abspath(args.schema_path)
   if not os.path.isfile(schema_path):
     raise FileNotFoundError(f"Schema file {schema_path} does not exist.")
+  _data_contract(args, schema_path)
   preflight.check_input(data_root, configs.INPUT_PATTERN, schema_path, span=args.span)
   paths = RunPaths(os.path.abspath(args.output_root))
   return create_pipeline_from_flags(
@@ -177,6 +201,22 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
   )
 
 
+def _data_contract(args: argparse.Namespace, schema_path: str) -> contract.DataContract:
+  """The contract of `schema_path` with the flags' overrides."""
+  return contract.load(
+    schema_path,
+    label_feature=getattr(args, "label_feature", None),
+    sequence_feature=getattr(args, "sequence_feature", None),
+    slice_features=getattr(args, "slice_features", None),
+  )
+
+
+def _contract_overrides(args: argparse.Namespace) -> dict:
+  """The contract flags that were set, for the Trainer's custom_config."""
+  names = ("label_feature", "sequence_feature", "slice_features")
+  return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
 def create_pipeline_from_flags(
   args: argparse.Namespace, beam_pipeline_args: List[str], **locations
 ) -> tfx.dsl.Pipeline:
@@ -192,6 +232,13 @@ def create_pipeline_from_flags(
       `report_dir`, `tflite_push_base_directory`) and
       `metadata_connection_config`.
   """
+  # The label and slices come from the contract. A schema path that is not
+  # readable here (a path inside the Kubeflow image) holds the repository's
+  # schema, which the image copies.
+  schema_path = locations["schema_path"]
+  data_contract = _data_contract(
+    args, schema_path if os.path.isfile(schema_path) else configs.SCHEMA_PATH
+  )
   return pipeline_lib.create_pipeline(
     run_fn=configs.RUN_FN,
     train_steps=args.train_steps,
@@ -203,11 +250,13 @@ def create_pipeline_from_flags(
     tolerated_anomalies=args.tolerate_anomalies,
     train_hash_buckets=configs.TRAIN_HASH_BUCKETS,
     eval_hash_buckets=configs.EVAL_HASH_BUCKETS,
-    slice_features=configs.SLICE_FEATURES,
+    slice_features=data_contract.slice_features,
+    label_key=data_contract.label.name,
     trainer_custom_config={
       "preset": args.preset,
       "seed": configs.TRAINING_SEED,
       "num_workers": args.num_workers,
+      **_contract_overrides(args),
     },
     enable_cache=not args.no_cache,
     beam_pipeline_args=beam_pipeline_args,

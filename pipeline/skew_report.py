@@ -1,10 +1,11 @@
 """Training/serving skew: logged serving requests against the training statistics.
 
 Computes statistics of logged requests (TFRecord files of serialized
-`tf.Example` without `label`, GZIP-compressed when the name ends in .gz),
+`tf.Example` without the label, GZIP-compressed when the name ends in .gz),
 compares them with the statistics of the data the model was trained on using
-the schema's `skew_comparator`s (L-infinity distance on `user_segment` and
-`city_tier`), and validates them against the schema's SERVING environment.
+the schema's `skew_comparator`s (L-infinity distance on the default schema's
+categorical features), and validates them against the schema's SERVING
+environment.
 Prints a table, writes HTML reports, and exits 1 when a feature is skewed past
 its threshold or the requests are anomalous.
 
@@ -28,6 +29,7 @@ from ml_metadata.metadata_store import metadata_store
 from tensorflow_metadata.proto.v0 import statistics_pb2
 from tfx import v1 as tfx
 
+import contract
 from components.anomaly_gate import anomalies as anomalies_lib
 from components.anomaly_gate import comparators
 from components.anomaly_gate import report
@@ -109,7 +111,7 @@ def serving_statistics(
   files = sorted(p for p in tf.io.gfile.glob(serving_data) if not tf.io.gfile.isdir(p))
   if not files:
     raise SkewInputError(f"No serving log file matches {serving_data}.")
-  kinds = preflight.feature_kinds(schema_path)
+  kinds = contract.feature_kinds(schema_path)
   if not sum(preflight.check_file(path, kinds) for path in files):
     raise SkewInputError(f"The serving logs {serving_data} hold no requests.")
   return tfdv.generate_statistics_from_tfrecord(data_location=serving_data), files
