@@ -23,6 +23,8 @@ DRIFT ?=
 NUM_EXAMPLES ?= 50000
 PYTEST_ARGS ?=
 SERVING_PORT ?= 8500
+# The label feature, which `make query` leaves out of the examples it sends.
+LABEL_FEATURE ?= label
 REST_PORT ?= 8501
 # Anomaly kinds the validation gate accepts (KIND or feature:KIND, comma-separated).
 TOLERATE_ANOMALIES ?=
@@ -115,10 +117,13 @@ serve: install
 		--enable_batching --batching_parameters_file=serving/batching_parameters.txt \
 		--monitoring_config_file=serving/monitoring.config
 
-# Asks the running server for the top categories of a few dataset examples.
+# Classifies a few dataset examples on the running server (the model's
+# `classification` signature), leaving out LABEL_FEATURE: the feature your
+# schema keeps out of the SERVING environment.
 query: install
 	$(PY) -m serving.client --server=localhost:$(SERVING_PORT) \
-		--examples=$(firstword $(wildcard $(DATA_ROOT)/span-*/data-*.tfrecord.gz)) --num_examples=5
+		--examples=$(firstword $(wildcard $(DATA_ROOT)/span-*/data-*.tfrecord.gz)) --num_examples=5 \
+		--exclude_features=$(LABEL_FEATURE)
 
 # Compares logged serving requests with the latest run's training statistics.
 skew-report: install

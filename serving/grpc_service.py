@@ -115,7 +115,7 @@ class _Handler:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-  """tensorflow.serving.PredictionService: Predict, Classify, GetModelMetadata."""
+  """tensorflow.serving.PredictionService: Predict, Classify, Regress, GetModelMetadata."""
 
   def __init__(
     self, service: inference.InferenceService, metrics: Optional[metrics_lib.ServingMetrics] = None
@@ -149,8 +149,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     )
 
   async def Regress(self, request, context):
-    await context.abort(
-      grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported: the models here classify."
+    return await self._handle(
+      "Regress",
+      request.model_spec.name,
+      context,
+      lambda: self._service.regress(request, _deadline(context)),
     )
 
   async def MultiInference(self, request, context):

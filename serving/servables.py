@@ -12,13 +12,11 @@ import os
 import threading
 from typing import Callable
 from typing import Dict
-from typing import Iterable
 from typing import Optional
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import convert_to_constants
@@ -30,8 +28,6 @@ SAVED_MODEL_FILENAMES = ("saved_model.pb", "saved_model.pbtxt")
 TFLITE_FILENAME = "model.tflite"
 DEFAULT_SIGNATURE_NAME = "serving_default"
 SERVE_TAG = "serve"
-# Input of the signatures that take serialized tf.Examples.
-EXAMPLES_INPUT = "examples"
 
 BatchObserverFactory = Callable[[str, int], Optional[batching.BatchObserver]]
 
@@ -56,13 +52,6 @@ class Servable:
     self.signature_defs: Dict[str, meta_graph_pb2.SignatureDef] = {}
     self._scheduler: Optional[batching.BatchScheduler] = None
     self._executor: Optional[concurrent.futures.Executor] = None
-
-  def input_infos(
-    self, signature_name: str, request_inputs: Iterable[str]
-  ) -> Dict[str, meta_graph_pb2.TensorInfo]:
-    """The inputs a request to `signature_name` is checked against."""
-    del request_inputs  # Only TFLite models accept a second form.
-    return dict(self.signature_defs[signature_name].inputs)
 
   def run(self, signature_name: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Runs a signature on validated inputs, on the calling thread.
@@ -208,15 +197,13 @@ def _tensor_info(name: str, dtype, shape) -> meta_graph_pb2.TensorInfo:
 
 
 class TfLiteServable(Servable):
-  """A TFLite model, served under its `serving_default` signature.
+  """A TFLite model, served under its own signature.
 
-  The signature takes the model's own inputs (for the next-category model:
-  `item_history` int64 [batch, 50] right-padded, `user_segment` and
-  `city_tier` int64 vocabulary indices). A request may instead send the
-  SavedModel's `examples` input (serialized tf.Examples); those are encoded
-  with `components.trainer.features`, so one client works with both backends.
-  A model converted for batch 1 (as the pipeline's is) runs a batch one example
-  at a time, so it still takes batches of any size.
+  The signature is the model's (`Interpreter.get_signature_list`; its
+  `serving_default` if it has one), with its input and output names, dtypes
+  and shapes, and method `tensorflow/serving/predict`; requests send those
+  tensors by input name. A model converted for batch 1 (as the pipeline's is)
+  runs a batch one example at a time, so it still takes batches of any size.
   """
 
   platform = "tflite"
@@ -249,37 +236,12 @@ class TfLiteServable(Servable):
           shape[0] = -1
         aliases[alias].CopyFrom(_tensor_info(detail["name"], detail["dtype"], shape))
     self.signature_defs = {DEFAULT_SIGNATURE_NAME: signature_def}
-    self._encode = None
-
-  def input_infos(self, signature_name, request_inputs):
-    if set(request_inputs) == {EXAMPLES_INPUT}:
-      examples = meta_graph_pb2.TensorInfo(name=EXAMPLES_INPUT, dtype=types_pb2.DT_STRING)
-      examples.tensor_shape.dim.add().size = -1
-      return {EXAMPLES_INPUT: examples}
-    return super().input_infos(signature_name, request_inputs)
-
-  def _encode_examples(self, serialized: np.ndarray) -> Dict[str, np.ndarray]:
-    if self._encode is None:
-      from components.trainer import features  # pylint: disable=g-import-not-at-top
-
-      @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-      def encode(examples):
-        return features.parse_and_encode(examples, with_label=False)
-
-      self._encode = encode
-    try:
-      encoded = self._encode(tf.constant(serialized))
-    except tf.errors.OpError as e:
-      raise status.from_tf_error(e) from None
-    return {alias: tensor.numpy() for alias, tensor in encoded.items()}
 
   def run(self, signature_name, inputs):
     if signature_name not in self.signature_defs:
       raise status.ServingError(
         grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.'
       )
-    if set(inputs) == {EXAMPLES_INPUT}:
-      inputs = self._encode_examples(inputs[EXAMPLES_INPUT])
     signature_inputs = self.signature_defs[signature_name].inputs
     cast = {}
     for alias, array in inputs.items():

@@ -153,6 +153,8 @@ class ModelServer:
         self.service.predict(log.predict_log.request, servable=servable).result()
       elif kind == "classify_log":
         self.service.classify(log.classify_log.request, servable=servable).result()
+      elif kind == "regress_log":
+        self.service.regress(log.regress_log.request, servable=servable).result()
       else:
         raise ValueError(f"Unsupported warmup record type {kind!r} in {servable.path}.")
     if logs:
