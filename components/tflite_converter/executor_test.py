@@ -209,7 +209,7 @@ def test_push_replaces_a_version_atomically(tmp_path):
   assert destination == str(base / "7")
   assert sorted(os.listdir(base)) == ["7"]
   assert sorted(os.listdir(base / "7")) == sorted(
-    [executor.LABELS_FILE, executor.METRICS_FILE, executor.MODEL_FILE]
+    [executor.LABELS_FILE, executor.CONTRACT_FILE, executor.METRICS_FILE, executor.MODEL_FILE]
   )
   assert (base / "7" / executor.MODEL_FILE).read_text() == "new model.tflite"
 
