@@ -137,7 +137,9 @@ def main(argv=None) -> int:
   parser.add_argument(
     "--output", help="Default: bench/results/tflite.json, tflite-PRESET.json for other presets."
   )
-  parser.epilog = f"Defaults: {_DEFAULTS}; for {', '.join(_LATENCY_ONLY)}: {_LATENCY_ONLY}."
+  parser.epilog = f"Defaults: {_DEFAULTS}; " + "; ".join(
+    f"for {preset}: {defaults}" for preset, defaults in _LATENCY_ONLY.items()
+  )
   args = parser.parse_args(argv)
   for name, value in {**_DEFAULTS, **_LATENCY_ONLY.get(args.preset, {})}.items():
     if getattr(args, name) is None:

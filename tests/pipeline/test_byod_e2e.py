@@ -22,13 +22,12 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
-from tfx import v1 as tfx
 
 import contract
 from dataset import generate
 from pipeline import configs
-from pipeline import run_summary
 from tests import model_checks
+from tests.pipeline import pipelines
 
 pytestmark = pytest.mark.e2e
 
@@ -56,27 +55,16 @@ def pipeline_run(tmp_path_factory):
     )
     == 0
   )
-  command = [
-    sys.executable,
-    "-m",
-    "pipeline.beam_runner",
-    f"--data_root={data_root}",
-    f"--output_root={output_root}",
+  result = pipelines.run_beam_runner(
+    data_root,
+    output_root,
     f"--schema_path={_SCHEMA}",
-    "--preset=tiny",
     "--train_steps=40",
     "--eval_steps=2",
     "--accuracy_threshold=0.0",
-    "--direct_running_mode=in_memory",
-  ]
-  result = subprocess.run(
-    command, capture_output=True, text=True, timeout=900, cwd=configs.PROJECT_ROOT
   )
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-  connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
-    os.path.join(output_root, "metadata.sqlite")
-  )
-  return output_root, run_summary.summarize(connection, configs.PIPELINE_NAME)
+  return output_root, pipelines.summary(output_root)
 
 
 def test_pipeline_validates_trains_evaluates_and_pushes(pipeline_run):
