@@ -100,11 +100,13 @@ class RunResult:
 
 def serialized_examples(num_examples: int, seed: int = 11) -> List[bytes]:
   """Clickstream tf.Examples without the label, as clients send them."""
+  import contract  # pylint: disable=g-import-not-at-top
   from dataset import clickstream  # pylint: disable=g-import-not-at-top
 
+  label = contract.load().label.name
   examples = []
   for example in clickstream.generate_examples(num_examples, seed=seed):
-    del example.features.feature["label"]
+    del example.features.feature[label]
     examples.append(example.SerializeToString())
   return examples
 
