@@ -45,7 +45,7 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --preset=$(PR
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
 	kubeflow-submit skew-report \
-	serve query bench-serving bench-tflite bench-multi-worker
+	serve query bench-serving bench-tensors bench-tflite bench-multi-worker
 
 install: $(STAMP)
 
@@ -102,6 +102,9 @@ bench-multi-worker: install
 
 bench-serving: install
 	$(PY) -m bench.serving_bench --preset=$(PRESET)
+
+bench-tensors: install
+	$(PY) -m bench.tensors_bench
 
 bench-tflite: install
 	$(PY) -m bench.tflite_bench --preset=$(PRESET)
