@@ -68,6 +68,7 @@ class ServerOptions:
   max_num_load_retries: int = 5
   load_retry_interval_micros: int = 60_000_000
   prefer_tflite_model: bool = False
+  enable_signature_method_name_check: bool = False
   rest_api_num_threads: int = 64
   rest_api_timeout_in_ms: int = 30_000
   tensorflow_intra_op_parallelism: int = 0
@@ -128,7 +129,9 @@ class ModelServer:
       load_retry_interval_seconds=options.load_retry_interval_micros / 1e6,
       observer=self.metrics.observe_state,
     )
-    self.service = inference.InferenceService(self.manager)
+    self.service = inference.InferenceService(
+      self.manager, options.enable_signature_method_name_check
+    )
 
   def _load(self, name: str, version: int, path: str) -> servables.Servable:
     servable = servables.load_servable(
@@ -348,6 +351,11 @@ def parse_flags(argv: Optional[Sequence[str]] = None) -> ServerOptions:
   flag("load_retry_interval_micros", int, "Wait before retrying a failed load.")
   flag(
     "prefer_tflite_model", bool, "Serve model.tflite when a version holds it next to a SavedModel."
+  )
+  flag(
+    "enable_signature_method_name_check",
+    bool,
+    "Classify and Regress accept only signatures of their method name.",
   )
   flag("rest_api_num_threads", int, "Connections the REST API serves at once.")
   flag("rest_api_timeout_in_ms", int, "Timeout of a REST request.")
