@@ -30,6 +30,8 @@ TOLERATE_ANOMALIES ?=
 RUN_SPAN ?=
 # Logged serving requests for `make skew-report`.
 SERVING_DATA ?=
+# Where `make keygen` writes the model signing key pair.
+KEY_DIR ?= keys
 # Kubeflow: the pipeline image, where components keep their data, the KFP API.
 IMAGE ?= next-category-pipeline:0.1.0
 KFP_STORAGE_ROOT ?=
@@ -44,7 +46,7 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --preset=$(PR
 	$(if $(RUN_SPAN),--span=$(RUN_SPAN))
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
-	kubeflow-submit skew-report \
+	kubeflow-submit skew-report keygen \
 	serve query bench-serving bench-tensors bench-tflite bench-multi-worker
 
 install: $(STAMP)
@@ -127,6 +129,10 @@ query: install
 # Compares logged serving requests with the latest run's training statistics.
 skew-report: install
 	$(PY) -m pipeline.skew_report --serving_data='$(SERVING_DATA)' --output_root=$(OUTPUT_ROOT)
+
+# Writes an Ed25519 key pair for signing pushed models (README "Serving in production").
+keygen: install
+	$(PY) -m model_signing.keygen --key_dir=$(KEY_DIR)
 
 # Builds the image every Kubeflow component runs in (needs a container engine).
 image:

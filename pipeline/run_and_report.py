@@ -12,6 +12,7 @@ import tensorflow as tf
 from tfx import v1 as tfx
 
 from components.anomaly_gate import anomalies
+from pipeline import caching
 from pipeline import configs
 from pipeline import run_summary
 from pipeline import runner_flags
@@ -36,7 +37,7 @@ def run(dag_runner, argv=None, description: str = "") -> int:
   )
   error = None
   try:
-    dag_runner.run(pipeline)
+    caching.run(dag_runner, pipeline)
   except Exception as e:  # pylint: disable=broad-except
     # Any component error ends the run; report it rather than a traceback
     # buried under Beam's logging.

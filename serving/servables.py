@@ -17,9 +17,10 @@ from typing import Optional
 import grpc
 import numpy as np
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import convert_to_constants
-from tensorflow.python.saved_model import loader_impl
 
 from serving import batching
 from serving import status
@@ -104,8 +105,17 @@ class Servable:
 
 
 def _read_signature_defs(path: str) -> Dict[str, meta_graph_pb2.SignatureDef]:
-  # saved_model.pb or .pbtxt, read as TensorFlow's SavedModel loader reads it.
-  saved_model = loader_impl.parse_saved_model(path)
+  # Read here rather than with TensorFlow's parse_saved_model, which turns a
+  # corrupt file's DecodeError into an OSError: TF Serving answers DATA_LOSS
+  # for it (model_manager._load_error), so the error type must survive.
+  saved_model = saved_model_pb2.SavedModel()
+  pb_path = os.path.join(path, SAVED_MODEL_FILENAMES[0])
+  if tf.io.gfile.exists(pb_path):
+    with tf.io.gfile.GFile(pb_path, "rb") as f:
+      saved_model.ParseFromString(f.read())
+  else:
+    with tf.io.gfile.GFile(os.path.join(path, SAVED_MODEL_FILENAMES[1]), "r") as f:
+      text_format.Parse(f.read(), saved_model)
   for meta_graph in saved_model.meta_graphs:
     if SERVE_TAG in meta_graph.meta_info_def.tags:
       return dict(meta_graph.signature_def)

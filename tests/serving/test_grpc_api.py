@@ -174,10 +174,13 @@ def test_classify_refuses_a_predict_signature_as_tf_serving_does(stub, server, e
   # classifier (method name check off by default) finds no `inputs` input.
   request = _classification_request(examples[:1], signature_name="")
   signature_defs = server.manager.servable(request.model_spec).signature_defs
+  # Clients see TF Serving's text on one line, bounded (status.client_message).
   assert _error(stub.Classify, request) == (
     grpc.StatusCode.INVALID_ARGUMENT,
-    "No classification inputs found in SignatureDef: "
-    + text_format.MessageToString(signature_defs["serving_default"]),
+    status.client_message(
+      "No classification inputs found in SignatureDef: "
+      + text_format.MessageToString(signature_defs["serving_default"])
+    ),
   )
   # The TFLite model has only its own Predict signature, three inputs.
   request = _classification_request(examples[:1], "", TFLITE_MODEL_NAME)
