@@ -32,6 +32,8 @@ TOLERATE_ANOMALIES ?=
 RUN_SPAN ?=
 # Logged serving requests for `make skew-report`.
 SERVING_DATA ?=
+# Where `make keygen` writes the model signing key pair.
+KEY_DIR ?= keys
 # Kubeflow: the pipeline image, where components keep their data, the KFP API.
 IMAGE ?= next-category-pipeline:0.1.0
 KFP_STORAGE_ROOT ?=
@@ -47,8 +49,8 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path
 	$(if $(RUN_SPAN),--span=$(RUN_SPAN))
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
-	kubeflow-submit skew-report \
-	serve query bench-serving bench-tflite bench-multi-worker
+	kubeflow-submit skew-report keygen \
+	serve query bench-serving bench-tensors bench-tflite bench-multi-worker
 
 install: $(STAMP)
 
@@ -107,6 +109,9 @@ bench-multi-worker: install
 bench-serving: install
 	$(PY) -m bench.serving_bench --preset=$(PRESET)
 
+bench-tensors: install
+	$(PY) -m bench.tensors_bench
+
 bench-tflite: install
 	$(PY) -m bench.tflite_bench --preset=$(PRESET)
 
@@ -128,6 +133,10 @@ query: install
 # Compares logged serving requests with the latest run's training statistics.
 skew-report: install
 	$(PY) -m pipeline.skew_report --serving_data='$(SERVING_DATA)' --output_root=$(OUTPUT_ROOT)
+
+# Writes an Ed25519 key pair for signing pushed models (README "Serving in production").
+keygen: install
+	$(PY) -m model_signing.keygen --key_dir=$(KEY_DIR)
 
 # Builds the image every Kubeflow component runs in (needs a container engine).
 image:

@@ -24,6 +24,7 @@ setuptools.setup(
       "contract.*",
       "serving",
       "serving.*",
+      "model_signing",
     ]
   ),
   package_data={"": ["*.pbtxt", "*.json", "*.yaml", "*.config", "*.txt"]},

@@ -460,6 +460,18 @@ def _debug_string(signature: meta_graph_pb2.SignatureDef) -> str:
   return text_format.MessageToString(signature)
 
 
+def _check_method_and_input(
+  signature: meta_graph_pb2.SignatureDef, method_name_check: bool, kind: str, method_name: str
+) -> None:
+  """The checks classifier.cc and regressor.cc share: method name (if on), one input."""
+  if method_name_check and signature.method_name != method_name:
+    raise status.invalid_argument(
+      f"Expected {kind} signature method_name to be {method_name}. Was: {signature.method_name}"
+    )
+  if len(signature.inputs) != 1:
+    raise status.invalid_argument("Expected one input Tensor.")
+
+
 def _classification_outputs(
   signature: meta_graph_pb2.SignatureDef, method_name_check: bool
 ) -> Tuple[str, ...]:
@@ -468,13 +480,9 @@ def _classification_outputs(
   tensorflow_serving/servables/tensorflow/classifier.cc,
   `GetClassificationSignatureDef` and `PreProcessClassification`.
   """
-  if method_name_check and signature.method_name != tf.saved_model.CLASSIFY_METHOD_NAME:
-    raise status.invalid_argument(
-      "Expected classification signature method_name to be "
-      f"{tf.saved_model.CLASSIFY_METHOD_NAME}. Was: {signature.method_name}"
-    )
-  if len(signature.inputs) != 1:
-    raise status.invalid_argument("Expected one input Tensor.")
+  _check_method_and_input(
+    signature, method_name_check, "classification", tf.saved_model.CLASSIFY_METHOD_NAME
+  )
   if len(signature.outputs) not in (1, 2):
     raise status.invalid_argument(
       f"Expected one or two output Tensors, found {len(signature.outputs)}"
@@ -558,13 +566,9 @@ def _regression_outputs(
   tensorflow_serving/servables/tensorflow/regressor.cc,
   `GetRegressionSignatureDef` and `PreProcessRegression`.
   """
-  if method_name_check and signature.method_name != tf.saved_model.REGRESS_METHOD_NAME:
-    raise status.invalid_argument(
-      "Expected regression signature method_name to be "
-      f"{tf.saved_model.REGRESS_METHOD_NAME}. Was: {signature.method_name}"
-    )
-  if len(signature.inputs) != 1:
-    raise status.invalid_argument("Expected one input Tensor.")
+  _check_method_and_input(
+    signature, method_name_check, "regression", tf.saved_model.REGRESS_METHOD_NAME
+  )
   if len(signature.outputs) != 1:
     raise status.invalid_argument("Expected one output Tensor.")
   if tf.saved_model.REGRESS_INPUTS not in signature.inputs:

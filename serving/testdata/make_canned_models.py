@@ -40,6 +40,8 @@ from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.saved_model import fingerprinting_utils
+from tensorflow.python.saved_model import loader_impl
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
@@ -204,17 +206,14 @@ def _save(network: _Network, path: str) -> None:
 
 
 def _set_method_names(path: str, method_names: Dict[str, str]) -> None:
-  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
-
-  pb_path = os.path.join(path, "saved_model.pb")
-  saved_model = saved_model_pb2.SavedModel()
-  with tf.io.gfile.GFile(pb_path, "rb") as f:
-    saved_model.ParseFromString(f.read())
+  saved_model = loader_impl.parse_saved_model(path)
   for meta_graph in saved_model.meta_graphs:
     for key, method_name in method_names.items():
       meta_graph.signature_def[key].method_name = method_name
-  with tf.io.gfile.GFile(pb_path, "wb") as f:
-    f.write(saved_model.SerializeToString())
+  with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "wb") as f:
+    f.write(saved_model.SerializeToString(deterministic=True))
+  # The fingerprint holds a checksum of saved_model.pb.
+  fingerprinting_utils.write_fingerprint(path)
 
 
 def write_warmup_requests(

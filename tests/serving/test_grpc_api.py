@@ -174,10 +174,13 @@ def test_classify_refuses_a_predict_signature_as_tf_serving_does(stub, server, e
   # classifier (method name check off by default) finds no `inputs` input.
   request = _classification_request(examples[:1], signature_name="")
   signature_defs = server.manager.servable(request.model_spec).signature_defs
+  # Clients see TF Serving's text on one line, bounded (status.client_message).
   assert _error(stub.Classify, request) == (
     grpc.StatusCode.INVALID_ARGUMENT,
-    "No classification inputs found in SignatureDef: "
-    + text_format.MessageToString(signature_defs["serving_default"]),
+    status.client_message(
+      "No classification inputs found in SignatureDef: "
+      + text_format.MessageToString(signature_defs["serving_default"])
+    ),
   )
   # The TFLite model has only its own Predict signature, three inputs.
   request = _classification_request(examples[:1], "", TFLITE_MODEL_NAME)
@@ -317,8 +320,9 @@ def test_tflite_model_serves_its_own_signature(stub, canned):
   history = np.array([[5, 17, 3] + [0] * 47, [42] + [0] * 49], np.int64)
   segments = np.array([b"new", b"returning"], object)
   tiers = np.array([b"tier2", b"tier4"], object)
+  # Keyed as TF Serving keys a converted model's tensors (tflite_session.cc).
   encoded = {
-    name: tensor.numpy()
+    f"serving_default_{name}": tensor.numpy()
     for name, tensor in canned_models.encode_raw(history, segments, tiers).items()
   }
   expected = conftest.reference(
@@ -335,7 +339,7 @@ def test_tflite_model_serves_its_own_signature(stub, canned):
 
   # TFLite kernels differ from TensorFlow's in the last bits.
   np.testing.assert_allclose(
-    tf.make_ndarray(response.outputs["probabilities"]), expected, atol=1e-6
+    tf.make_ndarray(response.outputs["StatefulPartitionedCall"]), expected, atol=1e-6
   )
   assert response.model_spec.name == TFLITE_MODEL_NAME
 
@@ -345,8 +349,9 @@ def test_tflite_model_takes_only_its_own_inputs(stub, examples):
   assert _error(stub.Predict, request) == (
     grpc.StatusCode.INVALID_ARGUMENT,
     "input size does not match signature: 1!=3 len({examples}) != "
-    "len({city_tier,item_history,user_segment}). Sent extra: {examples}. Missing but required: "
-    "{city_tier,item_history,user_segment}.",
+    "len({serving_default_city_tier,serving_default_item_history,serving_default_user_segment})"
+    ". Sent extra: {examples}. Missing but required: "
+    "{serving_default_city_tier,serving_default_item_history,serving_default_user_segment}.",
   )
 
 
@@ -358,12 +363,21 @@ def test_tflite_metadata_takes_any_batch(stub):
   stub.GetModelMetadata(request, timeout=DEADLINE_SECONDS).metadata["signature_def"].Unpack(
     signatures
   )
-  inputs = signatures.signature_def["serving_default"].inputs
-  assert [d.size for d in inputs["item_history"].tensor_shape.dim] == [
+  signature = signatures.signature_def["serving_default"]
+  assert signature.method_name == "tensorflow/serving/predict"
+  inputs = signature.inputs
+  assert sorted(inputs) == [
+    "serving_default_city_tier",
+    "serving_default_item_history",
+    "serving_default_user_segment",
+  ]
+  assert inputs["serving_default_item_history"].name == "serving_default_item_history:0"
+  assert [d.size for d in inputs["serving_default_item_history"].tensor_shape.dim] == [
     -1,
     canned_models.MAX_HISTORY_LENGTH,
   ]
-  assert inputs["user_segment"].dtype == types_pb2.DT_INT64
+  assert inputs["serving_default_user_segment"].dtype == types_pb2.DT_INT64
+  assert list(signature.outputs) == ["StatefulPartitionedCall"]
 
 
 @pytest.mark.parametrize(
