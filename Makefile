@@ -11,6 +11,8 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONWARNINGS := ignore::FutureWarning,ignore::DeprecationWarning
 
 DATA_ROOT ?= data/default
+# The data contract (README: Bring your own data).
+SCHEMA ?= schemas/schema.pbtxt
 OUTPUT_ROOT ?= artifacts
 RUNNER ?= beam
 PRESET ?= small
@@ -21,6 +23,8 @@ DRIFT ?=
 NUM_EXAMPLES ?= 50000
 PYTEST_ARGS ?=
 SERVING_PORT ?= 8500
+# The label feature, which `make query` leaves out of the examples it sends.
+LABEL_FEATURE ?= label
 REST_PORT ?= 8501
 # Anomaly kinds the validation gate accepts (KIND or feature:KIND, comma-separated).
 TOLERATE_ANOMALIES ?=
@@ -43,7 +47,8 @@ BEAM_ARGS ?=
 CRON ?=
 SCHEDULE_NAME ?=
 
-RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --preset=$(PRESET) \
+RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path=$(SCHEMA) \
+	--preset=$(PRESET) \
 	$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) --num_workers=$(NUM_WORKERS) \
 	$(if $(TOLERATE_ANOMALIES),--tolerate_anomalies=$(TOLERATE_ANOMALIES)) \
 	$(if $(RUN_SPAN),--span=$(RUN_SPAN)) \
@@ -51,7 +56,7 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --preset=$(PR
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
 	kubeflow-submit kubeflow-schedule skew-report keygen \
-	serve query bench-serving bench-tflite bench-multi-worker
+	serve query bench-serving bench-tensors bench-tflite bench-multi-worker
 
 install: $(STAMP)
 
@@ -75,9 +80,10 @@ lock:
 	  .venv-lock/bin/pip freeze --exclude-editable; } > requirements.lock
 	rm -rf .venv-lock
 
-# Writes span SPAN of the default dataset (refuses to overwrite an existing span).
+# Writes span SPAN of the synthetic dataset, with SCHEMA's features (refuses to
+# overwrite an existing span).
 data: install
-	$(PY) -m dataset.generate --data_root=$(DATA_ROOT) --span=$(SPAN) \
+	$(PY) -m dataset.generate --data_root=$(DATA_ROOT) --span=$(SPAN) --schema_path=$(SCHEMA) \
 		--num_examples=$(NUM_EXAMPLES) $(if $(DRIFT),--drift=$(DRIFT))
 
 # Generates the default dataset only when DATA_ROOT holds no span yet, so a
@@ -109,6 +115,9 @@ bench-multi-worker: install
 bench-serving: install
 	$(PY) -m bench.serving_bench --preset=$(PRESET)
 
+bench-tensors: install
+	$(PY) -m bench.tensors_bench
+
 bench-tflite: install
 	$(PY) -m bench.tflite_bench --preset=$(PRESET)
 
@@ -119,10 +128,13 @@ serve: install
 		--enable_batching --batching_parameters_file=serving/batching_parameters.txt \
 		--monitoring_config_file=serving/monitoring.config
 
-# Asks the running server for the top categories of a few dataset examples.
+# Classifies a few dataset examples on the running server (the model's
+# `classification` signature), leaving out LABEL_FEATURE: the feature your
+# schema keeps out of the SERVING environment.
 query: install
 	$(PY) -m serving.client --server=localhost:$(SERVING_PORT) \
-		--examples=$(firstword $(wildcard $(DATA_ROOT)/span-*/data-*.tfrecord.gz)) --num_examples=5
+		--examples=$(firstword $(wildcard $(DATA_ROOT)/span-*/data-*.tfrecord.gz)) --num_examples=5 \
+		--exclude_features=$(LABEL_FEATURE)
 
 # Compares logged serving requests with the latest run's training statistics.
 skew-report: install

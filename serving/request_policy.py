@@ -22,7 +22,7 @@ AUTHORIZATION = "authorization"
 
 
 def example_count(api: str, request) -> int:
-  """Examples in a Predict or Classify request (0 when unknown)."""
+  """Examples in a Predict, Classify or Regress request (0 when unknown)."""
   if request is None:
     return 0
   if api == "Predict":
@@ -30,7 +30,7 @@ def example_count(api: str, request) -> int:
       dims = tensor.tensor_shape.dim
       return dims[0].size if dims else 1
     return 0
-  if api == "Classify":
+  if api in ("Classify", "Regress"):
     kind = request.input.WhichOneof("kind")
     return len(getattr(request.input, kind).examples) if kind else 0
   return 0

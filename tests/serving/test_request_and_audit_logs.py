@@ -62,6 +62,7 @@ def _predict(server, examples, metadata=None):
 def _classify(server, examples):
   request = classification_pb2.ClassificationRequest()
   request.model_spec.name = MODEL_NAME
+  request.model_spec.signature_name = "classification"
   for example in examples:
     request.input.example_list.examples.add().ParseFromString(example)
   with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
@@ -104,7 +105,11 @@ def _call(server, transport, api, examples, token=None):
   if api == "Predict":
     body = {"instances": [{"b64": base64.b64encode(e).decode()} for e in examples]}
     return _rest(server, "predict", body, token) == 200
-  return _rest(server, "classify", {"examples": [_example_json(e) for e in examples]}) == 200
+  body = {
+    "signature_name": "classification",
+    "examples": [_example_json(e) for e in examples],
+  }
+  return _rest(server, "classify", body) == 200
 
 
 def _logs(pattern):
