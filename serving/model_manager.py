@@ -294,6 +294,34 @@ class ModelManager:
       model.name for model in self._config.model_config_list.config if not available.get(model.name)
     ]
 
+  def load_failures(self) -> Dict[str, List[Tuple[int, status.ServingError]]]:
+    """The models none of whose versions can load any more, with each version's error.
+
+    A model is listed when it has versions and every one of them failed to
+    load with no retry left: nothing it has will become available until a new
+    version appears. TensorFlow Serving reaches the same verdict at start-up:
+    its wait for the models (ServableStateMonitor::WaitUntilServablesReachState,
+    tensorflow_serving/core/servable_state_monitor.cc) ends when a servable is
+    AVAILABLE or END, and a version is END only after LoaderHarness::Load
+    (tensorflow_serving/core/loader_harness.cc) has spent --max_num_load_retries.
+    A model with a version loading, one with retries left, or no version found
+    yet is not listed.
+
+    Returns:
+      `{model name: [(version, error), ...]}`, newest version first.
+    """
+    with self._lock:
+      failures = {}
+      for name, versions in self._versions.items():
+        if versions and all(
+          v.state == State.END
+          and v.error is not None
+          and v.failed_attempts > self._max_num_load_retries
+          for v in versions.values()
+        ):
+          failures[name] = [(v.version, v.error) for v in versions.values()]
+    return {name: sorted(errors, reverse=True) for name, errors in failures.items()}
+
   def servable(self, model_spec: model_pb2.ModelSpec) -> servables.Servable:
     """The servable a request's model spec asks for.
 

@@ -58,7 +58,7 @@ DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 
 class NoServableVersionError(RuntimeError):
-  """A configured model has no version available after --model_load_timeout_seconds."""
+  """A configured model has no version available: none can load, or none did in time."""
 
 
 @dataclasses.dataclass
@@ -271,11 +271,32 @@ class ModelServer:
   def _wait_for_versions(self) -> None:
     """Waits until every model has a version, as TensorFlow Serving does before it serves.
 
+    Gives up at once when every model still without a version has none that
+    can load (each failed with no retry left), as TensorFlow Serving's
+    start-up does (`ConnectSourcesWithFastInitialLoad`,
+    tensorflow_serving/core/load_servables_fast.cc); a model still loading, or
+    with retries left, is waited for up to --model_load_timeout_seconds.
+
     Raises:
-      NoServableVersionError: if one has none after --model_load_timeout_seconds.
+      NoServableVersionError: if no version of a model can load, or one has
+        none after --model_load_timeout_seconds.
     """
     deadline = time.monotonic() + self._options.model_load_timeout_seconds
     while missing := self.manager.models_without_versions():
+      failures = self.manager.load_failures()
+      if all(name in failures for name in missing):
+        self.manager.stop()
+        unavailable = [
+          f"{{{{name: {name} version: {version}}} due to error: {error.message}}}"
+          for name in missing
+          for version, error in failures[name]
+        ]
+        # TensorFlow Serving's words (load_servables_fast.cc).
+        raise NoServableVersionError(
+          f"{len(unavailable)} servable(s) did not become available: {{"
+          + "".join(f"{item}, " for item in unavailable)
+          + "}"
+        )
       if time.monotonic() >= deadline:
         self.manager.stop()
         errors = []
@@ -517,7 +538,7 @@ def parse_flags(argv: Optional[Sequence[str]] = None) -> ServerOptions:
   flag(
     "model_load_timeout_seconds",
     float,
-    "Exit non-zero if a model has no servable version after this long.",
+    "Exit non-zero if a model has no servable version after this long (at once if none can load).",
   )
   flag(
     "enable_model_config_reload",

@@ -215,8 +215,8 @@ def test_a_60_mb_body_costs_at_most_twice_its_size(process):
   assert _get(rest_port, f"/v1/models/{MODEL_NAME}")[0] == 200
 
 
-def test_no_servable_version_exits_non_zero(tmp_path):
-  (tmp_path / "empty").mkdir()
+def _server_that_does_not_start(*flags) -> str:
+  """Runs `python -m serving.server` expecting it to exit with status 1; its stderr."""
   result = subprocess.run(
     [
       sys.executable,
@@ -224,8 +224,7 @@ def test_no_servable_version_exits_non_zero(tmp_path):
       "serving.server",
       f"--port={portpicker.pick_unused_port()}",
       "--rest_api_port=0",
-      f"--model_base_path={tmp_path / 'empty'}",
-      "--model_load_timeout_seconds=1",
+      *flags,
     ],
     cwd=_REPO_ROOT,
     env=dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2"),
@@ -234,5 +233,32 @@ def test_no_servable_version_exits_non_zero(tmp_path):
     timeout=120,
   )
   assert result.returncode == 1
-  assert "Failed to start server. Error: No servable version after 1 s" in result.stderr
   assert "Traceback" not in result.stderr
+  return result.stderr
+
+
+def test_no_servable_version_exits_non_zero(tmp_path):
+  (tmp_path / "empty").mkdir()
+  stderr = _server_that_does_not_start(
+    f"--model_base_path={tmp_path / 'empty'}", "--model_load_timeout_seconds=1"
+  )
+  assert "Failed to start server. Error: No servable version after 1 s" in stderr
+
+
+def test_a_model_no_version_of_which_can_load_exits_without_waiting(tmp_path):
+  # A version that fails to load with no retry left ends the start-up wait, as in
+  # TensorFlow Serving: the long --model_load_timeout_seconds is never waited out.
+  version = tmp_path / "m" / "1"
+  version.mkdir(parents=True)
+  (version / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+  stderr = _server_that_does_not_start(
+    "--model_name=m",
+    f"--model_base_path={tmp_path / 'm'}",
+    "--max_num_load_retries=0",
+    "--model_load_timeout_seconds=3600",
+  )
+  assert (
+    "Failed to start server. Error: 1 servable(s) did not become available: "
+    "{{{name: m version: 1} due to error: Loading servable: {name: m version: 1} failed: "
+    "Can't parse the SavedModel as a binary proto" in stderr
+  )

@@ -100,6 +100,31 @@ def test_failed_version_keeps_the_old_one_and_retries_a_bounded_number_of_times(
   assert error.message == ("Loading servable: {name: m version: 2} failed: ValueError: cannot load")
 
 
+def test_load_failures_lists_a_model_only_once_no_version_can_load(tmp_path):
+  _push(tmp_path, 1, broken=True)
+  manager = _manager(tmp_path, _Loader(), max_num_load_retries=1, load_retry_interval_seconds=0)
+  manager.start()
+  assert manager.load_failures() == {}  # A retry is left.
+  manager.poll_once()
+  [(version, error)] = manager.load_failures()["m"]
+  assert version == 1
+  assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+  assert error.message == "Loading servable: {name: m version: 1} failed: ValueError: cannot load"
+  # A new version is loading or loaded: the model can serve again.
+  _push(tmp_path, 2)
+  manager.poll_once()
+  assert manager.load_failures() == {}
+  assert manager.servable(_spec()).version == 2
+  manager.stop()
+
+
+def test_load_failures_leaves_out_models_without_versions(tmp_path):
+  manager = _manager(tmp_path / "missing", _Loader(), max_num_load_retries=0)
+  manager.start()
+  assert manager.models_without_versions() == ["m"]
+  assert manager.load_failures() == {}
+
+
 def test_specific_and_all_policies(tmp_path):
   for version in (1, 2, 3):
     _push(tmp_path, version)
