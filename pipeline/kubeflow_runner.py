@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 from typing import Any
 from typing import Dict
 from typing import List
@@ -21,6 +22,7 @@ from typing import Optional
 from typing import Sequence
 from typing import Tuple
 
+import tensorflow as tf
 import yaml
 from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import compiler_utils
@@ -39,8 +41,10 @@ KFP_PIPELINE_NAME = configs.PIPELINE_NAME.replace("_", "-")
 # than `latest` lets a cluster use an image loaded into its nodes
 # (imagePullPolicy IfNotPresent).
 DEFAULT_IMAGE = "next-category-pipeline:0.1.0"
+# The Dockerfile's WORKDIR: the image holds this checkout there (COPY . .).
+IMAGE_WORKDIR = "/pipeline"
 # Where the Dockerfile puts the curated schema inside the image.
-IMAGE_SCHEMA_PATH = "/pipeline/schemas/schema.pbtxt"
+IMAGE_SCHEMA_PATH = f"{IMAGE_WORKDIR}/schemas/schema.pbtxt"
 # Compiling needs no bucket, but running does; compiling with this default
 # warns.
 PLACEHOLDER_STORAGE_ROOT = "gs://YOUR_BUCKET/next-category"
@@ -105,6 +109,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[
     default=IMAGE_SCHEMA_PATH,
     help="The schema as the components see it: a path inside the image or a URI.",
   )
+  parser.add_argument(
+    "--local_schema_path",
+    help="The same schema as a file on this machine, where the label and slice features are "
+    "read at compile time; needed when --schema_path is neither readable here (a gs:// URI) "
+    f"nor under {IMAGE_WORKDIR}/ (this checkout's copy in the image).",
+  )
   runner_flags.add_pipeline_flags(
     parser,
     num_workers_help="Training workers, passed to run_fn as custom_config['num_workers'].",
@@ -135,13 +145,55 @@ def storage_paths(args: argparse.Namespace) -> StoragePaths:
   return paths
 
 
+def _compile_time_schema(args: argparse.Namespace, scratch_dir: str) -> str:
+  """A local file holding the schema the components will read at `--schema_path`.
+
+  The compiled package fixes the Evaluator's label and slices, so the
+  compiler reads the data contract from: `--local_schema_path`; else, for a
+  `--schema_path` inside the image's checkout, the same file in this checkout
+  (the image is built from it); else `--schema_path` itself through
+  tf.io.gfile (gs:// or another URI), copied into `scratch_dir`.
+
+  Raises:
+    ValueError: if none of them can be read here.
+  """
+  if args.local_schema_path:
+    if not os.path.isfile(args.local_schema_path):
+      raise ValueError(f"--local_schema_path {args.local_schema_path} does not exist.")
+    return args.local_schema_path
+  image_relative = os.path.relpath(args.schema_path, IMAGE_WORKDIR)
+  if os.path.isabs(args.schema_path) and not image_relative.startswith(".."):
+    local = os.path.join(configs.PROJECT_ROOT, image_relative)
+    if os.path.isfile(local):
+      return local
+    reason = f"this checkout, which the image holds at {IMAGE_WORKDIR}, has no {image_relative}"
+  else:
+    local = os.path.join(scratch_dir, "schema.pbtxt")
+    try:
+      tf.io.gfile.copy(args.schema_path, local)
+      return local
+    except tf.errors.OpError as e:
+      reason = e.message
+  raise ValueError(
+    f"Cannot read --schema_path {args.schema_path} on this machine ({reason}); the compiled "
+    "pipeline takes its label and slice features from it. Pass --local_schema_path=<the same "
+    "schema as a file here>, or a --schema_path URI readable here."
+  )
+
+
 def build_pipeline(args: argparse.Namespace, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
   """Builds the pipeline from parsed flags, its Trainer reading `train_args` at run time.
 
   Raises:
-    ValueError: for settings that cannot work.
+    ValueError: for settings that cannot work, or a schema not readable here
+      (`_compile_time_schema`).
   """
   paths = storage_paths(args)
+  with tempfile.TemporaryDirectory() as scratch_dir:
+    contract_args = argparse.Namespace(
+      **{**vars(args), "schema_path": _compile_time_schema(args, scratch_dir)}
+    )
+    settings = runner_flags.pipeline_settings(contract_args)
   return pipeline_lib.create_pipeline(
     pipeline_name=KFP_PIPELINE_NAME,
     pipeline_root=paths.pipeline_root,
@@ -162,7 +214,7 @@ def build_pipeline(args: argparse.Namespace, beam_pipeline_args: List[str]) -> t
     ),
     eval_args=tfx.proto.EvalArgs(num_steps=args.eval_steps),
     beam_pipeline_args=beam_pipeline_args,
-    **runner_flags.pipeline_settings(args),
+    **settings,
   )
 
 

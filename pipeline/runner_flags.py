@@ -238,14 +238,13 @@ def _checked_signing_key(path: Optional[str]) -> Optional[str]:
 
 
 def _data_contract(args: argparse.Namespace) -> contract.DataContract:
-  """The contract of `args.schema_path` with the flags' overrides.
+  """The contract of `args.schema_path` (a file on this machine) with the flags' overrides.
 
-  A schema path that is not readable here (a path inside the Kubeflow image)
-  holds the repository's schema, which the image copies.
+  Raises:
+    contract.ContractError: if the schema cannot be read or breaks a rule.
   """
-  schema_path = args.schema_path if os.path.isfile(args.schema_path) else configs.SCHEMA_PATH
   return contract.load(
-    schema_path,
+    args.schema_path,
     label_feature=getattr(args, "label_feature", None),
     sequence_feature=getattr(args, "sequence_feature", None),
     slice_features=getattr(args, "slice_features", None),

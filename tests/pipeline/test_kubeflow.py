@@ -16,6 +16,7 @@ import socket
 import threading
 
 import pytest
+import tensorflow as tf
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
@@ -263,6 +264,97 @@ def test_span_flag_pins_the_ingested_span():
   example_gen = next(c for c in pipeline.components if c.id == "ImportExampleGen")
   range_config = json.loads(example_gen.exec_properties["range_config"])
   assert range_config["static_range"] == {"start_span_number": 2, "end_span_number": 2}
+
+
+_DEPARTMENTS = os.path.join(_PROJECT_ROOT, "schemas", "examples", "departments.pbtxt")
+# The Evaluator's label and slices for departments.pbtxt.
+_DEPARTMENTS_EVALUATION = (
+  "next_department",
+  [[], ["membership"], ["region"], ["membership", "region"]],
+)
+
+
+def _label_and_slices(eval_config_json):
+  eval_config = json.loads(eval_config_json)
+  slices = [spec.get("feature_keys", []) for spec in eval_config["slicing_specs"]]
+  return eval_config["model_specs"][0]["label_key"], slices
+
+
+def _evaluation(tasks):
+  """The Evaluator's label and slices in a compiled package."""
+  return _label_and_slices(_constant(tasks["Evaluator"], "eval_config"))
+
+
+def test_the_default_schema_gives_the_default_label_and_slices(spec):
+  assert _evaluation(spec.root.dag.tasks) == (
+    "label",
+    [[], ["user_segment"], ["city_tier"], ["user_segment", "city_tier"]],
+  )
+
+
+def test_another_schema_sets_the_compiled_label_and_slices(tmp_path):
+  # A gs:// --schema_path is not read here: --local_schema_path is the same file.
+  schema_uri = "gs://test-bucket/schemas/departments.pbtxt"
+  code = kubeflow_runner.main(
+    [
+      f"--output_root={tmp_path}",
+      f"--storage_root={_STORAGE_ROOT}",
+      f"--schema_path={schema_uri}",
+      f"--local_schema_path={_DEPARTMENTS}",
+    ]
+  )
+  assert code == 0
+  with open(kubeflow_package.package_path(str(tmp_path))) as f:
+    job = json.load(f)
+  tasks = json_format.ParseDict(
+    job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec()
+  ).root.dag.tasks
+  assert _evaluation(tasks) == _DEPARTMENTS_EVALUATION
+  assert _constant(tasks["ImportSchemaGen"], "schema_file") == schema_uri
+
+
+def _pipeline_evaluation(*flags):
+  args, beam_args = kubeflow_runner.parse_args([f"--storage_root={_STORAGE_ROOT}", *flags])
+  components = {c.id: c for c in kubeflow_runner.build_pipeline(args, beam_args).components}
+  return _label_and_slices(components["Evaluator"].exec_properties["eval_config"])
+
+
+def test_the_contract_is_read_from_a_uri_or_from_the_checkout_the_image_holds():
+  # A URI readable here is read through tf.io.gfile (TensorFlow's ram:// stands in for gs://).
+  uri = "ram://schemas/departments.pbtxt"
+  tf.io.gfile.makedirs("ram://schemas")
+  tf.io.gfile.copy(_DEPARTMENTS, uri, overwrite=True)
+  assert _pipeline_evaluation(f"--schema_path={uri}") == _DEPARTMENTS_EVALUATION
+  # A path inside the image: this checkout's file at the same place.
+  image_path = f"{kubeflow_runner.IMAGE_WORKDIR}/schemas/examples/departments.pbtxt"
+  assert _pipeline_evaluation(f"--schema_path={image_path}") == _DEPARTMENTS_EVALUATION
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (
+      ["--schema_path=/mnt/schemas/mine.pbtxt"],
+      "Cannot read --schema_path /mnt/schemas/mine.pbtxt on this machine (",
+    ),
+    (
+      [f"--schema_path={kubeflow_runner.IMAGE_WORKDIR}/schemas/mine.pbtxt"],
+      "this checkout, which the image holds at /pipeline, has no schemas/mine.pbtxt",
+    ),
+    (
+      ["--schema_path=gs://b/s.pbtxt", "--local_schema_path=/nonexistent/s.pbtxt"],
+      "--local_schema_path /nonexistent/s.pbtxt does not exist.",
+    ),
+  ],
+)
+def test_a_schema_not_readable_at_compile_time_is_refused(tmp_path, capsys, flags, message):
+  code = kubeflow_runner.main(
+    [f"--output_root={tmp_path}", f"--storage_root={_STORAGE_ROOT}", *flags]
+  )
+  assert code == 2
+  error = capsys.readouterr().err
+  assert message in error
+  assert not os.path.exists(kubeflow_package.package_path(str(tmp_path)))
 
 
 def _normalised(job):
