@@ -76,6 +76,12 @@ def parse_args(argv: Optional[Sequence[str]], description: str):
     help="Pipeline outputs, ML Metadata and pushed models.",
   )
   parser.add_argument("--schema_path", default=configs.SCHEMA_PATH)
+  parser.add_argument(
+    "--verbose",
+    action="store_true",
+    help="Show every log line (Beam, absl, TensorFlow) on the terminal instead of the run's "
+    "log file OUTPUT_ROOT/logs/<run>.log.",
+  )
   add_pipeline_flags(
     parser,
     num_workers_help="Trainer workers: with no TF_CONFIG, a local MultiWorkerMirroredStrategy "

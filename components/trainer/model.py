@@ -21,6 +21,7 @@ from components.trainer import features
 from components.trainer import layers
 from components.trainer import multi_worker
 from components.trainer import presets
+from components.trainer import progress_callback
 from serving import warmup
 
 # Examples buffered for shuffling; the default dataset's train split fits.
@@ -276,6 +277,7 @@ def train(fn_args: tfx.components.FnArgs) -> None:
         backup_dir=os.path.join(fn_args.model_run_dir, "backup"),
         save_freq=max(1, fn_args.train_steps // 4),
       ),
+      *progress_callback.callbacks(fn_args.train_steps, config.batch_size, _is_chief(strategy)),
     ],
     verbose=2,
   )
