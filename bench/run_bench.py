@@ -142,30 +142,38 @@ def main(argv=None) -> int:
         output_root = os.path.join(scratch, f"round{round_number}-checkout{i}")
         run = run_once(root, data_root, output_root, extra)
         runs[root].append(run)
+        _write(args.output, data_root, roots, runs)
+        components = ", ".join(f"{n} {v:.1f}" for n, v in run["components"].items() if v >= 0.5)
         print(
           f"round {round_number + 1}/{args.runs} {root}: {run['wall_seconds']:.1f} s, "
-          f"accuracy {run['accuracy']}",
+          f"accuracy {run['accuracy']}, {run['console_lines']} console lines ({components})",
           flush=True,
         )
-  medians = [summarize(runs[root]) for root in roots]
+  medians = _write(args.output, data_root, roots, runs)
   labels = [os.path.basename(root.rstrip("/")) or root for root in roots]
   print(table(labels, medians))
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
+  print(f"Wrote {args.output}")
+  return 0
+
+
+def _write(path: str, data_root: str, roots: List[str], runs: Dict[str, List[dict]]) -> List[dict]:
+  """Writes the results so far (after every run, so a long benchmark keeps what it measured)."""
+  medians = [summarize(runs[root]) if runs[root] else None for root in roots]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
     json.dump(
       {
         "data_root": data_root,
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "checkouts": {
-          root: {"median": m, "runs": runs[root]} for root, m in zip(roots, medians, strict=False)
+          root: {"median": m, "runs": runs[root]} for root, m in zip(roots, medians, strict=True)
         },
       },
       f,
       indent=2,
     )
-  print(f"Wrote {args.output}")
-  return 0
+  return medians
 
 
 if __name__ == "__main__":
