@@ -175,11 +175,12 @@ def test_console_shows_components_progress_and_the_run_report(first_run):
   assert any(re.match(r"  Trainer: step \d+/60 ", line) for line in lines), console
   assert any("Data gate passed: no blocking anomalies" in line for line in lines)
   assert "WARNING" not in result.stdout and result.stderr == ""
-  summary = _summary(output_root)
-  log_path = os.path.join(output_root, "logs", f"{summary.run_id}.log")
+  # Other tests run the pipeline again: this run's id is in its summary.
+  run_id = re.search(r"^Run (\S+)$", result.stdout, re.MULTILINE).group(1)
+  log_path = os.path.join(output_root, "logs", f"{run_id}.log")
   assert f"Log: {log_path}" in result.stdout
   assert "WARNING" in open(log_path).read()
-  report = os.path.join(output_root, "reports", summary.run_id, "index.html")
+  report = os.path.join(output_root, "reports", run_id, "index.html")
   assert f"Run report: {report}" in result.stdout
   images = report_checks.check_report(open(report).read())
   for section in ("run", "evaluation", "confusion", "training", "data", "tflite"):
