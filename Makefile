@@ -28,6 +28,8 @@ TOLERATE_ANOMALIES ?=
 RUN_SPAN ?=
 # Logged serving requests for `make skew-report`.
 SERVING_DATA ?=
+# Where `make keygen` writes the model signing key pair.
+KEY_DIR ?= keys
 # Kubeflow: the pipeline image, where components keep their data, the KFP API.
 IMAGE ?= next-category-pipeline:0.1.0
 KFP_STORAGE_ROOT ?=
@@ -48,7 +50,7 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --preset=$(PR
 	$(if $(RUN_SPAN),--span=$(RUN_SPAN)) $(if $(filter-out 0,$(VERBOSE)),--verbose)
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
-	kubeflow-submit skew-report \
+	kubeflow-submit skew-report keygen \
 	serve query bench-serving bench-tflite bench-multi-worker report tensorboard bench-run
 
 install: $(STAMP)
@@ -137,6 +139,10 @@ query: install
 # Compares logged serving requests with the latest run's training statistics.
 skew-report: install
 	$(PY) -m pipeline.skew_report --serving_data='$(SERVING_DATA)' --output_root=$(OUTPUT_ROOT)
+
+# Writes an Ed25519 key pair for signing pushed models (README "Serving in production").
+keygen: install
+	$(PY) -m model_signing.keygen --key_dir=$(KEY_DIR)
 
 # Builds the image every Kubeflow component runs in (needs a container engine).
 image:

@@ -22,6 +22,7 @@ setuptools.setup(
       "components.*",
       "serving",
       "serving.*",
+      "model_signing",
     ]
   ),
   package_data={"": ["*.pbtxt", "*.json", "*.yaml", "*.config", "*.txt"]},

@@ -22,6 +22,12 @@ sends the same gRPC-framed PredictRequest over one connection with
 Python client's CPU per request, so its rows say what the server itself can
 do on this machine. h2load only sees HTTP statuses; a response it logged
 that the server's request counter did not record as OK counts as an error.
+
+The production rows (`features`) put a server with access control, the audit
+log and the request log (sampling_rate 1.0) all on beside one with them all
+off, at the highest concurrency with one example per gRPC request, taking
+turns for `--production_rounds` rounds; then each feature alone once. The
+verdict is the loss of the median all-on rate against the median all-off rate.
 """
 
 import argparse
@@ -69,6 +75,8 @@ _SERVER_START_SECONDS = 300.0
 _TARGET_PREDICTIONS_PER_SECOND = 2000
 _TARGET_P99_MS = 50.0
 _TARGET_BATCHING_SPEEDUP = 3.0
+# Auth, audit log and request log all on may cost at most this much throughput.
+_TARGET_PRODUCTION_LOSS_PERCENT = 5.0
 
 
 # Load generators (see the module docstring).
@@ -96,6 +104,8 @@ class RunResult:
   server_cpu_ms_per_prediction: float
   client_cpu_ms_per_prediction: float
   cpu_bound_predictions_per_second: float
+  # Production features on (see PRODUCTION_FEATURES): "off", one of them, or "all".
+  features: str = "off"
 
 
 def serialized_examples(num_examples: int, seed: int = 11) -> List[bytes]:
@@ -155,6 +165,43 @@ def in_process_call_ms(
   return result
 
 
+# Production features the bench turns on (README "Serving in production").
+AUTH = "auth"
+AUDIT = "audit"
+REQUEST_LOG = "request_log"
+PRODUCTION_FEATURES = (AUTH, AUDIT, REQUEST_LOG)
+_BENCH_TOKEN = "bench-token-0123456789"
+
+
+def _feature_flags(
+  base_path: str, features: Sequence[str], workdir: str, sampling_rate: float
+) -> List[str]:
+  """The server flags that turn `features` on, writing their files into `workdir`."""
+  name = "-".join(features) or "off"
+  flags = []
+  if REQUEST_LOG in features:
+    config = os.path.join(workdir, f"models-{name}.config")
+    prefix = os.path.join(workdir, f"requests-{name}", MODEL_NAME)
+    os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    with open(config, "w") as f:
+      f.write(
+        f'model_config_list {{ config {{ name: "{MODEL_NAME}" base_path: "{base_path}" '
+        f"logging_config {{ sampling_config {{ sampling_rate: {sampling_rate} }} "
+        f'log_collector_config {{ type: "tfrecord" filename_prefix: "{prefix}" }} }} }} }}\n'
+      )
+    flags.append(f"--model_config_file={config}")
+  else:
+    flags += [f"--model_name={MODEL_NAME}", f"--model_base_path={base_path}"]
+  if AUTH in features:
+    tokens = os.path.join(workdir, f"tokens-{name}")
+    with open(tokens, "w") as f:
+      f.write(f"{_BENCH_TOKEN} bench {MODEL_NAME}\n")
+    flags.append(f"--auth_tokens_file={tokens}")
+  if AUDIT in features:
+    flags.append(f"--audit_log_file={os.path.join(workdir, f'audit-{name}.jsonl')}")
+  return flags
+
+
 def _process_cpu_seconds(pid: int) -> float:
   with open(f"/proc/{pid}/stat") as f:
     fields = f.read().rsplit(")", 1)[1].split()
@@ -164,9 +211,17 @@ def _process_cpu_seconds(pid: int) -> float:
 class _Server:
   """`python -m serving.server` in a subprocess on free loopback ports."""
 
-  def __init__(self, base_path: str, batching: bool, log_path: str):
+  def __init__(
+    self,
+    base_path: str,
+    batching: bool,
+    log_path: str,
+    features: Sequence[str] = (),
+    request_log_sampling_rate: float = 1.0,
+  ):
     self.grpc_port = portpicker.pick_unused_port()
     self.rest_port = portpicker.pick_unused_port()
+    self.metadata = (("authorization", f"Bearer {_BENCH_TOKEN}"),) if AUTH in features else None
     command = [
       sys.executable,
       "-m",
@@ -174,8 +229,7 @@ class _Server:
       "--host=127.0.0.1",
       f"--port={self.grpc_port}",
       f"--rest_api_port={self.rest_port}",
-      f"--model_name={MODEL_NAME}",
-      f"--model_base_path={base_path}",
+      *_feature_flags(base_path, features, os.path.dirname(log_path), request_log_sampling_rate),
       f"--monitoring_config_file={_MONITORING_CONFIG}",
       "--file_system_poll_wait_seconds=0",
       # One thread per op: on few cores, larger TensorFlow pools make
@@ -211,7 +265,7 @@ class _Server:
             f"The server exited with {self._process.returncode}; see {self._log.name}."
           )
         try:
-          response = stub.GetModelStatus(request, timeout=1.0)
+          response = stub.GetModelStatus(request, timeout=1.0, metadata=self.metadata)
           if any(s.state == s.AVAILABLE for s in response.model_version_status):
             return
         except grpc.RpcError:
@@ -258,7 +312,7 @@ class _Server:
     self._log.close()
 
 
-async def _grpc_load(port: int, request, concurrency: int, seconds: float):
+async def _grpc_load(port: int, request, concurrency: int, seconds: float, metadata=None):
   latencies, errors = [], 0
   async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -268,7 +322,7 @@ async def _grpc_load(port: int, request, concurrency: int, seconds: float):
       nonlocal errors
       while (start := time.perf_counter()) < end:
         try:
-          await stub.Predict(request, timeout=_DEADLINE_SECONDS)
+          await stub.Predict(request, timeout=_DEADLINE_SECONDS, metadata=metadata)
           latencies.append(time.perf_counter() - start)
         except grpc.aio.AioRpcError:
           errors += 1
@@ -327,6 +381,7 @@ def _h2load_load(server: _Server, request, concurrency: int, seconds: float) -> 
         f"--data={body}",
         "--header=content-type: application/grpc",
         "--header=te: trailers",
+        *[f"--header={key}: {value}" for key, value in server.metadata or ()],
         f"--log-file={log}",
         f"http://127.0.0.1:{server.grpc_port}/tensorflow.serving.PredictionService/Predict",
       ],
@@ -367,7 +422,7 @@ def _load(
     request = client_lib.make_predict_request(examples, MODEL_NAME)
     if client == H2LOAD_CLIENT:
       return _h2load_load(server, request, concurrency, seconds)
-    return _run(_grpc_load(server.grpc_port, request, concurrency, seconds))
+    return _run(_grpc_load(server.grpc_port, request, concurrency, seconds, server.metadata))
   instances = [{"b64": base64.b64encode(e).decode()} for e in examples]
   body = json.dumps({"instances": instances}).encode()
   return _run(_rest_load(server.rest_port, body, concurrency, seconds))
@@ -391,6 +446,7 @@ def run_load(
   seconds: float,
   warmup_seconds: float,
   client: str = PYTHON_CLIENT,
+  features: str = "off",
 ) -> RunResult:
   """Drives the server with `concurrency` closed-loop clients for `seconds`.
 
@@ -426,13 +482,14 @@ def run_load(
     server_cpu_ms_per_prediction=round(server_ms, 3),
     client_cpu_ms_per_prediction=round(client_ms, 3),
     cpu_bound_predictions_per_second=round((os.cpu_count() or 1) * 1e3 / (server_ms + client_ms)),
+    features=features,
   )
 
 
 _HEADER = (
   f"{'protocol':8} {'client':6} {'batching':8} {'conc':>4} {'ex/req':>6} {'req/s':>7} "
   f"{'pred/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'batch':>5} {'srv cpu ms':>10} {'cli cpu ms':>10} "
-  f"{'cpu-bound':>9} {'errors':>6}"
+  f"{'cpu-bound':>9} {'errors':>6} features"
 )
 
 
@@ -443,7 +500,7 @@ def _row(r: RunResult) -> str:
     f"{r.examples_per_request:>6} {r.requests_per_second:>7.0f} {r.predictions_per_second:>7.0f} "
     f"{r.p50_ms:>7.1f} {r.p99_ms:>7.1f} {batch:>5} {r.server_cpu_ms_per_prediction:>10.3f} "
     f"{r.client_cpu_ms_per_prediction:>10.3f} {r.cpu_bound_predictions_per_second:>9.0f} "
-    f"{r.errors:>6}"
+    f"{r.errors:>6} {r.features}"
   )
 
 
@@ -455,6 +512,7 @@ def _targets(results: List[RunResult], concurrency: int, client: str) -> dict:
         for r in results
         if (r.protocol, r.client, r.batching, r.concurrency, r.examples_per_request)
         == ("grpc", client, batching, concurrency, examples_per_request)
+        and r.features == "off"
       ),
       None,
     )
@@ -482,6 +540,77 @@ def _targets(results: List[RunResult], concurrency: int, client: str) -> dict:
   return targets
 
 
+def run_production_comparison(
+  base_path: str,
+  workdir: str,
+  examples: List[bytes],
+  concurrency: int,
+  rounds: int,
+  seconds: float,
+  warmup_seconds: float,
+  clients: Sequence[str],
+  sampling_rate: float,
+) -> Tuple[List[RunResult], dict]:
+  """All production features off against all on, interleaved; then each one alone.
+
+  Both servers run side by side (batching on, as `make serve`) and take turns,
+  the order flipping each round, so a busy machine weighs on both alike. The
+  verdict compares the medians of the rounds.
+  """
+  results, summary = [], {}
+
+  def measure(server: _Server, client: str, features: str) -> RunResult:
+    result = run_load(
+      server, "grpc", True, concurrency, examples[:1], seconds, warmup_seconds, client, features
+    )
+    print(_row(result), flush=True)
+    results.append(result)
+    return result
+
+  servers = {
+    name: _Server(
+      base_path,
+      True,
+      os.path.join(workdir, f"server_{name}.log"),
+      features,
+      sampling_rate,
+    )
+    for name, features in (("off", ()), ("all", PRODUCTION_FEATURES))
+  }
+  try:
+    for client in clients:
+      rates = {"off": [], "all": []}
+      for index in range(rounds):
+        for name in ("off", "all") if index % 2 == 0 else ("all", "off"):
+          rates[name].append(measure(servers[name], client, name).predictions_per_second)
+      off, on = float(np.median(rates["off"])), float(np.median(rates["all"]))
+      loss = 100.0 * (off - on) / off if off else float("nan")
+      summary[client] = {
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "off_predictions_per_second": rates["off"],
+        "all_predictions_per_second": rates["all"],
+        "median_off": round(off, 1),
+        "median_all": round(on, 1),
+        "loss_percent": round(loss, 1),
+        "loss_percent_target": _TARGET_PRODUCTION_LOSS_PERCENT,
+        "loss_met": loss <= _TARGET_PRODUCTION_LOSS_PERCENT,
+        "request_log_sampling_rate": sampling_rate,
+      }
+  finally:
+    for server in servers.values():
+      server.stop()
+  for feature in PRODUCTION_FEATURES:
+    server = _Server(
+      base_path, True, os.path.join(workdir, f"server_{feature}.log"), (feature,), sampling_rate
+    )
+    try:
+      measure(server, clients[0], feature)
+    finally:
+      server.stop()
+  return results, summary
+
+
 def run_benchmark(
   preset: str,
   concurrencies: Sequence[int],
@@ -490,6 +619,9 @@ def run_benchmark(
   seconds: float,
   warmup_seconds: float,
   output: str,
+  production_rounds: int = 3,
+  production_only: bool = False,
+  request_log_sampling_rate: float = 1.0,
 ) -> dict:
   """Runs every configuration and writes the JSON report to `output`."""
   load_before = os.getloadavg()
@@ -502,7 +634,7 @@ def run_benchmark(
     saved_model_dir = build_model(preset, base_path)
     examples = serialized_examples(256)
     in_process = in_process_call_ms(saved_model_dir, examples)
-    for batching in (False, True):
+    for batching in () if production_only else (False, True):
       server = _Server(base_path, batching, os.path.join(workdir, f"server_{batching}.log"))
       try:
         runs = [(p, PYTHON_CLIENT, c, 1) for p in protocols for c in concurrencies]
@@ -524,6 +656,20 @@ def run_benchmark(
           results.append(result)
       finally:
         server.stop()
+    production = {}
+    if production_rounds:
+      runs, production = run_production_comparison(
+        base_path,
+        workdir,
+        examples,
+        max(concurrencies),
+        production_rounds,
+        seconds,
+        warmup_seconds,
+        [H2LOAD_CLIENT, PYTHON_CLIENT] if h2load else [PYTHON_CLIENT],
+        request_log_sampling_rate,
+      )
+      results += runs
   report = {
     "preset": preset,
     "seconds_per_run": seconds,
@@ -540,8 +686,9 @@ def run_benchmark(
     "targets": {
       client: _targets(results, max(concurrencies), client)
       for client in (PYTHON_CLIENT, H2LOAD_CLIENT)
-      if any(r.client == client for r in results)
+      if any(r.client == client and r.features == "off" for r in results)
     },
+    "production_features": production,
   }
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w") as f:
@@ -575,6 +722,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument(
     "--output", default=RESULTS_PATH, help="The JSON report (default: %(default)s)."
   )
+  parser.add_argument(
+    "--production_rounds",
+    type=int,
+    default=3,
+    help="Interleaved rounds of all production features off vs on (auth, audit log, request "
+    "log), gRPC, one example, the highest concurrency; 0 skips them (default: %(default)s).",
+  )
+  parser.add_argument(
+    "--production_only",
+    action="store_true",
+    help="Run only the production features comparison.",
+  )
+  parser.add_argument(
+    "--request_log_sampling_rate",
+    type=float,
+    default=1.0,
+    help="The request log's sampling_rate in the production runs (default: %(default)s).",
+  )
   args = parser.parse_args(argv)
   concurrencies = [int(c) for c in args.concurrency.split(",")]
   protocols = [p.strip() for p in args.protocols.split(",")]
@@ -588,6 +753,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.duration_seconds,
     args.warmup_seconds,
     args.output,
+    production_rounds=args.production_rounds,
+    production_only=args.production_only,
+    request_log_sampling_rate=args.request_log_sampling_rate,
   )
   print()
   print(_HEADER)
@@ -599,6 +767,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     f"{report['machine']['load_average_after']}"
   )
   print(f"targets: {json.dumps(report['targets'])}")
+  for client, verdict in report["production_features"].items():
+    print(
+      f"production features, {client}: all off {verdict['median_off']:.0f} pred/s, all on "
+      f"{verdict['median_all']:.0f} pred/s (medians of {verdict['rounds']} interleaved rounds): "
+      f"loss {verdict['loss_percent']:.1f}% (target <= {verdict['loss_percent_target']:g}%)"
+    )
   print(f"wrote {args.output}")
   return 0
 

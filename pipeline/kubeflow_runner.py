@@ -21,6 +21,7 @@ from tfx import v1 as tfx
 
 from pipeline import configs
 from pipeline import kubeflow_package
+from pipeline import pipeline as pipeline_lib
 from pipeline import runner_flags
 
 # KFP pipeline names allow only [a-z0-9-].
@@ -132,9 +133,7 @@ def build_pipeline(args: argparse.Namespace, beam_pipeline_args: List[str]) -> t
     ValueError: for settings that cannot work.
   """
   paths = storage_paths(args)
-  pipeline = runner_flags.create_pipeline_from_flags(
-    args,
-    beam_pipeline_args,
+  return pipeline_lib.create_pipeline(
     pipeline_name=KFP_PIPELINE_NAME,
     pipeline_root=paths.pipeline_root,
     data_root=paths.data_root,
@@ -144,22 +143,17 @@ def build_pipeline(args: argparse.Namespace, beam_pipeline_args: List[str]) -> t
     tflite_push_base_directory=paths.tflite_model_dir,
     # Kubeflow connects the components to its own ML Metadata store.
     metadata_connection_config=None,
-  )
-  _read_train_args_at_run_time(pipeline, args.train_steps)
-  return pipeline
-
-
-def _read_train_args_at_run_time(pipeline: tfx.dsl.Pipeline, train_steps: int) -> None:
-  # create_pipeline gives the Trainer fixed TrainArgs (it validates an int);
-  # here they become a runtime parameter defaulting to the same value, so a
-  # run can change the steps without recompiling. The Trainer accepts a
-  # RuntimeParameter for train_args; KubeflowV2 wires it to the pipeline's
-  # inputs.
-  trainer = next(c for c in pipeline.components if c.id == "Trainer")
-  trainer.exec_properties["train_args"] = tfx.dsl.experimental.RuntimeParameter(
-    name=kubeflow_package.TRAIN_ARGS_PARAMETER,
-    ptype=str,
-    default=kubeflow_package.train_args_value(train_steps),
+    # A run can change the training steps without recompiling. TFX 1.16
+    # cannot put a runtime parameter inside a proto field, so the parameter is
+    # the whole TrainArgs as JSON; KubeflowV2 binds it to a pipeline input.
+    train_args=tfx.dsl.experimental.RuntimeParameter(
+      name=kubeflow_package.TRAIN_ARGS_PARAMETER,
+      ptype=str,
+      default=kubeflow_package.train_args_value(args.train_steps),
+    ),
+    eval_args=tfx.proto.EvalArgs(num_steps=args.eval_steps),
+    beam_pipeline_args=beam_pipeline_args,
+    **runner_flags.pipeline_settings(args),
   )
 
 

@@ -9,12 +9,16 @@ from typing import Dict
 from typing import List
 from typing import Optional
 from typing import Sequence
+from typing import Union
 
 import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from components.anomaly_gate.component import AnomalyGate
+from components.evaluator.component import Evaluator
+from components.pusher.component import Pusher
+from components.serving_baseline.component import ServingBaseline
 from components.tflite_converter.component import TFLiteConverter
 
 
@@ -54,8 +58,8 @@ def _eval_config(
                   value_threshold=tfma.GenericValueThreshold(
                     lower_bound={"value": accuracy_threshold}
                   ),
-                  # Ignored on the first run, when no model is
-                  # blessed yet.
+                  # Against the model serving now; ignored on the
+                  # first run, when none is.
                   change_threshold=tfma.GenericChangeThreshold(
                     direction=tfma.MetricDirection.HIGHER_IS_BETTER,
                     absolute={"value": accuracy_change_threshold},
@@ -75,6 +79,44 @@ def _eval_config(
   )
 
 
+# What the Trainer accepts for its arguments: the proto, or a runtime parameter
+# holding the whole proto as JSON (KubeflowV2 binds it to a pipeline input).
+TrainArgsValue = Union[tfx.proto.TrainArgs, tfx.dsl.experimental.RuntimeParameter]
+EvalArgsValue = Union[tfx.proto.EvalArgs, tfx.dsl.experimental.RuntimeParameter]
+# The splits ImportExampleGen writes.
+_SPLITS = ("train", "eval")
+
+
+def _check_steps_args(name: str, value, proto_class) -> None:
+  """Refuses `train_args`/`eval_args` the Trainer could not use.
+
+  A RuntimeParameter is checked only for its type: its value arrives at run time.
+  """
+  if isinstance(value, tfx.dsl.experimental.RuntimeParameter):
+    if value.ptype is not str:
+      raise ValueError(
+        f"The {name} runtime parameter {value.name!r} must have ptype str (the whole "
+        f"{proto_class.__name__} as JSON), got {value.ptype.__name__}."
+      )
+    return
+  if not isinstance(value, proto_class):
+    raise ValueError(
+      f"{name} must be a tfx.proto.{proto_class.__name__} or a RuntimeParameter, "
+      f"got {type(value).__name__}."
+    )
+  if value.num_steps < 1:
+    raise ValueError(
+      f"{name}.num_steps must be positive (the run_fn trains and evaluates a fixed number of "
+      f"steps), got {value.num_steps}."
+    )
+  unknown = sorted(set(value.splits) - set(_SPLITS))
+  if unknown:
+    raise ValueError(
+      f"{name}.splits names {', '.join(unknown)}, which ImportExampleGen does not write; "
+      f"it writes {' and '.join(_SPLITS)}."
+    )
+
+
 def create_pipeline(
   pipeline_name: str,
   pipeline_root: str,
@@ -82,8 +124,8 @@ def create_pipeline(
   schema_path: str,
   run_fn: str,
   serving_model_dir: str,
-  train_steps: int,
-  eval_steps: int,
+  train_args: TrainArgsValue,
+  eval_args: EvalArgsValue,
   accuracy_threshold: float,
   accuracy_change_threshold: float = -1e-10,
   input_pattern: str = "span-{SPAN}/*",
@@ -110,11 +152,13 @@ def create_pipeline(
     schema_path: the curated schema (`schemas/schema.pbtxt`).
     run_fn: dotted path of the Trainer's `run_fn`.
     serving_model_dir: base path the Pusher writes numbered versions to.
-    train_steps: Trainer training steps.
-    eval_steps: Trainer evaluation steps.
+    train_args: the Trainer's `tfx.proto.TrainArgs` (training steps), or a
+      RuntimeParameter of type str holding them as JSON.
+    eval_args: the Trainer's `tfx.proto.EvalArgs` (evaluation steps), or a
+      RuntimeParameter of type str holding them as JSON.
     accuracy_threshold: minimum eval top-1 accuracy for blessing.
-    accuracy_change_threshold: minimum accuracy difference to the latest
-      blessed model (a small negative number means "no worse").
+    accuracy_change_threshold: minimum accuracy difference to the model
+      serving now (a small negative number means "no worse").
     input_pattern: file pattern under `data_root`, with `{SPAN}`.
     span: the span to ingest; None ingests the latest one.
     tolerated_anomalies: anomaly kinds (or `feature:KIND`) that do not stop
@@ -142,10 +186,8 @@ def create_pipeline(
   Raises:
     ValueError: for settings that cannot work.
   """
-  if train_steps < 1 or eval_steps < 1:
-    raise ValueError(
-      f"train_steps and eval_steps must be positive, got {train_steps} and {eval_steps}."
-    )
+  _check_steps_args("train_args", train_args, tfx.proto.TrainArgs)
+  _check_steps_args("eval_args", eval_args, tfx.proto.EvalArgs)
   if "{SPAN}" not in input_pattern:
     raise ValueError(
       f"input_pattern must contain {{SPAN}} to read span directories, got {input_pattern!r}."
@@ -205,32 +247,31 @@ def create_pipeline(
     run_fn=run_fn,
     examples=example_gen.outputs["examples"],
     schema=schema_gen.outputs["schema"],
-    train_args=tfx.proto.TrainArgs(num_steps=train_steps),
-    eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+    train_args=train_args,
+    eval_args=eval_args,
     custom_config=dict(trainer_custom_config or {}),
   )
   # The Trainer consumes no output of the gate, so the order is explicit.
   trainer.add_upstream_node(anomaly_gate)
 
-  # Finds the latest blessed model, the baseline a new model must not lose to.
-  latest_blessed_model_resolver = tfx.dsl.Resolver(
-    strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-    model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-    model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-  ).with_id("latest_blessed_model_resolver")
+  # Copies the model serving now (the highest complete version under the push
+  # destination), the baseline a new model must be no worse than; on a first
+  # run there is none.
+  serving_baseline = ServingBaseline(serving_model_dir=serving_model_dir)
 
   # Evaluates per slice with TFMA and blesses the model if it passes.
-  evaluator = tfx.components.Evaluator(
+  evaluator = Evaluator(
     examples=example_gen.outputs["examples"],
     model=trainer.outputs["model"],
-    baseline_model=latest_blessed_model_resolver.outputs["model"],
+    baseline_model=serving_baseline.outputs["baseline_model"],
     eval_config=_eval_config(
       label_key, accuracy_threshold, accuracy_change_threshold, slice_features
     ),
   )
 
-  # Pushes a blessed model to the base path TensorFlow Serving watches.
-  pusher = tfx.components.Pusher(
+  # Pushes a blessed model to the base path TensorFlow Serving watches, unless
+  # it is the version serving already.
+  pusher = Pusher(
     model=trainer.outputs["model"],
     model_blessing=evaluator.outputs["blessing"],
     push_destination=tfx.proto.PushDestination(
@@ -245,7 +286,7 @@ def create_pipeline(
     example_validator,
     anomaly_gate,
     trainer,
-    latest_blessed_model_resolver,
+    serving_baseline,
     evaluator,
     pusher,
   ]

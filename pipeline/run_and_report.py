@@ -60,6 +60,7 @@ def _run(dag_runner, argv, description: str, run_console: console_lib.Run) -> in
   from tfx import v1 as tfx
 
   from components.anomaly_gate import anomalies
+  from pipeline import caching
   from pipeline import run_summary
   from pipeline import runner_flags
 
@@ -93,7 +94,7 @@ def _run(dag_runner, argv, description: str, run_console: console_lib.Run) -> in
   error = None
   try:
     with console_lib.following_components(console, follower.describe_end):
-      dag_runner.run(pipeline)
+      caching.run(dag_runner, pipeline)
   except Exception as e:  # pylint: disable=broad-except
     # Any component error ends the run; report it rather than a traceback
     # buried under Beam's logging.

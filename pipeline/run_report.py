@@ -246,8 +246,17 @@ def gather(connection_config, pipeline_name: str, run_id: Optional[str] = None) 
       for event in inputs:
         key = event.path.steps[0].key if event.path.steps else ""
         [artifact] = store.get_artifacts_by_id([event.artifact_id])
-        if key == "baseline_model":
+        props = artifact.custom_properties
+        # ServingBaseline's artifact is empty (has_model 0) when nothing serves yet.
+        if key == "baseline_model" and not (
+          "has_model" in props and not props["has_model"].int_value
+        ):
           data.baseline_uri = artifact.uri
+          if "serving_version" in props:
+            data.baseline_uri += (
+              f" (serving version {props['serving_version'].int_value}"
+              f" from {props['source_path'].string_value})"
+            )
         elif key == "model":
           data.model_uri = artifact.uri
   if data.confusion is not None:
@@ -656,7 +665,7 @@ def _section_blessing(data: RunData) -> str:
   if data.baseline_uri:
     parts.append(f"<p>Baseline model: <code>{html.escape(data.baseline_uri)}</code>.</p>")
   else:
-    parts.append("<p>No baseline model: no model was blessed before this run.</p>")
+    parts.append("<p>No baseline model: no model was serving or blessed before this run.</p>")
   if data.model_uri:
     parts.append(f"<p>Candidate model: <code>{html.escape(data.model_uri)}</code>.</p>")
   validation = data.validation or {}

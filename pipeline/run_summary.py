@@ -49,6 +49,8 @@ class RunSummary:
   tolerated_kinds: List[str] = dataclasses.field(default_factory=list)
   drift: Optional[Tuple[int, int, List[Tuple[str, str, float, float]]]] = None
   reports: List[str] = dataclasses.field(default_factory=list)
+  # The model was the version serving already: the Pusher copied nothing.
+  already_pushed: bool = False
   # Set by the runner: the run's log file and its HTML run report.
   log_path: Optional[str] = None
   run_report: Optional[str] = None
@@ -219,6 +221,9 @@ def summarize(
       if props.get("pushed") and props["pushed"].int_value:
         summary.pushed_path = props["pushed_destination"].string_value
         summary.pushed_version = props["pushed_version"].string_value
+        summary.already_pushed = bool(
+          props.get("already_pushed") and props["already_pushed"].int_value
+        )
   return summary
 
 
@@ -324,7 +329,8 @@ def format_summary(summary: RunSummary) -> str:
   else:
     lines.append(f"Model blessed: {'yes' if summary.blessed else 'no'}")
   if summary.pushed_path:
-    lines.append(f"Pushed: {summary.pushed_path} (version {summary.pushed_version})")
+    already = ", already serving: not copied again" if summary.already_pushed else ""
+    lines.append(f"Pushed: {summary.pushed_path} (version {summary.pushed_version}{already})")
   else:
     lines.append("Pushed: nothing")
   if summary.reports:

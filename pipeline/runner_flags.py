@@ -1,13 +1,16 @@
 """Command-line flags and path resolution shared by the pipeline's runners.
 
-Each runner module (`beam_runner`, `local_runner`) is a thin `main` that parses
-these flags, builds the pipeline with `create_pipeline` and hands it to its
-orchestrator.
+Each runner module (`beam_runner`, `local_runner`, `kubeflow_runner`) parses
+these flags, resolves its paths, calls `create_pipeline` once and hands the
+pipeline to its orchestrator; `pipeline_settings` is what they all take from
+the flags.
 """
 
 import argparse
 import dataclasses
 import os
+from typing import Any
+from typing import Dict
 from typing import List
 from typing import Optional
 from typing import Sequence
@@ -95,7 +98,7 @@ def add_pipeline_flags(
 ) -> None:
   """Adds the flags every runner shares: model, training, evaluation and data validation.
 
-  `create_pipeline_from_flags` reads them.
+  `pipeline_settings` and each runner's `create_pipeline` call read them.
   """
   parser.add_argument(
     "--preset", default=configs.MODEL_PRESET, help="Model preset (components/trainer/presets.py)."
@@ -149,12 +152,16 @@ def parse_with_beam_args(
 
 
 def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
-  """Resolves paths and builds the pipeline from parsed flags.
+  """The Beam and local runners' pipeline: paths under OUTPUT_ROOT on this machine.
+
+  Both runners run the pipeline here and differ only in their DagRunner, so
+  they share this one `create_pipeline` call.
 
   Raises:
     FileNotFoundError: if the data root or the schema does not exist.
     preflight.BadInputError: if the input files cannot be read as the data
       contract says (naming the file).
+    ValueError: for settings that cannot work.
   """
   data_root = os.path.abspath(args.data_root)
   if not os.path.isdir(data_root):
@@ -167,9 +174,7 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
     raise FileNotFoundError(f"Schema file {schema_path} does not exist.")
   preflight.check_input(data_root, configs.INPUT_PATTERN, schema_path, span=args.span)
   paths = RunPaths(os.path.abspath(args.output_root))
-  return create_pipeline_from_flags(
-    args,
-    beam_pipeline_args,
+  return pipeline_lib.create_pipeline(
     pipeline_name=configs.PIPELINE_NAME,
     pipeline_root=paths.pipeline_root,
     data_root=data_root,
@@ -180,28 +185,26 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
     metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
       paths.metadata_path
     ),
+    train_args=tfx.proto.TrainArgs(num_steps=args.train_steps),
+    eval_args=tfx.proto.EvalArgs(num_steps=args.eval_steps),
+    beam_pipeline_args=beam_pipeline_args,
+    **pipeline_settings(args),
   )
 
 
-def create_pipeline_from_flags(
-  args: argparse.Namespace, beam_pipeline_args: List[str], **locations
-) -> tfx.dsl.Pipeline:
-  """`create_pipeline` with every setting that comes from flags or `configs`.
+def pipeline_settings(args: argparse.Namespace) -> Dict[str, Any]:
+  """The `create_pipeline` arguments every runner takes from the shared flags and `configs`.
 
-  Shared by every runner, so they differ only in where things live.
+  Everything but locations, the Trainer's `train_args`/`eval_args` (a runner
+  may make them runtime parameters) and the Beam args, so runners differ only
+  in those.
 
   Args:
-    args: flags as `parse_args` (or a runner's own parser) returns them.
-    beam_pipeline_args: arguments of the components' Beam pipelines.
-    **locations: the runner's `pipeline_name`, paths or URIs
-      (`pipeline_root`, `data_root`, `schema_path`, `serving_model_dir`,
-      `report_dir`, `tflite_push_base_directory`) and
-      `metadata_connection_config`.
+    args: flags as `parse_args` (or a runner's own parser with
+      `add_pipeline_flags`) returns them.
   """
-  return pipeline_lib.create_pipeline(
+  return dict(
     run_fn=configs.RUN_FN,
-    train_steps=args.train_steps,
-    eval_steps=args.eval_steps,
     accuracy_threshold=args.accuracy_threshold,
     accuracy_change_threshold=configs.EVAL_ACCURACY_CHANGE_THRESHOLD,
     input_pattern=configs.INPUT_PATTERN,
@@ -216,6 +219,4 @@ def create_pipeline_from_flags(
       "num_workers": args.num_workers,
     },
     enable_cache=not args.no_cache,
-    beam_pipeline_args=beam_pipeline_args,
-    **locations,
   )

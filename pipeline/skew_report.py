@@ -1,15 +1,16 @@
 """Training/serving skew: logged serving requests against the training statistics.
 
-Computes statistics of logged requests (TFRecord files of serialized
-`tf.Example` without `label`, GZIP-compressed when the name ends in .gz),
-compares them with the statistics of the data the model was trained on using
+Computes statistics of logged requests (the model server's request logs,
+TFRecord files of `PredictionLog` from a model's `logging_config`, or TFRecord
+files of serialized `tf.Example` without `label`; GZIP-compressed when the
+name ends in .gz), compares them with the statistics of the data the model was trained on using
 the schema's `skew_comparator`s (L-infinity distance on `user_segment` and
 `city_tier`), and validates them against the schema's SERVING environment.
 Prints a table, writes HTML reports, and exits 1 when a feature is skewed past
 its threshold or the requests are anomalous.
 
 Usage:
-  python -m pipeline.skew_report --serving_data 'logs/requests-*.tfrecord.gz'
+  python -m pipeline.skew_report --serving_data 'logs/next_category-*.tfrecord.gz'
       [--output_root artifacts | --training_statistics path/FeatureStats.pb]
 """
 
@@ -17,6 +18,7 @@ import argparse
 import datetime
 import os
 import sys
+import tempfile
 from typing import List
 from typing import Optional
 from typing import Sequence
@@ -24,8 +26,12 @@ from typing import Tuple
 
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
+from google.protobuf import message
 from ml_metadata.metadata_store import metadata_store
+from tensorflow.core.example import example_pb2
+from tensorflow.core.framework import types_pb2
 from tensorflow_metadata.proto.v0 import statistics_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 from tfx import v1 as tfx
 
 from components.anomaly_gate import anomalies as anomalies_lib
@@ -95,8 +101,9 @@ def serving_statistics(
   """Statistics of logged serving requests, after checking each file is readable.
 
   Args:
-    serving_data: a file path or glob of TFRecord files of serialized
-      `tf.Example`; compression is chosen by extension (.gz: GZIP).
+    serving_data: a file path or glob of TFRecord files of `PredictionLog`
+      (the server's request logs) or of serialized `tf.Example`; compression
+      is chosen by extension (.gz: GZIP).
     schema_path: the schema, for the expected feature types.
 
   Returns:
@@ -110,9 +117,83 @@ def serving_statistics(
   if not files:
     raise SkewInputError(f"No serving log file matches {serving_data}.")
   kinds = preflight.feature_kinds(schema_path)
-  if not sum(preflight.check_file(path, kinds) for path in files):
-    raise SkewInputError(f"The serving logs {serving_data} hold no requests.")
-  return tfdv.generate_statistics_from_tfrecord(data_location=serving_data), files
+  if not _are_prediction_logs(files[0]):
+    if not sum(preflight.check_file(path, kinds) for path in files):
+      raise SkewInputError(f"The serving logs {serving_data} hold no requests.")
+    return tfdv.generate_statistics_from_tfrecord(data_location=serving_data), files
+  with tempfile.TemporaryDirectory(prefix="skew-report-") as extracted:
+    location = os.path.join(extracted, "requests.tfrecord.gz")
+    if not _extract_examples(files, location):
+      raise SkewInputError(f"The request logs {serving_data} hold no tf.Example.")
+    preflight.check_file(location, kinds)
+    return tfdv.generate_statistics_from_tfrecord(data_location=location), files
+
+
+def _records(path: str):
+  compression = "GZIP" if path.lower().endswith(".gz") else ""
+  try:
+    yield from tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator()
+  except tf.errors.OpError as e:
+    raise preflight.BadInputError(f"{path} is not a readable TFRecord file: {e.message}") from None
+
+
+def _are_prediction_logs(path: str) -> bool:
+  """Whether `path` holds the model server's PredictionLog records (serving/request_log.py).
+
+  A tf.Example parsed as a PredictionLog has no log type: its only field is
+  number 1, PredictionLog's `log_metadata`.
+  """
+  for record in _records(path):
+    try:
+      return prediction_log_pb2.PredictionLog.FromString(record).WhichOneof("log_type") is not None
+    except message.DecodeError:
+      return False
+  return False
+
+
+def _extract_examples(files: List[str], location: str) -> int:
+  """Writes the tf.Examples of logged Predict and Classify requests to `location`.
+
+  Predict requests give the serialized examples of their string inputs,
+  Classify requests their example list (with the context's features added).
+
+  Returns:
+    The number of examples written.
+  """
+  count = 0
+  with tf.io.TFRecordWriter(location, options="GZIP") as writer:
+    for path in files:
+      for record in _records(path):
+        try:
+          log = prediction_log_pb2.PredictionLog.FromString(record)
+        except message.DecodeError:
+          raise preflight.BadInputError(
+            f"{path} holds a record that is not a PredictionLog."
+          ) from None
+        for example in _logged_examples(log):
+          writer.write(example)
+          count += 1
+  return count
+
+
+def _logged_examples(log: prediction_log_pb2.PredictionLog):
+  kind = log.WhichOneof("log_type")
+  if kind == "predict_log":
+    for tensor in log.predict_log.request.inputs.values():
+      if tensor.dtype == types_pb2.DT_STRING:
+        yield from tensor.string_val
+  elif kind == "classify_log":
+    model_input = log.classify_log.request.input
+    if model_input.WhichOneof("kind") == "example_list_with_context":
+      listed = model_input.example_list_with_context
+      for example in listed.examples:
+        merged = example_pb2.Example()
+        merged.CopyFrom(listed.context)
+        merged.MergeFrom(example)
+        yield merged.SerializeToString()
+    else:
+      for example in model_input.example_list.examples:
+        yield example.SerializeToString()
 
 
 def compare(
@@ -161,7 +242,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument(
     "--serving_data",
     required=True,
-    help="File or glob of logged requests: TFRecords of serialized tf.Example (.gz: GZIP).",
+    help="File or glob of logged requests: the server's PredictionLog files, or TFRecords of "
+    "serialized tf.Example (.gz: GZIP).",
   )
   parser.add_argument(
     "--output_root",

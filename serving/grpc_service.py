@@ -20,8 +20,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.apis import status_pb2
 
 from serving import inference
-from serving import metrics as metrics_lib
-from serving import model_manager
+from serving import request_policy
 from serving import status
 
 ENTRYPOINT = "GRPC"
@@ -76,19 +75,30 @@ class _Completions:
         waiter.set_result(future.result())
 
 
-class _Handler:
-  """Runs one API call: status mapping, logging and metrics."""
+def _metadata_value(context, key: str):
+  for item in context.invocation_metadata() or ():
+    if item.key == key:
+      return item.value
+  return None
 
-  def __init__(self, metrics: Optional[metrics_lib.ServingMetrics]):
-    self._metrics = metrics
+
+class _Handler:
+  """Runs one API call: access control, status mapping, metrics, audit and request logs."""
+
+  def __init__(self, policy: request_policy.RequestPolicy):
+    self._policy = policy
     self._completions: Optional[_Completions] = None
 
   async def __call__(
-    self, api: str, model_name: str, context, call: Callable, is_future: bool = True
+    self, api: str, model_name: str, context, call: Callable, is_future: bool = True, request=None
   ):
-    start = time.perf_counter()
-    version, code, message = "", grpc.StatusCode.OK, ""
+    start, arrived = time.perf_counter(), time.time()
+    version, code, message, principal = "", grpc.StatusCode.OK, "", ""
     try:
+      if self._policy.authenticator is not None:
+        principal = self._policy.authorize(
+          _metadata_value(context, request_policy.AUTHORIZATION), model_name
+        )
       result = call()
       if is_future:
         if self._completions is None:
@@ -97,6 +107,7 @@ class _Handler:
       spec = getattr(result, "model_spec", None)
       if spec is not None and spec.HasField("version"):
         version = str(spec.version.value)
+      self._policy.log_request(model_name, api, request, result, arrived)
       return result
     except status.ServingError as e:
       code, message = e.code, e.message
@@ -105,23 +116,30 @@ class _Handler:
       raise
     except Exception as e:  # No request may take the server down.
       logging.exception("%s failed", api)
-      code, message = grpc.StatusCode.INTERNAL, f"{api} failed: {type(e).__name__}: {e}"
+      code, message = grpc.StatusCode.INTERNAL, f"{api} failed: {type(e).__name__}"
     finally:
-      if self._metrics is not None:
-        self._metrics.record_request(
-          model_name, version, api, ENTRYPOINT, code.name, time.perf_counter() - start
-        )
-    await context.abort(code, message)
+      self._policy.finish(
+        ENTRYPOINT,
+        api,
+        model_name,
+        version,
+        code,
+        start,
+        arrived,
+        context.peer,
+        principal,
+        signature=request.model_spec.signature_name if request is not None else "",
+        examples=request_policy.example_count(api, request) if self._policy.audit else 0,
+      )
+    await context.abort(code, status.client_message(message))
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
   """tensorflow.serving.PredictionService: Predict, Classify, GetModelMetadata."""
 
-  def __init__(
-    self, service: inference.InferenceService, metrics: Optional[metrics_lib.ServingMetrics] = None
-  ):
+  def __init__(self, service: inference.InferenceService, policy: request_policy.RequestPolicy):
     self._service = service
-    self._handle = _Handler(metrics)
+    self._handle = _Handler(policy)
 
   async def Predict(self, request, context):
     return await self._handle(
@@ -129,6 +147,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
       request.model_spec.name,
       context,
       lambda: self._service.predict(request, _deadline(context)),
+      request=request,
     )
 
   async def Classify(self, request, context):
@@ -137,6 +156,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
       request.model_spec.name,
       context,
       lambda: self._service.classify(request, _deadline(context)),
+      request=request,
     )
 
   async def GetModelMetadata(self, request, context):
@@ -160,17 +180,17 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-  """tensorflow.serving.ModelService: GetModelStatus and HandleReloadConfigRequest."""
+  """tensorflow.serving.ModelService: GetModelStatus and HandleReloadConfigRequest.
 
-  def __init__(
-    self,
-    service: inference.InferenceService,
-    manager: model_manager.ModelManager,
-    metrics: Optional[metrics_lib.ServingMetrics] = None,
-  ):
+  The reload RPC answers UNIMPLEMENTED unless the server was started with
+  --enable_model_config_reload; then, with access control on, only a principal
+  allowed every model may call it.
+  """
+
+  def __init__(self, service: inference.InferenceService, policy: request_policy.RequestPolicy):
     self._service = service
-    self._manager = manager
-    self._handle = _Handler(metrics)
+    self._policy = policy
+    self._handle = _Handler(policy)
 
   async def GetModelStatus(self, request, context):
     return await self._handle(
@@ -182,33 +202,44 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     )
 
   async def HandleReloadConfigRequest(self, request, context):
+    if self._policy.reload_config is None:
+      await context.abort(
+        grpc.StatusCode.UNIMPLEMENTED,
+        "Reloading the model config is disabled; start the server with "
+        "--enable_model_config_reload to allow it.",
+      )
+    try:
+      principal = self._policy.authorize_admin(
+        _metadata_value(context, request_policy.AUTHORIZATION)
+      )
+    except status.ServingError as e:
+      await context.abort(e.code, e.message)
     response = model_management_pb2.ReloadConfigResponse()
     try:
       # Loading takes a while: keep it off the event loop.
       await asyncio.get_running_loop().run_in_executor(
-        None, self._manager.reload_config, request.config
+        None, self._policy.reload_config, request.config
       )
+      logging.info("Model config reloaded by %r", principal or "an anonymous caller")
     except ValueError as e:
+      message = status.client_message(str(e))
       response.status.CopyFrom(
         status_pb2.StatusProto(
-          error_code=grpc.StatusCode.INVALID_ARGUMENT.value[0], error_message=str(e)
+          error_code=grpc.StatusCode.INVALID_ARGUMENT.value[0], error_message=message
         )
       )
       context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-      context.set_details(str(e))
+      context.set_details(message)
     return response
 
 
 def add_services(
   server: grpc.aio.Server,
   service: inference.InferenceService,
-  manager: model_manager.ModelManager,
-  metrics: Optional[metrics_lib.ServingMetrics] = None,
+  policy: request_policy.RequestPolicy,
 ) -> None:
   """Registers both TensorFlow Serving services on `server`."""
   prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-    PredictionServicer(service, metrics), server
+    PredictionServicer(service, policy), server
   )
-  model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-    ModelServicer(service, manager, metrics), server
-  )
+  model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service, policy), server)

@@ -6,6 +6,7 @@ as TensorFlow Serving reports them.
 """
 
 from typing import Dict
+from typing import FrozenSet
 
 import prometheus_client
 from tensorflow_serving.apis import get_model_status_pb2
@@ -30,14 +31,18 @@ _LATENCY_BUCKETS_MICROS = (
   5_000_000,
   10_000_000,
 )
+# Requests naming a model the server does not know are counted under this
+# label: a client's model names never become label values (memory, scrapes).
+UNKNOWN_MODEL = "<unknown>"
 _BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ServingMetrics:
   """The server's metrics, in a registry of their own (one per server)."""
 
-  def __init__(self):
+  def __init__(self, known_models: FrozenSet[str] = frozenset()):
     self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
+    self.known_models = frozenset(known_models)
     self._request_children: Dict[tuple, tuple] = {}
     self._requests = prometheus_client.Counter(
       ":tensorflow:serving:request_count",
@@ -78,6 +83,25 @@ class ServingMetrics:
       ["model_name", "model_version", "status"],
       registry=self.registry,
     )
+    self._verification_failures = prometheus_client.Counter(
+      ":tensorflow:serving:model_verification_failure_count",
+      "Model versions refused: their signature did not verify (--model_verification_key_file).",
+      ["model_name"],
+      registry=self.registry,
+    )
+    self._dropped = prometheus_client.Counter(
+      ":tensorflow:serving:log_records_dropped",
+      "Request log and audit log records dropped (queue full or write error), by log and reason.",
+      ["log", "reason"],
+      registry=self.registry,
+    )
+
+  def record_verification_failure(self, model_name: str) -> None:
+    self._verification_failures.labels(model_name).inc()
+
+  def record_dropped(self, log: str, reason: str) -> None:
+    """Counts a log record that could not be written (the request itself succeeded)."""
+    self._dropped.labels(log, reason).inc()
 
   def record_request(
     self,
@@ -88,6 +112,8 @@ class ServingMetrics:
     status: str,
     latency_seconds: float,
   ) -> None:
+    if model_name not in self.known_models:
+      model_name = UNKNOWN_MODEL
     key = (model_name, model_version, api, entrypoint, status)
     children = self._request_children.get(key)
     if children is None:

@@ -24,6 +24,7 @@ from typing import Tuple
 
 import grpc
 import tensorflow as tf
+from google.protobuf import message as protobuf_message
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.config import model_server_config_pb2
@@ -83,6 +84,34 @@ def _aspired_versions(
     return sorted(v for v in set(policy.specific.versions) if v in on_disk)
   num_versions = policy.latest.num_versions if choice == "latest" else 1
   return sorted(on_disk)[-max(num_versions, 1) :] if on_disk else []
+
+
+def _load_error(error: Exception) -> Tuple[grpc.StatusCode, str]:
+  """The status code and message of a failed load, with TensorFlow's own codes.
+
+  TensorFlow Serving reports a load failure with the code of the TensorFlow
+  status that caused it (a corrupt checkpoint is DATA_LOSS, a missing file
+  NOT_FOUND), never a blanket UNKNOWN.
+  """
+  if isinstance(error, status.ServingError):
+    return error.code, error.message
+  if isinstance(error, tf.errors.OpError):
+    converted = status.from_tf_error(error)
+    return converted.code, converted.message
+  if isinstance(error, protobuf_message.DecodeError):
+    # TensorFlow's ReadBinaryProto: "Can't parse ... as binary proto" is DATA_LOSS.
+    return grpc.StatusCode.DATA_LOSS, f"Can't parse the SavedModel as a binary proto: {error}"
+  if isinstance(error, IndexError):
+    # TensorFlow's file reads answer "Read less bytes than requested" with OUT_OF_RANGE,
+    # which its Python bindings raise as IndexError.
+    return grpc.StatusCode.OUT_OF_RANGE, str(error)
+  if isinstance(error, FileNotFoundError):
+    return grpc.StatusCode.NOT_FOUND, str(error)
+  if isinstance(error, PermissionError):
+    return grpc.StatusCode.PERMISSION_DENIED, str(error)
+  if isinstance(error, (ValueError, TypeError)):
+    return grpc.StatusCode.INVALID_ARGUMENT, f"{type(error).__name__}: {error}"
+  return grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}"
 
 
 class ModelManager:
@@ -234,8 +263,7 @@ class ModelManager:
     except Exception as e:  # Any load failure leaves the serving version alone.
       version.failed_attempts += 1
       version.next_attempt = time.monotonic() + self._load_retry_interval_seconds
-      code = e.code if isinstance(e, status.ServingError) else grpc.StatusCode.UNKNOWN
-      message = e.message if isinstance(e, status.ServingError) else f"{type(e).__name__}: {e}"
+      code, message = _load_error(e)
       error = status.ServingError(
         code, f"Loading servable: {{name: {name} version: {number}}} failed: {message}"
       )
@@ -258,6 +286,13 @@ class ModelManager:
       servable.close()
     self._set_state(name, version, State.END)
     logging.info("Unloaded servable version {name: %s version: %d}", name, version.version)
+
+  def models_without_versions(self) -> List[str]:
+    """The configured models that have no version available."""
+    available = self._available
+    return [
+      model.name for model in self._config.model_config_list.config if not available.get(model.name)
+    ]
 
   def servable(self, model_spec: model_pb2.ModelSpec) -> servables.Servable:
     """The servable a request's model spec asks for.

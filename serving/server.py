@@ -17,8 +17,10 @@ import dataclasses
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
+import time
 from typing import List
 from typing import Optional
 from typing import Sequence
@@ -26,23 +28,37 @@ from typing import Sequence
 import grpc
 import tensorflow as tf
 import uvloop
+from tensorflow_serving.apis import model_pb2
 
+import model_signing
+from serving import audit as audit_lib
+from serving import auth as auth_lib
 from serving import batching
 from serving import grpc_service
 from serving import inference
 from serving import metrics as metrics_lib
 from serving import model_manager
+from serving import request_log
+from serving import request_policy
 from serving import rest_api
 from serving import servables
 from serving import server_config
+from serving import status
 from serving import warmup
 
 # Threads that run unbatched requests; TensorFlow's own pools do the math.
 _REQUEST_THREADS = 2 * (os.cpu_count() or 1)
 # gRPC answers RESOURCE_EXHAUSTED beyond this many requests in progress.
 _MAX_CONCURRENT_RPCS = 1024
-# TensorFlow Serving accepts messages up to 2 GiB.
+# TensorFlow Serving sends messages up to 2 GiB.
 _MAX_MESSAGE_BYTES = 2**31 - 1
+# Requests (gRPC messages, REST bodies) above this are refused before they are
+# decoded: a request costs the server a bounded amount of memory.
+DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+
+class NoServableVersionError(RuntimeError):
+  """A configured model has no version available after --model_load_timeout_seconds."""
 
 
 @dataclasses.dataclass
@@ -50,12 +66,15 @@ class ServerOptions:
   """The server's settings; each field is the tensorflow_model_server flag of that name.
 
   Fields that tensorflow_model_server does not have: `host` (it always binds
-  every interface) and `grpc_max_concurrent_rpcs`.
+  every interface; here the default is loopback, README "Serving in
+  production"), `grpc_max_concurrent_rpcs`, `max_request_bytes`, and the
+  production settings after `model_load_timeout_seconds` (access control,
+  REST TLS, audit log, request log bounds, signature checks, reload switch).
   """
 
   port: int = 8500
   rest_api_port: int = 8501
-  host: str = "0.0.0.0"
+  host: str = "127.0.0.1"
   model_name: str = "default"
   model_base_path: str = ""
   model_config_file: str = ""
@@ -74,6 +93,22 @@ class ServerOptions:
   tensorflow_inter_op_parallelism: int = 0
   grpc_channel_arguments: str = ""
   grpc_max_concurrent_rpcs: int = _MAX_CONCURRENT_RPCS
+  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+  model_load_timeout_seconds: float = 60.0
+  enable_model_config_reload: bool = False
+  auth_tokens_file: str = ""
+  jwt_public_key_file: str = ""
+  jwt_secret_file: str = ""
+  jwt_audience: str = ""
+  protect_metrics: bool = False
+  rest_ssl_cert_file: str = ""
+  rest_ssl_key_file: str = ""
+  audit_log_file: str = ""
+  audit_log_max_bytes: int = audit_lib.DEFAULT_MAX_BYTES
+  audit_log_backup_count: int = audit_lib.DEFAULT_BACKUP_COUNT
+  request_log_max_file_bytes: int = request_log.DEFAULT_MAX_FILE_BYTES
+  request_log_max_files: int = request_log.DEFAULT_MAX_FILES
+  model_verification_key_file: str = ""
 
 
 def _channel_arguments(text: str) -> List[tuple]:
@@ -120,6 +155,36 @@ class ModelServer:
     self._ssl = (
       server_config.load_ssl_config(options.ssl_config_file) if options.ssl_config_file else None
     )
+    if options.model_verification_key_file and not os.path.isfile(
+      options.model_verification_key_file
+    ):
+      raise ValueError(
+        f"--model_verification_key_file {options.model_verification_key_file} does not exist."
+      )
+    if bool(options.rest_ssl_cert_file) != bool(options.rest_ssl_key_file):
+      raise ValueError("Set both --rest_ssl_cert_file and --rest_ssl_key_file, or neither.")
+    self.request_logs = request_log.RequestLogs(
+      on_drop=lambda model, reason: self.metrics.record_dropped("request_log", reason),
+      max_file_bytes=options.request_log_max_file_bytes,
+      max_files=options.request_log_max_files,
+    )
+    self.request_logs.configure(config)
+    authenticator = None
+    if options.auth_tokens_file or options.jwt_public_key_file or options.jwt_secret_file:
+      authenticator = auth_lib.Authenticator(
+        tokens_file=options.auth_tokens_file,
+        jwt_public_key_file=options.jwt_public_key_file,
+        jwt_secret_file=options.jwt_secret_file,
+        jwt_audience=options.jwt_audience,
+      )
+    audit = None
+    if options.audit_log_file:
+      audit = audit_lib.AuditLog(
+        options.audit_log_file,
+        max_bytes=options.audit_log_max_bytes,
+        backup_count=options.audit_log_backup_count,
+        on_drop=lambda reason: self.metrics.record_dropped("audit_log", reason),
+      )
     self.manager = model_manager.ModelManager(
       config,
       self._load,
@@ -128,9 +193,44 @@ class ModelServer:
       load_retry_interval_seconds=options.load_retry_interval_micros / 1e6,
       observer=self.metrics.observe_state,
     )
+    self.metrics.known_models = frozenset(m.name for m in config.model_config_list.config)
+    self.policy = request_policy.RequestPolicy(
+      self.metrics,
+      authenticator=authenticator,
+      audit=audit,
+      request_logs=self.request_logs,
+      reload_config=self.reload_config if options.enable_model_config_reload else None,
+    )
     self.service = inference.InferenceService(self.manager)
 
+  def reload_config(self, config) -> None:
+    """Switches to a new ModelServerConfig: models, versions and request logs.
+
+    Raises:
+      ValueError: if the config is not supported (nothing changes then).
+    """
+    server_config.validate_model_server_config(config)
+    for model in config.model_config_list.config:
+      if model.HasField("logging_config"):
+        request_log.validate_logging_config(model.name, model.logging_config)
+    names = frozenset(m.name for m in config.model_config_list.config)
+    self.metrics.known_models = self.metrics.known_models | names
+    self.manager.reload_config(config)
+    self.metrics.known_models = names
+    self.request_logs.configure(config)
+
+  def _verify(self, name: str, path: str) -> None:
+    try:
+      model_signing.verify_directory(path, self._options.model_verification_key_file)
+    except (model_signing.VerificationError, ValueError) as e:
+      self.metrics.record_verification_failure(name)
+      raise status.ServingError(
+        grpc.StatusCode.FAILED_PRECONDITION, f"Model signature verification failed: {e}"
+      ) from None
+
   def _load(self, name: str, version: int, path: str) -> servables.Servable:
+    if self._options.model_verification_key_file:
+      self._verify(name, path)
     servable = servables.load_servable(
       name, version, path, prefer_tflite=self._options.prefer_tflite_model
     )
@@ -163,6 +263,30 @@ class ModelServer:
         len(logs),
       )
 
+  def _wait_for_versions(self) -> None:
+    """Waits until every model has a version, as TensorFlow Serving does before it serves.
+
+    Raises:
+      NoServableVersionError: if one has none after --model_load_timeout_seconds.
+    """
+    deadline = time.monotonic() + self._options.model_load_timeout_seconds
+    while missing := self.manager.models_without_versions():
+      if time.monotonic() >= deadline:
+        self.manager.stop()
+        errors = []
+        for name in missing:
+          try:
+            statuses = self.manager.version_statuses(model_pb2.ModelSpec(name=name))
+          except status.ServingError:
+            statuses = []
+          reasons = [e.message for _, _, e in statuses if e is not None]
+          errors.append(f"{name}: " + (reasons[0] if reasons else "no version found"))
+        raise NoServableVersionError(
+          f"No servable version after {self._options.model_load_timeout_seconds:g} s "
+          "(--model_load_timeout_seconds): " + "; ".join(errors)
+        )
+      time.sleep(0.1)
+
   def _configure_tensorflow(self) -> None:
     options = self._options
     try:
@@ -188,6 +312,7 @@ class ModelServer:
       _REQUEST_THREADS, thread_name_prefix="request"
     )
     self.manager.start()
+    self._wait_for_versions()
     # uvloop: the loop thread carries every gRPC request's Python work, and
     # with uvloop it spends about a third less CPU on each (README "Serving").
     self._loop = uvloop.new_event_loop()
@@ -201,15 +326,18 @@ class ModelServer:
       prometheus = self._monitoring.prometheus_config
       api = rest_api.RestApi(
         self.service,
-        self.metrics,
+        self.policy,
         prometheus_path=prometheus.path if prometheus.enable else "",
         timeout_seconds=self._options.rest_api_timeout_in_ms / 1e3,
+        protect_metrics=self._options.protect_metrics,
       )
       self._rest_server = rest_api.RestServer(
         api,
         self._options.host,
         self._options.rest_api_port,
         num_threads=self._options.rest_api_num_threads,
+        max_body_bytes=self._options.max_request_bytes,
+        ssl_context=self._rest_ssl_context(),
       )
       self._rest_server.start()
       self.rest_port = self._rest_server.port
@@ -220,15 +348,26 @@ class ModelServer:
       )
       self._config_thread.start()
 
+  def _rest_ssl_context(self) -> Optional[ssl.SSLContext]:
+    if not self._options.rest_ssl_cert_file:
+      return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+      context.load_cert_chain(self._options.rest_ssl_cert_file, self._options.rest_ssl_key_file)
+    except (OSError, ssl.SSLError) as e:
+      raise ValueError(f"Cannot load the REST TLS certificate or key: {e}.") from None
+    return context
+
   async def _start_grpc(self) -> int:
     options = [
       ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-      ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+      ("grpc.max_receive_message_length", self._options.max_request_bytes),
     ] + _channel_arguments(self._options.grpc_channel_arguments)
     self._grpc_server = grpc.aio.server(
       options=options, maximum_concurrent_rpcs=self._options.grpc_max_concurrent_rpcs
     )
-    grpc_service.add_services(self._grpc_server, self.service, self.manager, self.metrics)
+    grpc_service.add_services(self._grpc_server, self.service, self.policy)
     address = f"{self._options.host}:{self._options.port}"
     if self._ssl is not None:
       credentials = grpc.ssl_server_credentials(
@@ -256,7 +395,7 @@ class ModelServer:
           config = server_config.parse_text_proto(
             text, server_config.model_server_config_pb2.ModelServerConfig(), path
           )
-          self.manager.reload_config(config)
+          self.reload_config(config)
           last = text
           logging.info("Reloaded the model config from %s", path)
       except Exception:  # A bad edit must not stop the server.
@@ -278,6 +417,9 @@ class ModelServer:
     self.manager.stop()
     if self._executor is not None:
       self._executor.shutdown(wait=True)
+    self.request_logs.close()
+    if self.policy.audit is not None:
+      self.policy.audit.close()
     if self._config_thread is not None:
       self._config_thread.join()
 
@@ -312,7 +454,11 @@ def parse_flags(argv: Optional[Sequence[str]] = None) -> ServerOptions:
 
   flag("port", int, "Port for the gRPC API.")
   flag("rest_api_port", int, "Port for the HTTP/REST API; 0 turns it off.")
-  flag("host", str, "Address to bind (tensorflow_model_server binds all).")
+  flag(
+    "host",
+    str,
+    "Address to bind; 0.0.0.0 for every interface (tensorflow_model_server binds all).",
+  )
   flag("model_name", str, "Name of the model (ignored with --model_config_file).")
   flag(
     "model_base_path",
@@ -353,6 +499,38 @@ def parse_flags(argv: Optional[Sequence[str]] = None) -> ServerOptions:
   flag("tensorflow_inter_op_parallelism", int, "TensorFlow inter-op threads; 0: auto.")
   flag("grpc_channel_arguments", str, "gRPC server arguments, as key=value,key=value.")
   flag("grpc_max_concurrent_rpcs", int, "Requests in progress before RESOURCE_EXHAUSTED.")
+  flag(
+    "max_request_bytes",
+    int,
+    "Largest gRPC request message and REST body; larger ones are refused unread.",
+  )
+  flag(
+    "model_load_timeout_seconds",
+    float,
+    "Exit non-zero if a model has no servable version after this long.",
+  )
+  flag(
+    "enable_model_config_reload",
+    bool,
+    "Allow the HandleReloadConfigRequest RPC (behind access control when that is on).",
+  )
+  flag("auth_tokens_file", str, "Access control: lines of TOKEN PRINCIPAL [MODEL,...].")
+  flag("jwt_public_key_file", str, "Access control: PEM key checking RS256/ES256 JWTs.")
+  flag("jwt_secret_file", str, "Access control: file holding the HS256 JWT secret.")
+  flag("jwt_audience", str, "The aud claim JWTs must carry.")
+  flag("protect_metrics", bool, "With access control on, the metrics need credentials too.")
+  flag("rest_ssl_cert_file", str, "PEM certificate chain: serve REST over HTTPS.")
+  flag("rest_ssl_key_file", str, "PEM private key of --rest_ssl_cert_file.")
+  flag("audit_log_file", str, "Append one JSON line per request to this file (rotated).")
+  flag("audit_log_max_bytes", int, "Rotate the audit log at this size.")
+  flag("audit_log_backup_count", int, "Rotated audit log files kept.")
+  flag("request_log_max_file_bytes", int, "Request log: record bytes per file.")
+  flag("request_log_max_files", int, "Request log: files kept per model.")
+  flag(
+    "model_verification_key_file",
+    str,
+    "Ed25519 public key: load only versions signed with it (model_signing).",
+  )
   args = parser.parse_args(argv)
   options = ServerOptions(**vars(args))
   if not options.model_base_path and not options.model_config_file:
@@ -363,11 +541,16 @@ def parse_flags(argv: Optional[Sequence[str]] = None) -> ServerOptions:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   options = parse_flags(argv)
-  server = ModelServer(options)
-  stop_requested = threading.Event()
-  for sig in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(sig, lambda *_: stop_requested.set())
-  server.start()
+  try:
+    server = ModelServer(options)
+    stop_requested = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(sig, lambda *_: stop_requested.set())
+    server.start()
+  except (ValueError, NoServableVersionError, RuntimeError, OSError) as e:
+    # As tensorflow_model_server: "Failed to start server", exit status 1.
+    print(f"Failed to start server. Error: {e}", file=sys.stderr, flush=True)
+    return 1
   print(
     f"Serving gRPC on {options.host}:{server.grpc_port}"
     + (f", REST on {options.host}:{server.rest_port}" if server.rest_port else ""),

@@ -69,7 +69,7 @@ def from_tf_error(error: tf.errors.OpError) -> ServingError:
   for line in error.message.split("\n"):
     line = line.strip()
     if not line or line.startswith(
-      ("Graph execution error", "Detected at node", "[[", "<stack traces unavailable>")
+      ("Graph execution error", "Detected at node", "[[", "<stack traces unavailable>", 'File "')
     ):
       continue
     lines.append(line.split(" [[", 1)[0].strip())
@@ -83,3 +83,23 @@ def from_tf_error(error: tf.errors.OpError) -> ServingError:
 def http_status(code: grpc.StatusCode) -> int:
   """The HTTP status for a gRPC status code."""
   return int(_HTTP_STATUS.get(code, http.HTTPStatus.INTERNAL_SERVER_ERROR))
+
+
+# Messages returned to clients are cut to this many characters: an error never
+# echoes a large payload back.
+MAX_CLIENT_MESSAGE_CHARS = 512
+_TRACEBACK_LINE = re.compile(r'^\s*(Traceback \(most recent call last\)|File "|\^+$)')
+_TRACEBACK_FRAME = re.compile(r'File "[^"\n]*", line \d+(?:, in \S+)?\s*')
+# An absolute path with two or more components (/usr/lib/python3/x.py).
+_PATH = re.compile(r"(?<![\w:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
+
+
+def client_message(message: str) -> str:
+  """`message` as a client may see it: no stack trace, no file path, bounded length."""
+  lines = [line for line in message.split("\n") if not _TRACEBACK_LINE.match(line)]
+  text = " ".join(line.strip() for line in lines if line.strip())
+  text = _PATH.sub("<path>", _TRACEBACK_FRAME.sub("", text))
+  if len(text) > MAX_CLIENT_MESSAGE_CHARS:
+    cut = len(text) - MAX_CLIENT_MESSAGE_CHARS
+    text = f"{text[:MAX_CLIENT_MESSAGE_CHARS]}... ({cut} more characters not shown)"
+  return text

@@ -88,9 +88,9 @@ class TFLiteConverter(base_component.BaseComponent):
       model: the Trainer's model (a Keras SavedModel in Format-Serving).
       examples: ExampleGen's examples, with `train` and `eval` splits.
       pushed_model: the SavedModel Pusher's output; the int8 model is pushed
-        under the same version number (its `pushed_version`). Without it, or
-        when the Pusher did not push, the version is the current time in
-        seconds, as the Pusher numbers versions.
+        under the same version number (its `pushed_version`), and not at all
+        when the Pusher did not push. Without it, the version is the current
+        time in seconds, as the Pusher numbers versions.
       push_base_directory: the int8 model is pushed to
         `push_base_directory/<version>/`; None pushes nothing.
       max_accuracy_drop: the most top-1 accuracy, in percentage points, the

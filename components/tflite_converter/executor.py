@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import time
-import uuid
 from typing import Any
 from typing import Dict
 from typing import List
@@ -36,6 +35,7 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
+from components import serving_versions
 from components.tflite_converter import conversion
 from components.tflite_converter import examples as examples_lib
 from components.tflite_converter import measurements
@@ -57,6 +57,7 @@ PUSH_BASE_DIRECTORY_KEY = "push_base_directory"
 MODEL_FILE = "model.tflite"
 LABELS_FILE = "labels.txt"
 METRICS_FILE = "metrics.json"
+_SHIPPED_FILES = (MODEL_FILE, LABELS_FILE, METRICS_FILE)
 
 # Custom properties of the output artifact (the push ones as TFX's Pusher
 # names them on PushedModel).
@@ -242,38 +243,48 @@ def write_metrics(directory: str, metrics: Dict[str, Any]) -> None:
 
 
 def push(source_dir: str, base_directory: str, version: str) -> str:
-  """Copies the artifact files to `base_directory/version/`, atomically.
+  """Ships the artifact files to `base_directory/version/`, once and atomically.
 
-  The files go to a temporary directory beside the destination, which is then
-  renamed into place, so a reader never sees a partial version. An existing
-  version of the same number (a re-run) is replaced.
+  A version already holding every file (a re-run after it was shipped) is
+  kept as it is. Otherwise the files go to a staging directory that is renamed
+  into place (`serving_versions.publish`), so a reader never sees a partial
+  version; a partial one left by an older, non-atomic push is replaced, and
+  staging directories left by killed runs are removed.
 
   Returns:
     The destination directory.
   """
   destination = os.path.join(base_directory, version)
-  staging = os.path.join(base_directory, f".tmp-{version}-{uuid.uuid4().hex}")
-  tf.io.gfile.makedirs(staging)
-  for name in (MODEL_FILE, LABELS_FILE, METRICS_FILE):
-    tf.io.gfile.copy(os.path.join(source_dir, name), os.path.join(staging, name))
+  serving_versions.remove_stale_staging(base_directory)
+  if all(tf.io.gfile.exists(os.path.join(destination, name)) for name in _SHIPPED_FILES):
+    logging.info(
+      "TFLiteConverter: %s already holds the TFLite model; not shipping again.", destination
+    )
+    return destination
   if tf.io.gfile.exists(destination):
-    retired = f"{staging}-replaced"
-    tf.io.gfile.rename(destination, retired)
-    tf.io.gfile.rename(staging, destination)
-    tf.io.gfile.rmtree(retired)
-  else:
-    tf.io.gfile.rename(staging, destination)
-  return destination
+    tf.io.gfile.rmtree(destination)
+
+  def write(staging: str) -> None:
+    for name in _SHIPPED_FILES:
+      tf.io.gfile.copy(os.path.join(source_dir, name), os.path.join(staging, name))
+
+  return serving_versions.publish(base_directory, version, write)
 
 
-def _push_version(pushed_models: Optional[List[types.Artifact]]) -> str:
-  """The SavedModel Pusher's version number, or the current time (as the Pusher would)."""
-  for pushed_model in pushed_models or []:
+def _push_version(pushed_models: Optional[List[types.Artifact]]) -> Optional[str]:
+  """The SavedModel Pusher's version number; None if it did not push.
+
+  Without a Pusher (no `pushed_model` input), the current time, as the Pusher
+  numbers versions.
+  """
+  if not pushed_models:
+    return str(int(time.time()))
+  for pushed_model in pushed_models:
     if pushed_model.has_custom_property(PUSHED_VERSION_PROPERTY):
       version = pushed_model.get_string_custom_property(PUSHED_VERSION_PROPERTY)
       if version:
         return version
-  return str(int(time.time()))
+  return None
 
 
 class Executor(base_executor.BaseExecutor):
@@ -317,14 +328,17 @@ class Executor(base_executor.BaseExecutor):
       options=options,
     )
     base_directory = exec_properties.get(PUSH_BASE_DIRECTORY_KEY)
-    metrics["pushed"] = bool(metrics["blessed"] and base_directory)
+    version = _push_version(input_dict.get(PUSHED_MODEL_KEY))
+    metrics["pushed"] = bool(metrics["blessed"] and base_directory and version)
     if metrics["pushed"]:
-      version = _push_version(input_dict.get(PUSHED_MODEL_KEY))
       destination = os.path.join(base_directory, version)
       metrics.update(pushed_destination=destination, pushed_version=version)
       metrics["reason"] += f" Pushed to {destination}."
-    elif metrics["blessed"]:
+    elif metrics["blessed"] and not base_directory:
       metrics["reason"] += " Not pushed: no push_base_directory."
+    elif metrics["blessed"]:
+      # Only beside a SavedModel version: the Evaluator did not bless this model.
+      metrics["reason"] += " Not pushed: the Pusher did not push the SavedModel."
     write_metrics(output.uri, metrics)
     if metrics["pushed"]:
       push(output.uri, base_directory, version)

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from tfx.types import standard_artifacts
 
+from components import serving_versions
 from components.tflite_converter import component
 from components.tflite_converter import conversion
 from components.tflite_converter import examples as examples_lib
@@ -188,11 +189,16 @@ def test_gate_trips_on_an_impossible_bound(trained, tmp_path):
   assert not os.path.exists(tmp_path / "push")
 
 
-def test_push_replaces_a_version_atomically(tmp_path):
-  source = tmp_path / "source"
-  source.mkdir()
+def _write_files(directory, prefix):
+  """The artifact's three files with placeholder contents `<prefix> <file name>`."""
+  directory.mkdir(parents=True)
   for name in (executor.MODEL_FILE, executor.LABELS_FILE, executor.METRICS_FILE):
-    (source / name).write_text("new " + name)
+    (directory / name).write_text(f"{prefix} {name}")
+  return directory
+
+
+def test_push_replaces_a_partial_version_atomically(tmp_path):
+  source = _write_files(tmp_path / "source", "new")
   base = tmp_path / "base"
   (base / "7").mkdir(parents=True)
   (base / "7" / "stale.txt").write_text("old")
@@ -205,10 +211,30 @@ def test_push_replaces_a_version_atomically(tmp_path):
   assert (base / "7" / executor.MODEL_FILE).read_text() == "new model.tflite"
 
 
-def test_version_is_the_current_time_without_a_pushed_version():
+def test_push_keeps_a_shipped_version_and_removes_stale_staging(tmp_path):
+  source = _write_files(tmp_path / "source", "new")
+  base = tmp_path / "base"
+  shipped = _write_files(base / "7", "first")
+  # Left by a run killed while shipping, two hours ago.
+  stale = base / f"{serving_versions.STAGING_PREFIX}{int(time.time()) - 7200}-0dead"
+  stale.mkdir()
+  (stale / executor.MODEL_FILE).write_text("half")
+  assert executor.push(str(source), str(base), "7") == str(shipped)
+  assert sorted(os.listdir(base)) == ["7"]
+  # A re-run ships nothing again: the first copy stays.
+  assert (shipped / executor.MODEL_FILE).read_text() == "first model.tflite"
+
+
+def test_version_is_the_pushers_or_the_current_time_without_a_pusher():
   unpushed = standard_artifacts.PushedModel()
   unpushed.set_int_custom_property("pushed", 0)
+  pushed = standard_artifacts.PushedModel()
+  pushed.set_int_custom_property("pushed", 1)
+  pushed.set_string_custom_property(executor.PUSHED_VERSION_PROPERTY, "1234")
+  assert executor._push_version([pushed]) == "1234"  # pylint: disable=protected-access
+  # The Pusher did not push the SavedModel: the TFLite copy is not shipped either.
+  assert executor._push_version([unpushed]) is None  # pylint: disable=protected-access
   before = int(time.time())
-  for pushed_models in (None, [], [unpushed]):
+  for pushed_models in (None, []):
     version = int(executor._push_version(pushed_models))  # pylint: disable=protected-access
     assert before <= version <= int(time.time())

@@ -1,5 +1,7 @@
 """A pipeline built with placeholder paths, for tests of its structure."""
 
+from tfx import v1 as tfx
+
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
 
@@ -13,8 +15,8 @@ def create_test_pipeline(**overrides):
     schema_path=configs.SCHEMA_PATH,
     run_fn=configs.RUN_FN,
     serving_model_dir="/tmp/s",
-    train_steps=10,
-    eval_steps=2,
+    train_args=tfx.proto.TrainArgs(num_steps=10),
+    eval_args=tfx.proto.EvalArgs(num_steps=2),
     accuracy_threshold=0.5,
   )
   settings.update(overrides)

@@ -1,19 +1,24 @@
 """End to end: the real pipeline with the Beam runner on a tiny dataset.
 
 Checks executions through ML Metadata, the pushed model's serving signature,
-a second run served from cache, and a failing component's exit status.
+a second run served from cache that evaluates against the pushed model and,
+after a simulated kill, pushes nothing again, and a failing component's exit
+status.
 """
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
 
+from components import serving_versions
 from dataset import clickstream
 from pipeline import configs
 from pipeline import run_summary
@@ -30,7 +35,7 @@ _NODES = {
   "ExampleValidator",
   "AnomalyGate",
   "Trainer",
-  "latest_blessed_model_resolver",
+  "ServingBaseline",
   "Evaluator",
   "Pusher",
 }
@@ -90,6 +95,11 @@ def test_every_component_ran_and_a_model_was_pushed(first_run):
   assert f"Pushed: {summary.pushed_path} (version {summary.pushed_version})" in result.stdout
   base = os.path.join(output_root, "serving", configs.SERVING_MODEL_NAME)
   assert summary.pushed_path == os.path.join(base, summary.pushed_version)
+  # Nothing was serving: no baseline, blessed on the absolute threshold alone.
+  (baseline,) = summary.component("ServingBaseline").outputs["baseline_model"]
+  assert baseline.custom_properties["has_model"].int_value == 0
+  (blessing,) = summary.component("Evaluator").outputs["blessing"]
+  assert "baseline_model" not in blessing.custom_properties
 
 
 def test_tflite_model_was_converted_and_checked(first_run):
@@ -118,11 +128,27 @@ def test_pushed_model_answers_serving_default(first_run):
   assert probabilities["probabilities"].shape == (5, 10)
 
 
-def test_second_run_is_served_from_cache(first_run):
+def _children(path):
+  return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def test_second_run_after_a_kill_is_cached_compares_with_the_served_model_and_pushes_nothing(
+  first_run,
+):
   data_root, output_root, _ = first_run
+  serving_base = os.path.join(output_root, "serving", configs.SERVING_MODEL_NAME)
+  tflite_base = os.path.join(output_root, "tflite", configs.SERVING_MODEL_NAME)
+  (version,) = _children(serving_base)
+  tflite_shipped = _children(tflite_base) == [version]
+  # What a run killed during the TFLiteConverter's shipping, two hours ago,
+  # left: no TFLite copy yet, a half-written staging directory.
+  shutil.rmtree(tflite_base, ignore_errors=True)
+  stale = os.path.join(tflite_base, f"{serving_versions.STAGING_PREFIX}{int(time.time()) - 7200}-0")
+  os.makedirs(stale)
   result = _run_pipeline(data_root, output_root, "--accuracy_threshold=0.05")
   assert result.returncode == 0, result.stderr[-5000:]
-  states = {c.node_id: c.state for c in _summary(output_root).components}
+  summary = _summary(output_root)
+  states = {c.node_id: c.state for c in summary.components}
   for node in (
     "ImportExampleGen",
     "StatisticsGen",
@@ -131,6 +157,26 @@ def test_second_run_is_served_from_cache(first_run):
     "Trainer",
   ):
     assert states[node] == "CACHED", states
+  # The baseline step reads the push destination on every run.
+  assert states["ServingBaseline"] == "COMPLETE", states
+  (baseline,) = summary.component("ServingBaseline").outputs["baseline_model"]
+  assert baseline.custom_properties["serving_version"].int_value == int(version)
+  assert baseline.custom_properties["source_path"].string_value == os.path.join(
+    serving_base, version
+  )
+  (blessing,) = summary.component("Evaluator").outputs["blessing"]
+  assert blessing.custom_properties["baseline_model"].string_value == baseline.uri
+  # The same model, no worse than itself: blessed, and not pushed again.
+  assert summary.blessed is True
+  (pushed,) = summary.component("Pusher").outputs["pushed_model"]
+  assert pushed.custom_properties["already_pushed"].int_value == 1
+  assert summary.pushed_version == version
+  assert f"(version {version}, already serving: not copied again)" in result.stdout
+  assert _children(serving_base) == [version]
+  # The TFLite copy was shipped beside the one version, the stale staging gone.
+  assert _children(tflite_base) == ([version] if tflite_shipped else [os.path.basename(stale)])
+  if tflite_shipped:
+    assert os.path.exists(os.path.join(tflite_base, version, "model.tflite"))
 
 
 def test_unblessed_model_is_not_pushed(first_run):

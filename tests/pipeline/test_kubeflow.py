@@ -109,34 +109,26 @@ def test_every_local_component_is_a_task_with_the_same_upstreams(spec):
   local = {node.id: node for node in _local_pipeline().components}
   tasks = spec.root.dag.tasks
 
-  def node_id(task_name):
-    # A Resolver compiles to several tasks named "<resolver id>-...".
-    return next(i for i in local if task_name == i or task_name.startswith(i + "-"))
-
-  assert {node_id(name) for name in tasks} == set(local)
+  assert set(tasks) == set(local)
   for name, task in tasks.items():
-    if name not in local:
-      continue
     # Every producer is waited for, and so is every explicit upstream node
     # (the Trainer's AnomalyGate, whose outputs it does not read).
     producers = {a.task_output_artifact.producer_task for a in task.inputs.artifacts.values()}
     assert producers <= set(task.dependent_tasks), name
-    assert {node_id(d) for d in task.dependent_tasks} == {
-      u.id for u in local[name].upstream_nodes
-    }, name
-  # The baseline the Evaluator compares against is the resolved model.
+    assert set(task.dependent_tasks) == {u.id for u in local[name].upstream_nodes}, name
+  # The baseline the Evaluator compares against is the model serving now.
   baseline = tasks["Evaluator"].inputs.artifacts["baseline_model"].task_output_artifact
-  assert baseline.producer_task == "latest_blessed_model_resolver-model-resolver"
+  assert baseline.producer_task == "ServingBaseline"
+  assert _constant(tasks["ServingBaseline"], "serving_model_dir") == (
+    f"{_STORAGE_ROOT}/serving/{configs.SERVING_MODEL_NAME}"
+  )
 
 
 def test_executors_run_the_image_with_tfx_entrypoint_and_beam_args(executors):
   containers = {label: e.container for label, e in executors.items() if e.HasField("container")}
-  # Everything but the resolver's metadata queries runs in a container.
-  assert set(containers) == {
-    f"{node.id}_executor"
-    for node in _local_pipeline().components
-    if node.id != "latest_blessed_model_resolver"
-  }
+  # Every step runs in a container: no Resolver or importer.
+  assert set(containers) == set(executors)
+  assert set(containers) == {f"{node.id}_executor" for node in _local_pipeline().components}
   for label, container in containers.items():
     assert container.image == _IMAGE, label
     assert tuple(container.command) == kubeflow_v2_dag_runner.KUBEFLOW_TFX_CMD, label

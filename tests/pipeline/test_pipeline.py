@@ -1,8 +1,12 @@
 """Tests of the pipeline's composition and its runners' argument handling."""
 
+import json
+
 import pytest
+from tfx import v1 as tfx
 
 from pipeline import beam_runner
+from pipeline import caching
 from pipeline import configs
 from pipeline import runner_flags
 from tests.pipeline import pipelines
@@ -22,7 +26,7 @@ def test_pipeline_has_every_component_wired():
     "ExampleValidator",
     "AnomalyGate",
     "Trainer",
-    "latest_blessed_model_resolver",
+    "ServingBaseline",
     "Evaluator",
     "Pusher",
   }
@@ -36,8 +40,22 @@ def test_pipeline_has_every_component_wired():
   assert {c.id for c in components["Evaluator"].upstream_nodes} == {
     "ImportExampleGen",
     "Trainer",
-    "latest_blessed_model_resolver",
+    "ServingBaseline",
   }
+  baseline = components["Evaluator"].inputs["baseline_model"]
+  assert baseline.producer_component_id == "ServingBaseline"
+  assert components["ServingBaseline"].exec_properties == {"serving_model_dir": "/tmp/s"}
+
+
+def test_only_the_baseline_step_is_never_cached():
+  pipeline = _create(enable_cache=True)
+  assert caching.uncached_node_ids(pipeline) == ["ServingBaseline"]
+  ir = caching.compile_ir(pipeline)
+  enabled = {
+    n.pipeline_node.node_info.id: n.pipeline_node.execution_options.caching_options.enable_cache
+    for n in ir.nodes
+  }
+  assert enabled == {c.id: c.id != "ServingBaseline" for c in pipeline.components}
 
 
 def test_tflite_conversion_follows_the_pusher_when_asked_for():
@@ -51,10 +69,32 @@ def test_tflite_conversion_follows_the_pusher_when_asked_for():
 
 
 def test_bad_settings_are_refused():
-  with pytest.raises(ValueError, match="train_steps and eval_steps must be positive"):
-    _create(train_steps=0)
+  with pytest.raises(ValueError, match=r"^train_args.num_steps must be positive .*, got 0\.$"):
+    _create(train_args=tfx.proto.TrainArgs(num_steps=0))
+  with pytest.raises(ValueError, match=r"^eval_args.num_steps must be positive .*, got -1\.$"):
+    _create(eval_args=tfx.proto.EvalArgs(num_steps=-1))
+  with pytest.raises(ValueError, match="train_args.splits names test, which ImportExampleGen"):
+    _create(train_args=tfx.proto.TrainArgs(num_steps=5, splits=["train", "test"]))
+  with pytest.raises(ValueError, match="train_args must be a tfx.proto.TrainArgs or a Runtime"):
+    _create(train_args=400)
+  with pytest.raises(ValueError, match="eval_args must be a tfx.proto.EvalArgs or a Runtime"):
+    _create(eval_args=tfx.proto.TrainArgs(num_steps=5))
+  with pytest.raises(ValueError, match="runtime parameter 'steps' must have ptype str"):
+    _create(train_args=tfx.dsl.experimental.RuntimeParameter(name="steps", ptype=int))
   with pytest.raises(ValueError, match="must contain {SPAN}"):
     _create(input_pattern="*.tfrecord")
+
+
+def test_train_and_eval_args_reach_the_trainer():
+  train_args = tfx.dsl.experimental.RuntimeParameter(name="train_args", ptype=str, default="{}")
+  trainer = next(
+    c
+    for c in _create(train_args=train_args, eval_args=tfx.proto.EvalArgs(num_steps=3)).components
+    if c.id == "Trainer"
+  )
+  # A runtime parameter is passed through; a proto is stored as JSON.
+  assert trainer.exec_properties["train_args"] is train_args
+  assert json.loads(trainer.exec_properties["eval_args"]) == {"num_steps": 3}
 
 
 def test_beam_args_default_and_override():

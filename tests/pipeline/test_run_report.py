@@ -193,7 +193,7 @@ def test_an_unblessed_first_run_says_why_and_what_is_missing():
   assert images["drift"] == [] and images["tflite"] == [] and images["training"] == []
   text = _text(page)
   assert "Model NOT blessed." in text
-  assert "No baseline model: no model was blessed before this run." in text
+  assert "No baseline model: no model was serving or blessed before this run." in text
   assert re.search(r"Overall\s+sparse_categorical_accuracy\s+0\.2024", text)
   assert "Span 1 is the first span: nothing to compare with." in text
   assert "No TFLite conversion in this run." in text

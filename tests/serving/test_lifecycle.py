@@ -166,7 +166,9 @@ def test_version_policies_and_labels_from_config(canned, base_path, examples, tm
     str(_config(base_path, "specific { versions: 1 versions: 2 }", [("stable", 1), ("canary", 2)]))
   )
   server = conftest.start_server(
-    model_config_file=str(config_file), file_system_poll_wait_seconds=0
+    model_config_file=str(config_file),
+    file_system_poll_wait_seconds=0,
+    enable_model_config_reload=True,
   )
   hostport = f"127.0.0.1:{server.grpc_port}"
   try:
@@ -214,7 +216,9 @@ def test_version_policies_and_labels_from_config(canned, base_path, examples, tm
 
 
 def test_reload_config_rejects_an_unsupported_config(base_path):
-  server = conftest.start_server(model_base_path=base_path, file_system_poll_wait_seconds=0)
+  server = conftest.start_server(
+    model_base_path=base_path, file_system_poll_wait_seconds=0, enable_model_config_reload=True
+  )
   hostport = f"127.0.0.1:{server.grpc_port}"
   try:
     stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(hostport))

@@ -247,9 +247,11 @@ def test_prometheus_metrics(server, examples):
     ':tensorflow:serving:request_count_total{API="Predict",entrypoint="REST",'
     'model_name="next_category",model_version="1",status="OK"}'
   ) in text
+  # A model the server does not know is counted under one label, never its own.
   assert (
-    'API="Predict",entrypoint="REST",model_name="unknown",model_version="",status="NOT_FOUND"'
+    'API="Predict",entrypoint="REST",model_name="<unknown>",model_version="",status="NOT_FOUND"'
   ) in text
+  assert 'model_name="unknown"' not in text
   assert ":tensorflow:serving:request_latency_bucket" in text
   assert (
     ':tensorflow:serving:model_version_loaded{model_name="next_category",'

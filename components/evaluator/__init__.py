@@ -1,0 +1,1 @@
+"""Evaluator: TFX's Evaluator, without a baseline when nothing is serving yet."""

@@ -1,0 +1,30 @@
+"""Tests of the Pusher component's construction."""
+
+import pytest
+from tfx import v1 as tfx
+
+from components.pusher import component
+from components.pusher import executor
+
+
+def _model_channels():
+  return (
+    tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+    tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+  )
+
+
+def test_runs_the_idempotent_executor_under_tfxs_id():
+  pusher = component.Pusher(
+    *_model_channels(),
+    push_destination=tfx.proto.PushDestination(
+      filesystem=tfx.proto.PushDestination.Filesystem(base_directory="/s")
+    ),
+  )
+  assert pusher.id == "Pusher"
+  assert pusher.executor_spec.executor_class is executor.Executor
+
+
+def test_a_destination_without_a_base_directory_is_refused():
+  with pytest.raises(ValueError, match="must be a tfx.proto.PushDestination with a filesystem"):
+    component.Pusher(*_model_channels(), push_destination=tfx.proto.PushDestination())

@@ -1,0 +1,217 @@
+"""Access control: who may call which model, from bearer tokens.
+
+A request carries `authorization: Bearer <token>` (gRPC metadata) or the
+`Authorization: Bearer <token>` header (REST). A token is either
+
+- listed in `--auth_tokens_file`, one `TOKEN PRINCIPAL [MODEL,...]` per line
+  (`#` starts a comment; no model list: every model); tokens are compared in
+  constant time against every line, or
+- a JWT signed with `--jwt_public_key_file` (RS256 or ES256, by the key's
+  type) or `--jwt_secret_file` (HS256), checked by PyJWT: signature, `exp`
+  (required), `aud` against `--jwt_audience`; the principal is its `sub`, and
+  an optional `models` claim (a list, or a space-separated string) limits it
+  to those models.
+
+No credentials, or credentials that do not check out: UNAUTHENTICATED (HTTP
+401). A principal not allowed for the model: PERMISSION_DENIED (HTTP 403).
+TensorFlow Serving itself has no access control; this is this server's own.
+"""
+
+import dataclasses
+import hmac
+from typing import FrozenSet
+from typing import List
+from typing import Optional
+
+import grpc
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from serving import status
+
+_BEARER = "bearer "
+# Every model (a principal with no model list).
+ALL_MODELS = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+  """An authenticated caller: a name and the models it may use (None: all)."""
+
+  name: str
+  models: Optional[FrozenSet[str]] = ALL_MODELS
+
+  def may_use(self, model_name: str) -> bool:
+    return self.models is None or model_name in self.models
+
+
+ANONYMOUS = Principal("")
+
+
+def unauthenticated(message: str) -> status.ServingError:
+  return status.ServingError(grpc.StatusCode.UNAUTHENTICATED, message)
+
+
+def permission_denied(message: str) -> status.ServingError:
+  return status.ServingError(grpc.StatusCode.PERMISSION_DENIED, message)
+
+
+def _read(path: str, what: str) -> bytes:
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise ValueError(f"Cannot read the {what} {path}: {e.strerror}.") from None
+
+
+def parse_tokens_file(path: str) -> List[tuple]:
+  """`(token bytes, Principal)` for each line of a tokens file.
+
+  Raises:
+    ValueError: on a line without a principal, or a token listed twice.
+  """
+  entries = []
+  seen = set()
+  text = _read(path, "tokens file").decode("utf-8", errors="replace")
+  for number, line in enumerate(text.splitlines(), start=1):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+      continue
+    parts = line.split()
+    if len(parts) < 2:
+      raise ValueError(f"{path} line {number}: expected TOKEN PRINCIPAL [MODEL,...].")
+    if len(parts) > 3:
+      raise ValueError(f"{path} line {number}: separate the models with commas, not spaces.")
+    token, name = parts[0], parts[1]
+    if token in seen:
+      raise ValueError(f"{path} line {number}: this token is already listed.")
+    seen.add(token)
+    models = frozenset(filter(None, parts[2].split(","))) if len(parts) == 3 else ALL_MODELS
+    entries.append((token.encode("utf-8"), Principal(name, models)))
+  if not entries:
+    raise ValueError(f"The tokens file {path} lists no token.")
+  return entries
+
+
+class Authenticator:
+  """Checks a request's credentials and the model it asks for.
+
+  Args:
+    tokens_file: a `TOKEN PRINCIPAL [MODEL,...]` file, or empty.
+    jwt_public_key_file: a PEM RSA or EC public key for RS256/ES256 JWTs, or empty.
+    jwt_secret_file: a file holding the HS256 secret, or empty.
+    jwt_audience: the `aud` JWTs must carry; empty: tokens with an `aud` are refused.
+
+  Raises:
+    ValueError: if nothing is configured, both JWT keys are, or a file is bad.
+  """
+
+  def __init__(
+    self,
+    tokens_file: str = "",
+    jwt_public_key_file: str = "",
+    jwt_secret_file: str = "",
+    jwt_audience: str = "",
+  ):
+    if jwt_public_key_file and jwt_secret_file:
+      raise ValueError("Set --jwt_public_key_file or --jwt_secret_file, not both.")
+    if not (tokens_file or jwt_public_key_file or jwt_secret_file):
+      raise ValueError("Access control needs --auth_tokens_file or a JWT key.")
+    self._tokens = parse_tokens_file(tokens_file) if tokens_file else []
+    self._jwt_key = None
+    self._jwt_algorithms: List[str] = []
+    self._audience = jwt_audience or None
+    if jwt_public_key_file:
+      pem = _read(jwt_public_key_file, "JWT public key file")
+      try:
+        key = serialization.load_pem_public_key(pem)
+      except ValueError:
+        raise ValueError(f"{jwt_public_key_file} is not a PEM public key.") from None
+      if isinstance(key, rsa.RSAPublicKey):
+        self._jwt_algorithms = ["RS256"]
+      elif isinstance(key, ec.EllipticCurvePublicKey):
+        self._jwt_algorithms = ["ES256"]
+      else:
+        raise ValueError(f"{jwt_public_key_file}: JWTs are checked with RSA or EC keys only.")
+      self._jwt_key = key
+    elif jwt_secret_file:
+      secret = _read(jwt_secret_file, "JWT secret file").strip()
+      if len(secret) < 32:
+        raise ValueError(f"The HS256 secret in {jwt_secret_file} must be at least 32 bytes.")
+      self._jwt_key = secret
+      self._jwt_algorithms = ["HS256"]
+
+  def authenticate(self, authorization: Optional[str]) -> Principal:
+    """The principal an `authorization` value stands for.
+
+    Raises:
+      ServingError: UNAUTHENTICATED when missing or not valid.
+    """
+    if not authorization:
+      raise unauthenticated("Missing credentials: send the header 'authorization: Bearer <token>'.")
+    if authorization[: len(_BEARER)].lower() != _BEARER:
+      raise unauthenticated("The authorization header must be 'Bearer <token>'.")
+    token = authorization[len(_BEARER) :].strip()
+    principal = self._static(token.encode("utf-8"))
+    if principal is not None:
+      return principal
+    if self._jwt_key is not None and token.count(".") == 2:
+      return self._decode_jwt(token)
+    raise unauthenticated("The bearer token is not valid.")
+
+  def _static(self, token: bytes) -> Optional[Principal]:
+    found = None
+    for candidate, principal in self._tokens:
+      # Every entry is compared, so the time taken does not say which matched.
+      if hmac.compare_digest(candidate, token):
+        found = principal
+    return found
+
+  def _decode_jwt(self, token: str) -> Principal:
+    try:
+      claims = jwt.decode(
+        token,
+        self._jwt_key,
+        algorithms=self._jwt_algorithms,
+        audience=self._audience,
+        options={"require": ["exp", "sub"]},
+      )
+    except jwt.ExpiredSignatureError:
+      raise unauthenticated("The JWT has expired.") from None
+    except jwt.InvalidAudienceError:
+      raise unauthenticated("The JWT's audience is not this server's.") from None
+    except jwt.MissingRequiredClaimError as e:
+      raise unauthenticated(f"The JWT lacks the {e.claim!r} claim.") from None
+    except jwt.InvalidTokenError:
+      raise unauthenticated("The JWT is not valid (bad signature, algorithm or format).") from None
+    models = claims.get("models")
+    if isinstance(models, str):
+      models = models.split()
+    if models is not None and not (
+      isinstance(models, list) and all(isinstance(m, str) for m in models)
+    ):
+      raise unauthenticated("The JWT's 'models' claim must be a list of model names.")
+    return Principal(str(claims["sub"]), frozenset(models) if models is not None else ALL_MODELS)
+
+  def authorize(self, authorization: Optional[str], model_name: str) -> Principal:
+    """Authenticates, then checks the principal may use `model_name`.
+
+    Raises:
+      ServingError: UNAUTHENTICATED or PERMISSION_DENIED.
+    """
+    principal = self.authenticate(authorization)
+    if not principal.may_use(model_name):
+      raise permission_denied(f"Principal {principal.name!r} may not use model {model_name!r}.")
+    return principal
+
+  def authorize_admin(self, authorization: Optional[str]) -> Principal:
+    """Server-wide operations (reloading the config) need a principal allowed every model."""
+    principal = self.authenticate(authorization)
+    if principal.models is not ALL_MODELS:
+      raise permission_denied(
+        f"Principal {principal.name!r} may not reload the model config: it is limited to "
+        "some models."
+      )
+    return principal

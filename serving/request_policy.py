@@ -1,0 +1,123 @@
+"""What happens around every request, for gRPC and REST alike.
+
+Before the call: access control (serving/auth.py), when configured. After it:
+the metrics, the audit line (serving/audit.py) and the sampled request log
+(serving/request_log.py), each queued for a background thread where it writes
+to disk. All of it is optional; with none configured a request pays a few
+attribute checks.
+"""
+
+import time
+from typing import Callable
+from typing import Optional
+
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import audit as audit_lib
+from serving import auth as auth_lib
+from serving import metrics as metrics_lib
+from serving import request_log as request_log_lib
+
+AUTHORIZATION = "authorization"
+
+
+def example_count(api: str, request) -> int:
+  """Examples in a Predict or Classify request (0 when unknown)."""
+  if request is None:
+    return 0
+  if api == "Predict":
+    for tensor in request.inputs.values():
+      dims = tensor.tensor_shape.dim
+      return dims[0].size if dims else 1
+    return 0
+  if api == "Classify":
+    kind = request.input.WhichOneof("kind")
+    return len(getattr(request.input, kind).examples) if kind else 0
+  return 0
+
+
+class RequestPolicy:
+  """Access control, metrics, audit and request logs of one server.
+
+  Args:
+    metrics: the server's metrics.
+    authenticator: checks credentials; None: access is open.
+    audit: the audit log, or None.
+    request_logs: the models' request logs, or None.
+    reload_config: switches the server to a new ModelServerConfig; None: the
+      reload RPC is refused.
+  """
+
+  def __init__(
+    self,
+    metrics: Optional[metrics_lib.ServingMetrics] = None,
+    authenticator: Optional[auth_lib.Authenticator] = None,
+    audit: Optional[audit_lib.AuditLog] = None,
+    request_logs: Optional[request_log_lib.RequestLogs] = None,
+    reload_config: Optional[Callable[[model_server_config_pb2.ModelServerConfig], None]] = None,
+  ):
+    self.metrics = metrics
+    self.authenticator = authenticator
+    self.audit = audit
+    self.request_logs = request_logs
+    self.reload_config = reload_config
+
+  def authorize(self, authorization: Optional[str], model_name: str) -> str:
+    """The principal's name ('' with access control off).
+
+    Raises:
+      ServingError: UNAUTHENTICATED or PERMISSION_DENIED.
+    """
+    if self.authenticator is None:
+      return ""
+    return self.authenticator.authorize(authorization, model_name).name
+
+  def authorize_admin(self, authorization: Optional[str]) -> str:
+    if self.authenticator is None:
+      return ""
+    return self.authenticator.authorize_admin(authorization).name
+
+  def log_request(self, model_name: str, api: str, request, response, arrived: float) -> None:
+    if self.request_logs is not None and request is not None:
+      self.request_logs.log(model_name, api, request, response, arrived)
+
+  def finish(
+    self,
+    entrypoint: str,
+    api: str,
+    model_name: str,
+    version: str,
+    code,
+    start: float,
+    arrived: float,
+    peer: Callable[[], str],
+    principal: str,
+    signature: str = "",
+    examples: int = 0,
+  ) -> None:
+    """Records a finished request in the metrics and the audit log.
+
+    Args:
+      start: `time.perf_counter()` when the request arrived.
+      arrived: `time.time()` when the request arrived.
+      peer: returns the client's address (called only when auditing).
+    """
+    latency = time.perf_counter() - start
+    if self.metrics is not None:
+      self.metrics.record_request(model_name, version, api, entrypoint, code.name, latency)
+    if self.audit is not None:
+      self.audit.record(
+        audit_lib.AuditRecord(
+          time=arrived,
+          peer=peer(),
+          principal=principal,
+          model=model_name,
+          version=version,
+          api=api,
+          entrypoint=entrypoint,
+          signature=signature,
+          examples=examples,
+          status=code.name,
+          latency_ms=latency * 1e3,
+        )
+      )
