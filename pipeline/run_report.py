@@ -427,6 +427,10 @@ def _section_training(data: RunData) -> str:
   for axis, metric in zip(axes, ("loss", "accuracy"), strict=False):
     train = _series(data.curves, "train", f"_{metric}")
     validation = _series(data.curves, "validation", f"_{metric}_vs_iterations")
+    if not train and validation:
+      # A run shorter than the TensorBoard callback's update_freq logs the epoch only.
+      epoch = data.curves.get("train", {}).get(f"epoch_{metric}")
+      train = [(validation[-1][0], epoch[-1][1])] if epoch else None
     if train:
       axis.plot(
         *zip(*train, strict=False), marker=".", label="training (running mean over the epoch)"

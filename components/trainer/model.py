@@ -271,7 +271,9 @@ def train(fn_args: tfx.components.FnArgs) -> None:
     validation_data=eval_dataset,
     validation_steps=fn_args.eval_steps,
     callbacks=[
-      tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=100),
+      tf.keras.callbacks.TensorBoard(
+        log_dir=log_dir, update_freq=max(1, fn_args.train_steps // 20)
+      ),
       # A restarted worker resumes from the last backup instead of step 0.
       tf.keras.callbacks.BackupAndRestore(
         backup_dir=os.path.join(fn_args.model_run_dir, "backup"),
