@@ -30,6 +30,8 @@ RUN_SPAN ?=
 SERVING_DATA ?=
 # Where `make keygen` writes the model signing key pair.
 KEY_DIR ?= keys
+# A private key from `make keygen`: every pushed version (SavedModel and TFLite) is signed with it.
+MODEL_SIGNING_KEY ?=
 # Kubeflow: the pipeline image, where components keep their data, the KFP API.
 IMAGE ?= next-category-pipeline:0.1.0
 KFP_STORAGE_ROOT ?=
@@ -47,7 +49,8 @@ BENCH_RUNS ?= 3
 RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --preset=$(PRESET) \
 	$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) --num_workers=$(NUM_WORKERS) \
 	$(if $(TOLERATE_ANOMALIES),--tolerate_anomalies=$(TOLERATE_ANOMALIES)) \
-	$(if $(RUN_SPAN),--span=$(RUN_SPAN)) $(if $(filter-out 0,$(VERBOSE)),--verbose)
+	$(if $(RUN_SPAN),--span=$(RUN_SPAN)) $(if $(filter-out 0,$(VERBOSE)),--verbose) \
+	$(if $(MODEL_SIGNING_KEY),--model_signing_key=$(MODEL_SIGNING_KEY))
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
 	kubeflow-submit skew-report keygen \
@@ -153,7 +156,8 @@ kubeflow: install
 	$(PY) -m pipeline.kubeflow_runner --output_root=$(OUTPUT_ROOT) --image=$(IMAGE) \
 		--preset=$(PRESET) --num_workers=$(NUM_WORKERS) \
 		$(if $(KFP_STORAGE_ROOT),--storage_root=$(KFP_STORAGE_ROOT)) \
-		$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) $(BEAM_ARGS)
+		$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) \
+		$(if $(MODEL_SIGNING_KEY),--model_signing_key=$(MODEL_SIGNING_KEY)) $(BEAM_ARGS)
 
 # Submits the compiled pipeline to the KFP v2 API at KFP_HOST.
 kubeflow-submit: install

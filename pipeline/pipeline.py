@@ -17,6 +17,7 @@ from tfx import v1 as tfx
 
 from components.anomaly_gate.component import AnomalyGate
 from components.evaluator.component import Evaluator
+from components.infra_validator.component import InfraValidator
 from components.pusher.component import Pusher
 from components.serving_baseline.component import ServingBaseline
 from components.tflite_converter.component import TFLiteConverter
@@ -134,6 +135,7 @@ def create_pipeline(
   report_dir: Optional[str] = None,
   tflite_push_base_directory: Optional[str] = None,
   tflite_max_accuracy_drop: float = 1.0,
+  model_signing_key: Optional[str] = None,
   train_hash_buckets: int = 4,
   eval_hash_buckets: int = 1,
   slice_features: Sequence[str] = ("user_segment", "city_tier"),
@@ -170,6 +172,9 @@ def create_pipeline(
       TFLite conversion out of the pipeline.
     tflite_max_accuracy_drop: largest top-1 accuracy drop (points) of the
       int8 model against the SavedModel for it to be shipped.
+    model_signing_key: an Ed25519 private key file the Pusher and the
+      TFLiteConverter sign every version they push with (in staging, before
+      it is visible); None pushes unsigned versions.
     train_hash_buckets: hash buckets of the train split.
     eval_hash_buckets: hash buckets of the eval split.
     slice_features: features the Evaluator slices by (each, and all crossed).
@@ -269,11 +274,21 @@ def create_pipeline(
     ),
   )
 
+  # Canary: serves the blessed model in a model server process and checks its
+  # answers; the Pusher refuses a model it does not bless.
+  infra_validator = InfraValidator(
+    model=trainer.outputs["model"],
+    examples=example_gen.outputs["examples"],
+    model_blessing=evaluator.outputs["blessing"],
+  )
+
   # Pushes a blessed model to the base path TensorFlow Serving watches, unless
   # it is the version serving already.
   pusher = Pusher(
     model=trainer.outputs["model"],
     model_blessing=evaluator.outputs["blessing"],
+    infra_blessing=infra_validator.outputs["blessing"],
+    model_signing_key=model_signing_key,
     push_destination=tfx.proto.PushDestination(
       filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
     ),
@@ -288,6 +303,7 @@ def create_pipeline(
     trainer,
     serving_baseline,
     evaluator,
+    infra_validator,
     pusher,
   ]
   if tflite_push_base_directory:
@@ -299,6 +315,7 @@ def create_pipeline(
       pushed_model=pusher.outputs["pushed_model"],
       push_base_directory=tflite_push_base_directory,
       max_accuracy_drop=tflite_max_accuracy_drop,
+      model_signing_key=model_signing_key,
     )
     components.append(tflite_converter)
 

@@ -49,6 +49,8 @@ class RunSummary:
   tolerated_kinds: List[str] = dataclasses.field(default_factory=list)
   drift: Optional[Tuple[int, int, List[Tuple[str, str, float, float]]]] = None
   reports: List[str] = dataclasses.field(default_factory=list)
+  # InfraValidator's verdict: (blessed, reason with its latency), when it ran.
+  infra_validation: Optional[Tuple[bool, str]] = None
   # The model was the version serving already: the Pusher copied nothing.
   already_pushed: bool = False
   # Set by the runner: the run's log file and its HTML run report.
@@ -197,6 +199,7 @@ def summarize(
       )
     )
   summary = RunSummary(run_context.name, components, {}, [], None, None, None)
+  infra_blessing_types = {t.id for t in store.get_artifact_types() if t.name == "InfraBlessing"}
   for run in components:
     for artifact in run.outputs.get("anomalies", []):
       summary.anomalies.update(_read_anomalies(artifact))
@@ -214,7 +217,11 @@ def summarize(
     for artifact in run.outputs.get("evaluation", []):
       summary.slice_metrics = _read_slice_metrics(artifact)
     for artifact in run.outputs.get("blessing", []):
-      if "blessed" in artifact.custom_properties:
+      props = artifact.custom_properties
+      if artifact.type_id in infra_blessing_types and "blessed" in props:
+        reason = props["reason"].string_value if "reason" in props else ""
+        summary.infra_validation = (bool(props["blessed"].int_value), reason)
+      elif "blessed" in artifact.custom_properties:
         summary.blessed = bool(artifact.custom_properties["blessed"].int_value)
     for artifact in run.outputs.get("pushed_model", []):
       props = artifact.custom_properties
@@ -328,6 +335,11 @@ def format_summary(summary: RunSummary) -> str:
     lines.append("Model blessed: not evaluated")
   else:
     lines.append(f"Model blessed: {'yes' if summary.blessed else 'no'}")
+  if summary.infra_validation is not None:
+    infra_blessed, reason = summary.infra_validation
+    lines.append(
+      f"Canary (InfraValidator): {reason or ('blessed' if infra_blessed else 'not blessed')}"
+    )
   if summary.pushed_path:
     already = ", already serving: not copied again" if summary.already_pushed else ""
     lines.append(f"Pushed: {summary.pushed_path} (version {summary.pushed_version}{already})")

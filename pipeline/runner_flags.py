@@ -9,6 +9,7 @@ the flags.
 import argparse
 import dataclasses
 import os
+import tempfile
 from typing import Any
 from typing import Dict
 from typing import List
@@ -18,6 +19,7 @@ from typing import Tuple
 
 from tfx import v1 as tfx
 
+import model_signing
 from components.anomaly_gate import anomalies
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
@@ -132,6 +134,13 @@ def add_pipeline_flags(
     help="Data anomaly kinds that do not stop the run before training (still reported), "
     "e.g. ENUM_TYPE_UNEXPECTED_STRING_VALUES or user_segment:COMPARATOR_L_INFTY_HIGH.",
   )
+  parser.add_argument(
+    "--model_signing_key",
+    default=None,
+    metavar="PATH",
+    help="Ed25519 private key (`make keygen`) that signs every pushed version, SavedModel and "
+    "TFLite; on Kubeflow, a path inside the components' container (e.g. a mounted Secret).",
+  )
 
 
 def parse_with_beam_args(
@@ -158,11 +167,13 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
   they share this one `create_pipeline` call.
 
   Raises:
-    FileNotFoundError: if the data root or the schema does not exist.
+    FileNotFoundError: if the data root, the schema or the signing key does
+      not exist.
     preflight.BadInputError: if the input files cannot be read as the data
       contract says (naming the file).
     ValueError: for settings that cannot work.
   """
+  model_signing_key = _checked_signing_key(args.model_signing_key)
   data_root = os.path.abspath(args.data_root)
   if not os.path.isdir(data_root):
     raise FileNotFoundError(
@@ -188,8 +199,23 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
     train_args=tfx.proto.TrainArgs(num_steps=args.train_steps),
     eval_args=tfx.proto.EvalArgs(num_steps=args.eval_steps),
     beam_pipeline_args=beam_pipeline_args,
-    **pipeline_settings(args),
+    **{**pipeline_settings(args), "model_signing_key": model_signing_key},
   )
+
+
+def _checked_signing_key(path: Optional[str]) -> Optional[str]:
+  """The key's absolute path, once it has signed a scratch directory (so a bad key fails now)."""
+  if not path:
+    return None
+  path = os.path.abspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+      f"Model signing key {path} does not exist; run `make keygen` and pass "
+      "MODEL_SIGNING_KEY=keys/model_signing_key.pem."
+    )
+  with tempfile.TemporaryDirectory() as scratch:
+    model_signing.sign_directory(scratch, path)
+  return path
 
 
 def pipeline_settings(args: argparse.Namespace) -> Dict[str, Any]:
@@ -204,6 +230,7 @@ def pipeline_settings(args: argparse.Namespace) -> Dict[str, Any]:
       `add_pipeline_flags`) returns them.
   """
   return dict(
+    model_signing_key=getattr(args, "model_signing_key", None),
     run_fn=configs.RUN_FN,
     accuracy_threshold=args.accuracy_threshold,
     accuracy_change_threshold=configs.EVAL_ACCURACY_CHANGE_THRESHOLD,

@@ -1,8 +1,11 @@
 """The Pusher component: TFX's Pusher running `components.pusher.executor`."""
 
+from typing import Optional
+
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
+from components import version_signing
 from components.pusher import executor
 
 
@@ -22,7 +25,14 @@ class Pusher(tfx.components.Pusher):
 
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
-  def __init__(self, model, model_blessing, push_destination: tfx.proto.PushDestination):
+  def __init__(
+    self,
+    model,
+    model_blessing,
+    push_destination: tfx.proto.PushDestination,
+    infra_blessing=None,
+    model_signing_key: Optional[str] = None,
+  ):
     """Constructs a Pusher.
 
     Args:
@@ -30,6 +40,11 @@ class Pusher(tfx.components.Pusher):
       model_blessing: the Evaluator's blessing.
       push_destination: a filesystem destination (its `base_directory` is
         where TensorFlow Serving looks for versions).
+      infra_blessing: InfraValidator's blessing; a model it did not bless is
+        not pushed.
+      model_signing_key: an Ed25519 private key file (`make keygen`); every
+        version pushed is signed with it before it becomes visible. It must
+        be readable where the executor runs.
 
     Raises:
       ValueError: for a destination other than a filesystem base directory.
@@ -43,4 +58,16 @@ class Pusher(tfx.components.Pusher):
         "push_destination must be a tfx.proto.PushDestination with a filesystem "
         f"base_directory; got {push_destination!r}."
       )
-    super().__init__(model=model, model_blessing=model_blessing, push_destination=push_destination)
+    if model_signing_key is not None and not model_signing_key.strip():
+      raise ValueError(
+        "model_signing_key is empty; pass the path of a private key, or None to push unsigned."
+      )
+    super().__init__(
+      model=model,
+      model_blessing=model_blessing,
+      infra_blessing=infra_blessing,
+      push_destination=push_destination,
+      custom_config=(
+        {version_signing.MODEL_SIGNING_KEY: model_signing_key} if model_signing_key else None
+      ),
+    )

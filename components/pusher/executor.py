@@ -20,6 +20,7 @@ The output keeps TFX's custom properties: `pushed`, `pushed_destination`,
 from typing import Any
 from typing import Dict
 from typing import List
+from typing import Optional
 
 from absl import logging
 from tfx import types
@@ -28,12 +29,22 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils
 from tfx.types import standard_component_specs
 from tfx.utils import io_utils
+from tfx.utils import json_utils
 from tfx.utils import proto_utils
 
 from components import serving_versions
+from components import version_signing
 
 # 1 when the model was already the version serving and nothing was copied.
 ALREADY_PUSHED_PROPERTY = "already_pushed"
+CUSTOM_CONFIG_KEY = standard_component_specs.CUSTOM_CONFIG_KEY
+
+
+def _signing_key(exec_properties: Dict[str, Any]) -> Optional[str]:
+  custom_config = exec_properties.get(CUSTOM_CONFIG_KEY) or {}
+  if isinstance(custom_config, str):  # As the orchestrators pass it: JSON.
+    custom_config = json_utils.loads(custom_config) or {}
+  return custom_config.get(version_signing.MODEL_SIGNING_KEY)
 
 
 class Executor(tfx_pusher_executor.Executor):
@@ -50,7 +61,9 @@ class Executor(tfx_pusher_executor.Executor):
     Args:
       input_dict: `model` and `model_blessing`, as TFX's Pusher.
       output_dict: `pushed_model`, as TFX's Pusher.
-      exec_properties: `push_destination`, a filesystem destination.
+      exec_properties: `push_destination`, a filesystem destination, and
+        `custom_config`, whose `model_signing_key` (a private key path), when
+        set, signs every version pushed.
 
     Raises:
       ValueError: for a destination other than a filesystem.
@@ -86,9 +99,11 @@ class Executor(tfx_pusher_executor.Executor):
       already_pushed = 1
     else:
       version = str(serving_versions.next_version(base_path))
-      destination = serving_versions.publish(
-        base_path, version, lambda staging: io_utils.copy_dir(model_path, staging)
+      # Signed in staging (with a key), so the version is never visible unsigned.
+      write = version_signing.signing_writer(
+        lambda staging: io_utils.copy_dir(model_path, staging), _signing_key(exec_properties)
       )
+      destination = serving_versions.publish(base_path, version, write)
       logging.info("Model pushed to %s.", destination)
       already_pushed = 0
 

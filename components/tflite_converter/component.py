@@ -40,6 +40,7 @@ class TFLiteConverterSpec(types.ComponentSpec):
     executor.MAX_EVAL_EXAMPLES_KEY: ExecutionParameter(type=int),
     executor.NUM_LATENCY_EXAMPLES_KEY: ExecutionParameter(type=int),
     executor.PUSH_BASE_DIRECTORY_KEY: ExecutionParameter(type=str, optional=True),
+    executor.MODEL_SIGNING_KEY_KEY: ExecutionParameter(type=str, optional=True),
   }
   INPUTS = {
     executor.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
@@ -81,6 +82,7 @@ class TFLiteConverter(base_component.BaseComponent):
     num_representative_examples: int = executor.Options.num_representative_examples,
     max_eval_examples: int = executor.Options.max_eval_examples,
     num_latency_examples: int = executor.Options.num_latency_examples,
+    model_signing_key: Optional[str] = None,
   ):
     """Constructs a TFLiteConverter.
 
@@ -100,10 +102,12 @@ class TFLiteConverter(base_component.BaseComponent):
       max_eval_examples: eval examples to compare accuracy on.
       num_latency_examples: eval examples each model predicts one at a time
         (five times over) to measure latency.
+      model_signing_key: an Ed25519 private key file (`make keygen`); every
+        version shipped is signed with it before it becomes visible.
 
     Raises:
-      ValueError: for a bound that is not a number, a count below 1 or an
-        empty push directory.
+      ValueError: for a bound that is not a number, a count below 1, or an
+        empty push directory or signing key path.
     """
     if (
       not isinstance(max_accuracy_drop, (int, float))
@@ -125,6 +129,10 @@ class TFLiteConverter(base_component.BaseComponent):
       raise ValueError(
         "push_base_directory is empty; pass a directory to push to, or None to push nothing."
       )
+    if model_signing_key is not None and not model_signing_key.strip():
+      raise ValueError(
+        "model_signing_key is empty; pass the path of a private key, or None to ship unsigned."
+      )
     spec = TFLiteConverterSpec(
       model=model,
       examples=examples,
@@ -134,6 +142,7 @@ class TFLiteConverter(base_component.BaseComponent):
       num_representative_examples=num_representative_examples,
       max_eval_examples=max_eval_examples,
       num_latency_examples=num_latency_examples,
+      model_signing_key=model_signing_key,
       tflite_model=types.Channel(type=TFLiteModel),
     )
     super().__init__(spec=spec)

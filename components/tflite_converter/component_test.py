@@ -42,6 +42,7 @@ def test_builds_with_defaults_and_optional_pushed_model():
     ({"max_eval_examples": 2.5}, "max_eval_examples must be a positive integer"),
     ({"num_latency_examples": True}, "num_latency_examples must be a positive integer"),
     ({"push_base_directory": " "}, "push_base_directory is empty"),
+    ({"model_signing_key": ""}, "model_signing_key is empty"),
   ],
 )
 def test_rejects_settings_that_cannot_work(kwargs, message):

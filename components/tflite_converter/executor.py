@@ -36,6 +36,7 @@ from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from components import serving_versions
+from components import version_signing
 from components.tflite_converter import conversion
 from components.tflite_converter import examples as examples_lib
 from components.tflite_converter import measurements
@@ -52,6 +53,7 @@ NUM_REPRESENTATIVE_EXAMPLES_KEY = "num_representative_examples"
 MAX_EVAL_EXAMPLES_KEY = "max_eval_examples"
 NUM_LATENCY_EXAMPLES_KEY = "num_latency_examples"
 PUSH_BASE_DIRECTORY_KEY = "push_base_directory"
+MODEL_SIGNING_KEY_KEY = version_signing.MODEL_SIGNING_KEY
 
 # Files of the output artifact, and of every pushed version.
 MODEL_FILE = "model.tflite"
@@ -242,14 +244,17 @@ def write_metrics(directory: str, metrics: Dict[str, Any]) -> None:
   _write(os.path.join(directory, METRICS_FILE), json.dumps(metrics, indent=2, sort_keys=True))
 
 
-def push(source_dir: str, base_directory: str, version: str) -> str:
+def push(
+  source_dir: str, base_directory: str, version: str, model_signing_key: Optional[str] = None
+) -> str:
   """Ships the artifact files to `base_directory/version/`, once and atomically.
 
   A version already holding every file (a re-run after it was shipped) is
   kept as it is. Otherwise the files go to a staging directory that is renamed
   into place (`serving_versions.publish`), so a reader never sees a partial
   version; a partial one left by an older, non-atomic push is replaced, and
-  staging directories left by killed runs are removed.
+  staging directories left by killed runs are removed. With
+  `model_signing_key`, the staged version is signed before the rename.
 
   Returns:
     The destination directory.
@@ -268,7 +273,9 @@ def push(source_dir: str, base_directory: str, version: str) -> str:
     for name in _SHIPPED_FILES:
       tf.io.gfile.copy(os.path.join(source_dir, name), os.path.join(staging, name))
 
-  return serving_versions.publish(base_directory, version, write)
+  return serving_versions.publish(
+    base_directory, version, version_signing.signing_writer(write, model_signing_key)
+  )
 
 
 def _push_version(pushed_models: Optional[List[types.Artifact]]) -> Optional[str]:
@@ -341,7 +348,7 @@ class Executor(base_executor.BaseExecutor):
       metrics["reason"] += " Not pushed: the Pusher did not push the SavedModel."
     write_metrics(output.uri, metrics)
     if metrics["pushed"]:
-      push(output.uri, base_directory, version)
+      push(output.uri, base_directory, version, exec_properties.get(MODEL_SIGNING_KEY_KEY))
       output.set_string_custom_property(PUSHED_DESTINATION_PROPERTY, destination)
       output.set_string_custom_property(PUSHED_VERSION_PROPERTY, version)
     output.set_int_custom_property(BLESSED_PROPERTY, int(metrics["blessed"]))

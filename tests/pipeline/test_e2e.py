@@ -37,6 +37,7 @@ _NODES = {
   "Trainer",
   "ServingBaseline",
   "Evaluator",
+  "InfraValidator",
   "Pusher",
 }
 
@@ -91,6 +92,9 @@ def test_every_component_ran_and_a_model_was_pushed(first_run):
   assert 0.05 <= overall["sparse_categorical_accuracy"] <= 1.0
   slices = {name for name, _ in summary.slice_metrics}
   assert {"user_segment=new", "city_tier=tier4", "city_tier=tier1, user_segment=new"} <= slices
+  # The canary served the model and every answer matched.
+  assert summary.infra_validation[0] is True, summary.infra_validation
+  assert "Canary (InfraValidator): Blessed: loaded and warmed up" in result.stdout
   # The report the user sees ends with where the model went.
   assert f"Pushed: {summary.pushed_path} (version {summary.pushed_version})" in result.stdout
   base = os.path.join(output_root, "serving", configs.SERVING_MODEL_NAME)

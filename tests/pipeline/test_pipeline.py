@@ -5,6 +5,7 @@ import json
 import pytest
 from tfx import v1 as tfx
 
+import model_signing
 from pipeline import beam_runner
 from pipeline import caching
 from pipeline import configs
@@ -28,6 +29,7 @@ def test_pipeline_has_every_component_wired():
     "Trainer",
     "ServingBaseline",
     "Evaluator",
+    "InfraValidator",
     "Pusher",
   }
   # The Trainer runs only after AnomalyGate passed.
@@ -36,7 +38,17 @@ def test_pipeline_has_every_component_wired():
     "ImportSchemaGen",
     "AnomalyGate",
   }
-  assert {c.id for c in components["Pusher"].upstream_nodes} == {"Trainer", "Evaluator"}
+  assert {c.id for c in components["Pusher"].upstream_nodes} == {
+    "Trainer",
+    "Evaluator",
+    "InfraValidator",
+  }
+  # The canary serves the model the Evaluator blessed, before the Pusher.
+  assert {c.id for c in components["InfraValidator"].upstream_nodes} == {
+    "ImportExampleGen",
+    "Trainer",
+    "Evaluator",
+  }
   assert {c.id for c in components["Evaluator"].upstream_nodes} == {
     "ImportExampleGen",
     "Trainer",
@@ -108,3 +120,25 @@ def test_missing_data_root_is_a_clear_error(tmp_path, capsys):
   code = beam_runner.main([f"--data_root={tmp_path}/none", f"--output_root={tmp_path}/out"])
   assert code == 2
   assert "does not exist; run `make data`" in capsys.readouterr().err
+
+
+def test_model_signing_key_reaches_the_pusher_and_the_tflite_converter():
+  key = "/secrets/model_signing_key.pem"
+  components = {
+    c.id: c for c in _create(tflite_push_base_directory="/tmp/t", model_signing_key=key).components
+  }
+  assert json.loads(components["Pusher"].exec_properties["custom_config"]) == {
+    "model_signing_key": key
+  }
+  assert components["TFLiteConverter"].exec_properties["model_signing_key"] == key
+  args, _ = runner_flags.parse_args([f"--model_signing_key={key}"], "")
+  assert runner_flags.pipeline_settings(args)["model_signing_key"] == key
+
+
+def test_a_missing_or_public_signing_key_is_a_clear_error(tmp_path, capsys):
+  flags = [f"--data_root={tmp_path}", f"--output_root={tmp_path}/out"]
+  assert beam_runner.main([*flags, f"--model_signing_key={tmp_path}/none.pem"]) == 2
+  assert "none.pem does not exist; run `make keygen`" in capsys.readouterr().err
+  _, public = model_signing.generate_key_pair(str(tmp_path / "keys"))
+  assert beam_runner.main([*flags, f"--model_signing_key={public}"]) == 2
+  assert "is not a PEM private key" in capsys.readouterr().err

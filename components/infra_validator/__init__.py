@@ -1,0 +1,1 @@
+"""InfraValidator: a canary that serves the candidate model in this project's server."""
