@@ -40,7 +40,8 @@ FROM runtime AS beam-worker
 COPY --from=apache/beam_python3.11_sdk:2.59.0 /opt/apache/beam /opt/apache/beam
 ENTRYPOINT ["/opt/apache/beam/boot"]
 
-# Default target: TFX's container entrypoint, which KubeflowV2DagRunner's
-# spec also names as each executor's command.
+# Default target: the entry point every step of the compiled package names as
+# its command (pipeline/kfp_entrypoint.py, wrapping TFX's
+# kubeflow_v2_run_executor so open-source KFP 2.x and Vertex AI both run it).
 FROM runtime AS pipeline
-ENTRYPOINT ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+ENTRYPOINT ["python", "-m", "pipeline.kfp_entrypoint"]

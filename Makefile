@@ -11,6 +11,8 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONWARNINGS := ignore::FutureWarning,ignore::DeprecationWarning
 
 DATA_ROOT ?= data/default
+# The data contract (README: Bring your own data).
+SCHEMA ?= schemas/schema.pbtxt
 OUTPUT_ROOT ?= artifacts
 RUNNER ?= beam
 PRESET ?= small
@@ -21,6 +23,8 @@ DRIFT ?=
 NUM_EXAMPLES ?= 50000
 PYTEST_ARGS ?=
 SERVING_PORT ?= 8500
+# The label feature, which `make query` leaves out of the examples it sends.
+LABEL_FEATURE ?= label
 REST_PORT ?= 8501
 # Anomaly kinds the validation gate accepts (KIND or feature:KIND, comma-separated).
 TOLERATE_ANOMALIES ?=
@@ -45,16 +49,21 @@ VERBOSE ?=
 RUN ?=
 TENSORBOARD_PORT ?= 6006
 BENCH_RUNS ?= 3
+# `make kubeflow-schedule`: a 5-field cron (KFP's seconds field is added).
+CRON ?=
+SCHEDULE_NAME ?=
 
-RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --preset=$(PRESET) \
+RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path=$(SCHEMA) \
+	--preset=$(PRESET) \
 	$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) --num_workers=$(NUM_WORKERS) \
 	$(if $(TOLERATE_ANOMALIES),--tolerate_anomalies=$(TOLERATE_ANOMALIES)) \
 	$(if $(RUN_SPAN),--span=$(RUN_SPAN)) $(if $(filter-out 0,$(VERBOSE)),--verbose) \
 	$(if $(MODEL_SIGNING_KEY),--model_signing_key=$(MODEL_SIGNING_KEY))
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
-	kubeflow-submit skew-report keygen \
-	serve query bench-serving bench-tflite bench-multi-worker report tensorboard bench-run
+	kubeflow-submit kubeflow-schedule skew-report keygen \
+	serve query bench-serving bench-tensors bench-tflite bench-multi-worker report tensorboard \
+	bench-run
 
 install: $(STAMP)
 
@@ -78,9 +87,10 @@ lock:
 	  .venv-lock/bin/pip freeze --exclude-editable; } > requirements.lock
 	rm -rf .venv-lock
 
-# Writes span SPAN of the default dataset (refuses to overwrite an existing span).
+# Writes span SPAN of the synthetic dataset, with SCHEMA's features (refuses to
+# overwrite an existing span).
 data: install
-	$(PY) -m dataset.generate --data_root=$(DATA_ROOT) --span=$(SPAN) \
+	$(PY) -m dataset.generate --data_root=$(DATA_ROOT) --span=$(SPAN) --schema_path=$(SCHEMA) \
 		--num_examples=$(NUM_EXAMPLES) $(if $(DRIFT),--drift=$(DRIFT))
 
 # Generates the default dataset only when DATA_ROOT holds no span yet, so a
@@ -124,6 +134,9 @@ bench-multi-worker: install
 bench-serving: install
 	$(PY) -m bench.serving_bench --preset=$(PRESET)
 
+bench-tensors: install
+	$(PY) -m bench.tensors_bench
+
 bench-tflite: install
 	$(PY) -m bench.tflite_bench --preset=$(PRESET)
 
@@ -134,10 +147,13 @@ serve: install
 		--enable_batching --batching_parameters_file=serving/batching_parameters.txt \
 		--monitoring_config_file=serving/monitoring.config
 
-# Asks the running server for the top categories of a few dataset examples.
+# Classifies a few dataset examples on the running server (the model's
+# `classification` signature), leaving out LABEL_FEATURE: the feature your
+# schema keeps out of the SERVING environment.
 query: install
 	$(PY) -m serving.client --server=localhost:$(SERVING_PORT) \
-		--examples=$(firstword $(wildcard $(DATA_ROOT)/span-*/data-*.tfrecord.gz)) --num_examples=5
+		--examples=$(firstword $(wildcard $(DATA_ROOT)/span-*/data-*.tfrecord.gz)) --num_examples=5 \
+		--exclude_features=$(LABEL_FEATURE)
 
 # Compares logged serving requests with the latest run's training statistics.
 skew-report: install
@@ -151,7 +167,8 @@ keygen: install
 image:
 	docker build -t $(IMAGE) .
 
-# Compiles the same pipeline into a KFP v2 PipelineJob: OUTPUT_ROOT/kubeflow/pipeline.json.
+# Compiles the same pipeline for Kubeflow: OUTPUT_ROOT/kubeflow/pipeline.json (the
+# PipelineJob Vertex AI runs) and pipeline_spec.yaml (what the KFP UI and kfp.Client take).
 kubeflow: install
 	$(PY) -m pipeline.kubeflow_runner --output_root=$(OUTPUT_ROOT) --image=$(IMAGE) \
 		--preset=$(PRESET) --num_workers=$(NUM_WORKERS) \
@@ -164,6 +181,14 @@ kubeflow-submit: install
 	$(PY) -m pipeline.kubeflow_submit --host=$(KFP_HOST) --output_root=$(OUTPUT_ROOT) \
 		--experiment_name=$(EXPERIMENT) $(if $(RUN_NAME),--run_name=$(RUN_NAME)) \
 		$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS))
+
+# Creates a recurring run of the compiled pipeline at KFP_HOST, e.g.
+# `make kubeflow-schedule CRON='0 3 * * *' KFP_HOST=http://localhost:8080`
+# (list, pause, resume, delete: python -m pipeline.kubeflow_schedule --help).
+kubeflow-schedule: install
+	$(PY) -m pipeline.kubeflow_schedule create --host=$(KFP_HOST) --cron='$(CRON)' \
+		--output_root=$(OUTPUT_ROOT) --experiment_name=$(EXPERIMENT) \
+		$(if $(SCHEDULE_NAME),--name=$(SCHEDULE_NAME)) $(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS))
 
 clean:
 	rm -rf $(OUTPUT_ROOT) .pytest_cache

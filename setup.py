@@ -20,6 +20,8 @@ setuptools.setup(
       "pipeline.*",
       "components",
       "components.*",
+      "contract",
+      "contract.*",
       "serving",
       "serving.*",
       "model_signing",

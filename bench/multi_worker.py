@@ -18,6 +18,7 @@ import time
 
 from tfx import v1 as tfx
 
+import contract
 from components.trainer import model as model_lib
 from components.trainer import presets
 from dataset import clickstream
@@ -45,6 +46,7 @@ def main(argv=None) -> int:
         eval_steps=5,
         serving_model_dir=os.path.join(run_dir, "serving"),
         model_run_dir=os.path.join(run_dir, "run"),
+        schema_path=contract.DEFAULT_SCHEMA_PATH,
         custom_config={"preset": args.preset, "num_workers": num_workers},
       )
       start = time.perf_counter()

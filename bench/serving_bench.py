@@ -110,24 +110,29 @@ class RunResult:
 
 def serialized_examples(num_examples: int, seed: int = 11) -> List[bytes]:
   """Clickstream tf.Examples without the label, as clients send them."""
+  import contract  # pylint: disable=g-import-not-at-top
   from dataset import clickstream  # pylint: disable=g-import-not-at-top
 
+  label = contract.load().label.name
   examples = []
   for example in clickstream.generate_examples(num_examples, seed=seed):
-    del example.features.feature["label"]
+    del example.features.feature[label]
     examples.append(example.SerializeToString())
   return examples
 
 
 def build_model(preset: str, base_path: str) -> str:
   """Saves an untrained model of `preset` as version 1 under `base_path`."""
+  import contract  # pylint: disable=g-import-not-at-top
+  from components.trainer import export  # pylint: disable=g-import-not-at-top
   from components.trainer import model as model_lib  # pylint: disable=g-import-not-at-top
   from components.trainer import presets  # pylint: disable=g-import-not-at-top
 
   tf.keras.utils.set_random_seed(0)
-  model = model_lib.build_model(presets.get(preset))
+  data_contract = contract.load()
+  model = model_lib._build_model(presets.get(preset), data_contract)  # pylint: disable=protected-access
   path = os.path.join(base_path, "1")
-  model.save(path, save_format="tf", signatures=model_lib.make_serving_signatures(model))
+  export.export_saved_model(model, data_contract, path)
   return path
 
 

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+import contract
 from components.trainer import model as model_lib
 from components.trainer import presets
 from dataset import clickstream
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
 
   with tempfile.TemporaryDirectory() as data_root:
     files = clickstream.write_span(data_root, num_examples=args.num_examples, seed=1)
-    dataset = model_lib.input_fn(files, batch, shuffle=True, seed=0)
+    dataset = model_lib._input_fn(contract.load(), files, batch, shuffle=True, seed=0)
 
     # The pipeline alone: a full pass fills the cache, then steady state.
     iterator = iter(dataset)

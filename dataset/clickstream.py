@@ -3,8 +3,9 @@
 Each example is one user's recent item history and the category of the item they
 buy next. The generating process has the structure the model is meant to learn:
 
-* items belong to one of `NUM_CATEGORIES` categories, with Zipf-like popularity
-  inside each category, so a few items per category carry most of the traffic;
+* items belong to one of the label's classes (categories), with Zipf-like
+  popularity inside each category, so a few items per category carry most of
+  the traffic;
 * a session drifts between categories as a Markov chain: it mostly stays, often
   moves on to the category's fixed "successor" (phone -> phone case), and
   otherwise jumps to a category drawn from the user's city-tier mix;
@@ -13,6 +14,15 @@ buy next. The generating process has the structure the model is meant to learn:
   cannot tell which category the session is in now;
 * new users have short histories, returning users long ones;
 * each city tier has its own category mix.
+
+Everything about the data's shape comes from a data contract (`contract`,
+read from a schema; the default schema by default): feature names, the id
+range, history lengths, the number of categories and the vocabularies. The
+contract's first categorical context feature plays the user segment (its
+first value is "new": short histories), the second the city tier (one
+category mix per value); further ones are drawn uniformly. So the generator
+writes data for any schema that fits the contract's rules, which is how the
+tests try the pipeline on other schemas.
 
 The generator is pure NumPy with an explicit seed, so the same seed always gives
 byte-identical TFRecord files.
@@ -23,15 +33,12 @@ import os
 from typing import Iterator
 from typing import List
 from typing import Optional
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-NUM_CATEGORIES = 10
-NUM_ITEMS = 9999  # item ids are 1..NUM_ITEMS; 0 is reserved for padding.
-MAX_HISTORY_LENGTH = 50
-USER_SEGMENTS = ("new", "returning")
-CITY_TIERS = ("tier1", "tier2", "tier3", "tier4")
+import contract
 
 DEFAULT_NUM_EXAMPLES = 50_000
 DEFAULT_NUM_SHARDS = 4
@@ -67,33 +74,52 @@ class Drift:
 class _World:
   """The fixed structure shared by every example of one seed."""
 
-  item_category: np.ndarray  # [NUM_ITEMS + 1] category of each item id.
+  item_category: np.ndarray  # [max_id + 1] category of each item id.
   category_items: List[np.ndarray]  # Item ids per category, by popularity.
   category_item_cdf: List[np.ndarray]  # Cumulative Zipf weights of the above.
-  successor: np.ndarray  # [NUM_CATEGORIES] next category along a path.
-  tier_cdf: np.ndarray  # [len(CITY_TIERS), NUM_CATEGORIES] cumulative mix.
+  successor: np.ndarray  # [num_categories] next category along a path.
+  tier_cdf: np.ndarray  # [tiers, num_categories] cumulative mix.
 
 
-def _make_world(rng: np.random.Generator, drift: Drift) -> _World:
-  item_ids = rng.permutation(np.arange(1, NUM_ITEMS + 1))
+def _num_tiers(data_contract: contract.DataContract) -> int:
+  return len(data_contract.context[1].vocabulary) if len(data_contract.context) > 1 else 1
+
+
+def _make_world(
+  rng: np.random.Generator, drift: Drift, data_contract: contract.DataContract
+) -> _World:
+  sequence = data_contract.sequence
+  num_categories = data_contract.label.num_classes
+  num_items = sequence.max_id - sequence.min_id + 1
+  if num_items < num_categories:
+    raise ValueError(
+      f"The generator needs at least one item id per category: ids {sequence.min_id}.."
+      f"{sequence.max_id} cannot cover {num_categories} categories."
+    )
+  item_ids = rng.permutation(np.arange(sequence.min_id, sequence.max_id + 1))
   # Categories differ in size as well as popularity.
-  sizes = rng.dirichlet(np.full(NUM_CATEGORIES, 4.0))
-  bounds = np.round(np.cumsum(sizes) * NUM_ITEMS).astype(int)
-  bounds[-1] = NUM_ITEMS
+  sizes = rng.dirichlet(np.full(num_categories, 4.0))
+  bounds = np.round(np.cumsum(sizes) * num_items).astype(int)
+  bounds[-1] = num_items
+  # Every category keeps at least one item (a no-op unless ids are few).
+  for i in range(num_categories - 1):
+    bounds[i] = min(
+      max(bounds[i], bounds[i - 1] + 1 if i else 1), num_items - num_categories + i + 1
+    )
   splits = np.split(item_ids, bounds[:-1])
-  item_category = np.zeros(NUM_ITEMS + 1, dtype=np.int64)
+  item_category = np.zeros(sequence.max_id + 1, dtype=np.int64)
   category_item_cdf = []
   for category, items in enumerate(splits):
     item_category[items] = category
     ranks = np.arange(1, len(items) + 1, dtype=np.float64)
     weights = 1.0 / ranks**1.1
     category_item_cdf.append(np.cumsum(weights / weights.sum()))
-  successor = rng.permutation(NUM_CATEGORIES)
+  successor = rng.permutation(num_categories)
   # A successor must differ from its category, or "move on" would be "stay".
-  for category in range(NUM_CATEGORIES):
+  for category in range(num_categories):
     if successor[category] == category:
-      successor[category] = (category + 1) % NUM_CATEGORIES
-  tier_mix = rng.dirichlet(np.full(NUM_CATEGORIES, 0.8), size=len(CITY_TIERS))
+      successor[category] = (category + 1) % num_categories
+  tier_mix = rng.dirichlet(np.full(num_categories, 0.8), size=_num_tiers(data_contract))
   if drift.category_mix:
     shifted = np.roll(tier_mix, shift=3, axis=1)
     tier_mix = (1 - drift.category_mix) * tier_mix + drift.category_mix * shifted
@@ -128,7 +154,10 @@ def _draw_item(rng, world, category) -> int:
 
 
 def generate_examples(
-  num_examples: int, seed: int = DEFAULT_SEED, drift: Optional[Drift] = None
+  num_examples: int,
+  seed: int = DEFAULT_SEED,
+  drift: Optional[Drift] = None,
+  data_contract: Optional[contract.DataContract] = None,
 ) -> Iterator[tf.train.Example]:
   """Yields `num_examples` clickstream examples, deterministic for `seed`.
 
@@ -136,34 +165,44 @@ def generate_examples(
     num_examples: how many examples to generate.
     seed: the random seed; the same seed always yields the same examples.
     drift: optional shift of the distribution (see `Drift`).
+    data_contract: the features to write; None for the default schema's.
 
   Yields:
-    `tf.train.Example` protos with `item_history`, `user_segment`, `city_tier`
-    and `label`, as documented in the README's data contract.
+    `tf.train.Example` protos with the contract's sequence, context features
+    and label (README: Data contract).
 
   Raises:
-    ValueError: if `num_examples` is negative.
+    ValueError: if `num_examples` is negative, or the contract has fewer ids
+      than categories.
   """
   if num_examples < 0:
     raise ValueError(f"num_examples must be >= 0, got {num_examples}.")
   drift = drift or Drift()
+  data_contract = data_contract or contract.load()
   rng = np.random.default_rng(seed)
   # Every seed shares one world (item categories, successors, tier mixes), so
   # spans differ by their users and by `drift` only, never by what there is to
   # learn. The seed's own world is still drawn, and dropped, so that `rng`
   # continues as before and seed 42 writes the same files as ever.
-  _make_world(rng, drift)
-  world = _make_world(np.random.default_rng(DEFAULT_SEED), drift)
+  _make_world(rng, drift, data_contract)
+  world = _make_world(np.random.default_rng(DEFAULT_SEED), drift, data_contract)
   p_new = 0.35 + 0.5 * drift.segment_mix
-  tier_cdf = np.cumsum([0.4, 0.3, 0.2, 0.1])
+  # Tier i is drawn with weight (tiers - i): 0.4, 0.3, 0.2, 0.1 for four.
+  tier_weights = np.arange(_num_tiers(data_contract), 0, -1)
+  tier_cdf = np.cumsum(tier_weights / tier_weights.sum())
+  sequence = data_contract.sequence
+  shortest_new = sequence.min_length
+  longest_new = max(shortest_new, min(8, sequence.max_length))
+  shortest_returning = max(sequence.min_length, min(5, sequence.max_length))
+  vocabularies = [f.vocabulary for f in data_contract.context]
   for _ in range(num_examples):
     is_new = rng.random() < p_new
     tier = _sample(rng, tier_cdf)
     if is_new:
-      length = int(rng.integers(1, 9))
+      length = int(rng.integers(shortest_new, longest_new + 1))
     else:
-      longest = int(round(MAX_HISTORY_LENGTH * (1 - 0.7 * drift.history_length)))
-      length = int(rng.integers(5, max(6, longest + 1)))
+      longest = int(round(sequence.max_length * (1 - 0.7 * drift.history_length)))
+      length = int(rng.integers(shortest_returning, max(shortest_returning, longest) + 1))
     category = _sample(rng, world.tier_cdf[tier])
     history = []
     for _ in range(length):
@@ -171,17 +210,46 @@ def generate_examples(
       category = _next_category(rng, world, category, tier, _P_STAY, _P_SUCCESSOR)
     last_category = int(world.item_category[history[-1]])
     label = _next_category(rng, world, last_category, tier, _P_LABEL_STAY, _P_LABEL_SUCCESSOR)
-    yield _to_example(history, USER_SEGMENTS[1 - int(is_new)], CITY_TIERS[tier], label)
+    context = []
+    if vocabularies:
+      segments = len(vocabularies[0])
+      segment = 0 if is_new or segments == 1 else 1
+      if not is_new and segments > 2:
+        segment = 1 + int(rng.integers(segments - 1))
+      context.append(vocabularies[0][segment])
+    if len(vocabularies) > 1:
+      context.append(vocabularies[1][tier])
+    context += [vocabulary[int(rng.integers(len(vocabulary)))] for vocabulary in vocabularies[2:]]
+    yield make_example(data_contract, history, context, label)
 
 
-def _to_example(history, user_segment, city_tier, label) -> tf.train.Example:
-  feature = {
-    "item_history": tf.train.Feature(int64_list=tf.train.Int64List(value=history)),
-    "user_segment": tf.train.Feature(bytes_list=tf.train.BytesList(value=[user_segment.encode()])),
-    "city_tier": tf.train.Feature(bytes_list=tf.train.BytesList(value=[city_tier.encode()])),
-    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-  }
+def make_example(
+  data_contract: contract.DataContract,
+  history: Sequence[int],
+  context: Sequence[str],
+  label: Optional[int] = None,
+) -> tf.train.Example:
+  """One tf.Example of the contract's features.
+
+  Args:
+    data_contract: the feature names.
+    history: the sequence's ids.
+    context: one value per context feature, in contract order.
+    label: the class id; None leaves the label out, as serving requests do.
+  """
+  if len(context) != len(data_contract.context):
+    names = [f.name for f in data_contract.context]
+    raise ValueError(f"Expected one context value for each of {names}, got {list(context)}.")
+  feature = {data_contract.sequence.name: _int64_feature(history)}
+  for spec, value in zip(data_contract.context, context, strict=True):
+    feature[spec.name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+  if label is not None:
+    feature[data_contract.label.name] = _int64_feature([label])
   return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def _int64_feature(values) -> tf.train.Feature:
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
 
 
 def write_span(
@@ -192,6 +260,7 @@ def write_span(
   num_shards: int = DEFAULT_NUM_SHARDS,
   drift: Optional[Drift] = None,
   overwrite: bool = False,
+  data_contract: Optional[contract.DataContract] = None,
 ) -> List[str]:
   """Writes one span of the dataset as GZIP TFRecord shards.
 
@@ -206,6 +275,7 @@ def write_span(
     num_shards: how many files to spread the examples over.
     drift: optional distribution shift for this span.
     overwrite: replace an existing span directory instead of refusing.
+    data_contract: the features to write; None for the default schema's.
 
   Returns:
     The paths written, in shard order.
@@ -234,7 +304,7 @@ def write_span(
   # the pipeline would pick up as the latest one.
   writers = [tf.io.TFRecordWriter(p + ".tmp", options) for p in paths]
   try:
-    for i, example in enumerate(generate_examples(num_examples, seed, drift)):
+    for i, example in enumerate(generate_examples(num_examples, seed, drift, data_contract)):
       writers[i % num_shards].write(example.SerializeToString())
   finally:
     for writer in writers:

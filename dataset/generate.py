@@ -3,11 +3,16 @@
 Usage:
   python -m dataset.generate --data_root data/default [--span 1]
       [--num_examples 50000] [--seed 42] [--drift segment_mix=0.5,category_mix=0.3]
+      [--schema_path schemas/schema.pbtxt]
+
+With `--schema_path`, the examples have that schema's features (names, id
+range, history lengths, vocabularies, classes), read by `contract`.
 """
 
 import argparse
 import sys
 
+import contract
 from dataset import clickstream
 
 
@@ -54,9 +59,17 @@ def main(argv=None) -> int:
   parser.add_argument(
     "--overwrite", action="store_true", help="Replace the span if it already exists."
   )
+  parser.add_argument(
+    "--schema_path",
+    default=contract.DEFAULT_SCHEMA_PATH,
+    help="The schema whose features to write (default: the default dataset's).",
+  )
+  parser.add_argument("--label_feature", default=None, help="The label, if not the rule's.")
+  parser.add_argument("--sequence_feature", default=None, help="The sequence, if not the rule's.")
   args = parser.parse_args(argv)
   seed = args.seed if args.seed is not None else clickstream.DEFAULT_SEED + args.span - 1
   try:
+    data_contract = contract.load(args.schema_path, args.label_feature, args.sequence_feature)
     paths = clickstream.write_span(
       args.data_root,
       span=args.span,
@@ -65,8 +78,9 @@ def main(argv=None) -> int:
       num_shards=args.num_shards,
       drift=args.drift,
       overwrite=args.overwrite,
+      data_contract=data_contract,
     )
-  except (ValueError, FileExistsError) as e:
+  except (ValueError, FileExistsError) as e:  # contract.ContractError is a ValueError.
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(

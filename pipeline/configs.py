@@ -29,7 +29,6 @@ TRAINING_SEED = 42
 # worse than the model serving now (the highest complete pushed version).
 EVAL_ACCURACY_THRESHOLD = 0.5
 EVAL_ACCURACY_CHANGE_THRESHOLD = -1e-10
-SLICE_FEATURES = ("user_segment", "city_tier")
 
 # Components' own Beam pipelines: the DirectRunner in process. On the default
 # 50,000 examples, starting worker processes (each imports TensorFlow) costs

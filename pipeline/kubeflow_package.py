@@ -14,6 +14,9 @@ from typing import Dict
 # its `pipelineSpec` is the PipelineSpec the open-source KFP API takes.
 PACKAGE_DIR = "kubeflow"
 PACKAGE_FILENAME = "pipeline.json"
+# The bare PipelineSpec, what the KFP UI's upload and kfp.Client take (the UI
+# refuses a whole PipelineJob).
+SPEC_FILENAME = "pipeline_spec.yaml"
 
 # The Trainer's TrainArgs as a runtime parameter. TFX 1.16 cannot put a
 # runtime parameter inside a proto field, so the parameter is the whole
@@ -24,6 +27,29 @@ TRAIN_ARGS_PARAMETER = "train_args"
 def package_path(output_root: str) -> str:
   """Where `kubeflow_runner` writes the package under OUTPUT_ROOT."""
   return os.path.join(output_root, PACKAGE_DIR, PACKAGE_FILENAME)
+
+
+def spec_path(output_root: str) -> str:
+  """Where `kubeflow_runner` writes the bare PipelineSpec under OUTPUT_ROOT."""
+  return os.path.join(output_root, PACKAGE_DIR, SPEC_FILENAME)
+
+
+def bare_spec(job: Dict[str, Any]) -> Dict[str, Any]:
+  """The PipelineSpec of a PipelineJob, carrying the job's pipeline root and parameter values.
+
+  The pipeline root becomes `defaultPipelineRoot` and each runtime parameter
+  value the `defaultValue` of its root input, so a run started from the spec
+  alone (the UI, a recurring run) uses what the package was compiled with.
+  """
+  spec = json.loads(json.dumps(job["pipelineSpec"]))
+  root = job.get("runtimeConfig", {}).get("gcsOutputDirectory")
+  if root:
+    spec["defaultPipelineRoot"] = root
+  parameters = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+  for name, value in parameter_values(job).items():
+    if name in parameters:
+      parameters[name]["defaultValue"] = value
+  return spec
 
 
 def train_args_value(train_steps: int) -> str:

@@ -9,17 +9,26 @@ files. `pipeline.kubeflow_submit` starts a run of the package.
 """
 
 import argparse
+import copy
 import dataclasses
+import json
 import os
 import sys
+from typing import Any
+from typing import Dict
 from typing import List
 from typing import Optional
 from typing import Sequence
 from typing import Tuple
 
+import yaml
 from tfx import v1 as tfx
+from tfx.orchestration.kubeflow.v2 import compiler_utils
+from tfx.utils import import_utils
 
+from pipeline import caching
 from pipeline import configs
+from pipeline import kfp_entrypoint
 from pipeline import kubeflow_package
 from pipeline import pipeline as pipeline_lib
 from pipeline import runner_flags
@@ -160,10 +169,18 @@ def build_pipeline(args: argparse.Namespace, beam_pipeline_args: List[str]) -> t
 def compile_pipeline(
   pipeline: tfx.dsl.Pipeline, image: str, package_path: str, train_steps: int
 ) -> dict:
-  """Writes the KFP v2 PipelineJob of `pipeline` to `package_path`.
+  """Writes the KFP v2 PipelineJob of `pipeline` to `package_path`, and its bare spec beside it.
+
+  The PipelineJob is what Vertex AI runs; the bare PipelineSpec
+  (`kubeflow_package.spec_path`) is what the KFP UI's upload and `kfp.Client`
+  take. Both run every step through `pipeline.kfp_entrypoint`.
 
   Returns:
     The PipelineJob as a dict.
+
+  Raises:
+    ValueError: if a step is not a container step, or an artifact type cannot
+      be imported by the image.
   """
   runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
     config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
@@ -174,28 +191,138 @@ def compile_pipeline(
     output_dir=os.path.dirname(package_path),
     output_filename=os.path.basename(package_path),
   )
-  return runner.run(
+  job = runner.run(
     pipeline,
     parameter_values={
       kubeflow_package.TRAIN_ARGS_PARAMETER: kubeflow_package.train_args_value(train_steps)
     },
+    write_out=False,
   )
+  job = adapt_steps(job, pipeline)
+  os.makedirs(os.path.dirname(package_path), exist_ok=True)
+  with open(package_path, "w") as f:
+    json.dump(job, f, indent=2, sort_keys=True)
+  with open(kubeflow_package.spec_path(os.path.dirname(os.path.dirname(package_path))), "w") as f:
+    yaml.safe_dump(kubeflow_package.bare_spec(job), f, sort_keys=True)
+  return job
+
+
+def _artifact_classes(pipeline: tfx.dsl.Pipeline) -> Dict[str, str]:
+  """Import path of every artifact type the pipeline uses, by the title it compiles to.
+
+  Raises:
+    ValueError: for a type the image could not import by that path.
+  """
+  classes = dict(compiler_utils.TITLE_TO_CLASS_PATH)
+  for component in pipeline.components:
+    for channel in [*component.inputs.values(), *component.outputs.values()]:
+      artifact_cls = channel.type
+      if artifact_cls.TYPE_NAME in classes:
+        continue
+      path = f"{artifact_cls.__module__}.{artifact_cls.__qualname__}"
+      try:
+        imported = import_utils.import_class_by_path(path)
+      except (ImportError, AttributeError):
+        imported = None
+      if imported is not artifact_cls:
+        raise ValueError(
+          f"Artifact type {artifact_cls.TYPE_NAME!r} of {component.id} cannot be imported as "
+          f"{path}; define it at module level in a module the image installs."
+        )
+      classes[artifact_cls.TYPE_NAME] = path
+  return classes
+
+
+def _title(artifact_spec: Dict[str, Any]) -> str:
+  artifact_type = artifact_spec["artifactType"]
+  if "schemaTitle" in artifact_type:
+    return artifact_type["schemaTitle"]
+  return yaml.safe_load(artifact_type["instanceSchema"])["title"]
+
+
+def adapt_steps(job: Dict[str, Any], pipeline: tfx.dsl.Pipeline) -> Dict[str, Any]:
+  """Makes every step of a compiled PipelineJob run on open-source KFP 2.x and Vertex AI.
+
+  Each container runs `pipeline.kfp_entrypoint` with the classes of its
+  artifacts and, for ImportExampleGen, the module of its pre-cache check
+  (which only Vertex AI runs); `uncached_steps` are never served from cache.
+
+  Raises:
+    ValueError: if a step is not a container step (open-source KFP runs only
+      container and importer steps), or for an artifact type the image could
+      not import.
+  """
+  job = copy.deepcopy(job)
+  spec = job["pipelineSpec"]
+  executors = spec["deploymentSpec"]["executors"]
+  not_containers = sorted(label for label, e in executors.items() if "container" not in e)
+  if not_containers:
+    raise ValueError(
+      f"Steps {', '.join(not_containers)} are not container steps (e.g. a tfx.dsl.Resolver "
+      "compiles to a resolver step); open-source Kubeflow Pipelines refuses such a run and "
+      "pipeline.kfp_entrypoint cannot run them. Use a custom component instead."
+    )
+  classes = _artifact_classes(pipeline)
+  for component in spec["components"].values():
+    if "executorLabel" not in component:
+      continue
+    container = executors[component["executorLabel"]]["container"]
+    artifact_types = {
+      side: {
+        key: classes[_title(artifact_spec)]
+        for key, artifact_spec in component.get(definitions, {}).get("artifacts", {}).items()
+      }
+      for side, definitions in (("inputs", "inputDefinitions"), ("outputs", "outputDefinitions"))
+    }
+    flags = ["--artifact_types", json.dumps(artifact_types, sort_keys=True)]
+    pre_cache_check = container.get("lifecycle", {}).get("preCacheCheck")
+    if pre_cache_check:
+      python, dash_m, module = pre_cache_check["command"]
+      assert (python, dash_m) == ("python", "-m"), pre_cache_check["command"]
+      flags += ["--pre_cache_check_module", module]
+    container["command"] = list(kfp_entrypoint.COMMAND)
+    container["args"] = flags + container["args"]
+  # Steps that read state outside their input artifacts would freeze a
+  # scheduled run if served from cache: open-source KFP's cache key is the
+  # input artifacts, parameters, image and command only
+  # (backend/src/v2/driver/cache.go, getFingerPrint), so a cached ExampleGen
+  # (whose span resolution only Vertex AI runs before the cache lookup) never
+  # sees a new span, and a cached ServingBaseline hands on a stale baseline.
+  tasks = spec["root"]["dag"]["tasks"]
+  for name in uncached_steps(job, pipeline):
+    tasks[name]["cachingOptions"] = {"enableCache": False}
+  return job
+
+
+def uncached_steps(job: Dict[str, Any], pipeline: tfx.dsl.Pipeline) -> List[str]:
+  """Tasks never served from cache: with a pre-cache check, or in `caching.uncached_node_ids`."""
+  spec = job["pipelineSpec"]
+  executors = spec["deploymentSpec"]["executors"]
+  with_check = [
+    name
+    for name, task in spec["root"]["dag"]["tasks"].items()
+    if "lifecycle"
+    in executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]["container"]
+  ]
+  return sorted(set(with_check) | set(caching.uncached_node_ids(pipeline)))
 
 
 def main(argv=None) -> int:
   """Compiles the package; returns the exit code (2 for bad flags)."""
   args, beam_pipeline_args = parse_args(argv)
+  package_path = kubeflow_package.package_path(os.path.abspath(args.output_root))
   try:
     pipeline = build_pipeline(args, beam_pipeline_args)
+    job = compile_pipeline(pipeline, args.image, package_path, args.train_steps)
   except ValueError as e:
     print(f"ERROR: {e}", file=sys.stderr)
     return 2
-  package_path = kubeflow_package.package_path(os.path.abspath(args.output_root))
-  job = compile_pipeline(pipeline, args.image, package_path, args.train_steps)
   tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
   print(
-    f"Wrote {package_path}: {len(tasks)} tasks in image {args.image}, "
-    f"pipeline root {pipeline.pipeline_info.pipeline_root}."
+    f"Wrote {package_path} (Vertex AI PipelineJob) and "
+    f"{kubeflow_package.spec_path(os.path.abspath(args.output_root))} (KFP PipelineSpec): "
+    f"{len(tasks)} tasks in image {args.image}, pipeline root "
+    f"{pipeline.pipeline_info.pipeline_root}."
   )
   placeholders = [
     uri

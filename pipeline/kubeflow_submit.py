@@ -14,6 +14,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from typing import Any
 from typing import Dict
 from typing import Optional
 from typing import Sequence
@@ -95,14 +96,7 @@ def submit(
   """
   job = kubeflow_package.load(package_path)
   spec = job["pipelineSpec"]
-  declared = set(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
-  unknown = set(parameter_overrides or {}) - declared
-  if unknown:
-    raise ValueError(
-      f"The pipeline has no runtime parameter {', '.join(sorted(unknown))}; "
-      f"it has {', '.join(sorted(declared)) or 'none'}."
-    )
-  arguments = {**kubeflow_package.parameter_values(job), **(parameter_overrides or {})}
+  arguments = run_parameters(job, parameter_overrides)
   pipeline_name = spec["pipelineInfo"]["name"]
   run_name = run_name or (
     f"{pipeline_name}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
@@ -128,14 +122,32 @@ def submit(
     except kfp_server_api.ApiException as e:
       raise SubmitError(
         f"Kubeflow Pipelines at {host} refused the run: HTTP {e.status} {e.reason}: "
-        f"{_server_message(e.body)}"
+        f"{server_message(e.body)}"
       ) from e
     except (urllib3.exceptions.HTTPError, TimeoutError) as e:
       raise SubmitError(f"Lost the connection to Kubeflow Pipelines at {host}: {e}") from e
   return result.run_id
 
 
-def _server_message(body) -> str:
+def run_parameters(job: Dict[str, Any], overrides: Optional[Dict[str, str]]) -> Dict[str, Any]:
+  """The compiled runtime parameter values of `job` with `overrides` applied.
+
+  Raises:
+    ValueError: for an override of a parameter the pipeline does not have.
+  """
+  spec = job["pipelineSpec"]
+  declared = set(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
+  unknown = set(overrides or {}) - declared
+  if unknown:
+    raise ValueError(
+      f"The pipeline has no runtime parameter {', '.join(sorted(unknown))}; "
+      f"it has {', '.join(sorted(declared)) or 'none'}."
+    )
+  return {**kubeflow_package.parameter_values(job), **(overrides or {})}
+
+
+def server_message(body) -> str:
+  """The message of a KFP API error body."""
   # The API server answers errors as JSON with a `message`, or `error`.
   try:
     parsed = json.loads(body)
@@ -155,11 +167,7 @@ def _parse_parameter(text: str) -> Tuple[str, str]:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument(
-    "--host",
-    default=os.environ.get("KF_PIPELINES_ENDPOINT"),
-    help="KFP API endpoint, http(s)://host[:port] (default: $KF_PIPELINES_ENDPOINT).",
-  )
+  add_endpoint_flags(parser)
   parser.add_argument(
     "--output_root",
     default=configs.OUTPUT_ROOT,
@@ -182,16 +190,30 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     metavar="NAME=VALUE",
     help="A runtime parameter value for this run (repeatable).",
   )
-  parser.add_argument("--namespace", help="Kubernetes namespace of a multi-user deployment.")
   parser.add_argument(
     "--no_cache", action="store_true", help="Run every task even if a cached result exists."
   )
   args = parser.parse_args(argv)
+  check_endpoint_flags(parser, args)
+  return args
+
+
+def add_endpoint_flags(parser: argparse.ArgumentParser) -> None:
+  """Adds --host and --namespace, the KFP endpoint flags of submit and schedule."""
+  parser.add_argument(
+    "--host",
+    default=os.environ.get("KF_PIPELINES_ENDPOINT"),
+    help="KFP API endpoint, http(s)://host[:port] (default: $KF_PIPELINES_ENDPOINT).",
+  )
+  parser.add_argument("--namespace", help="Kubernetes namespace of a multi-user deployment.")
+
+
+def check_endpoint_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """Exits with a usage error unless --host is an http(s) URL."""
   if not args.host:
     parser.error("--host (KFP_HOST) is required, e.g. --host=http://localhost:8080.")
   if not args.host.startswith(("http://", "https://")):
     parser.error(f"--host must start with http:// or https://, got {args.host!r}.")
-  return args
 
 
 def main(argv=None) -> int:

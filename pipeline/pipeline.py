@@ -15,6 +15,7 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
+import contract
 from components.anomaly_gate.component import AnomalyGate
 from components.evaluator.component import Evaluator
 from components.infra_validator.component import InfraValidator
@@ -138,8 +139,8 @@ def create_pipeline(
   model_signing_key: Optional[str] = None,
   train_hash_buckets: int = 4,
   eval_hash_buckets: int = 1,
-  slice_features: Sequence[str] = ("user_segment", "city_tier"),
-  label_key: str = "label",
+  slice_features: Optional[Sequence[str]] = None,
+  label_key: Optional[str] = None,
   trainer_custom_config: Optional[Dict[str, Any]] = None,
   enable_cache: bool = True,
   metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
@@ -177,8 +178,9 @@ def create_pipeline(
       it is visible); None pushes unsigned versions.
     train_hash_buckets: hash buckets of the train split.
     eval_hash_buckets: hash buckets of the eval split.
-    slice_features: features the Evaluator slices by (each, and all crossed).
-    label_key: the label feature.
+    slice_features: features the Evaluator slices by (each, and all crossed);
+      None: the data contract's (`contract`, read from `schema_path`).
+    label_key: the label feature; None: the data contract's.
     trainer_custom_config: passed to `run_fn` as `fn_args.custom_config`.
     enable_cache: reuse outputs of unchanged components.
     metadata_connection_config: ML Metadata connection (None: the runner's
@@ -199,6 +201,10 @@ def create_pipeline(
     )
   if span is not None and span < 1:
     raise ValueError(f"span must be a span number of at least 1, got {span}.")
+  if slice_features is None or label_key is None:
+    data_contract = contract.load(schema_path)
+    slice_features = data_contract.slice_features if slice_features is None else slice_features
+    label_key = label_key or data_contract.label.name
 
   # Reads the latest span's TFRecords and splits them train:eval by hash.
   example_gen = tfx.components.ImportExampleGen(

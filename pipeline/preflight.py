@@ -24,20 +24,14 @@ from typing import Optional
 
 import tensorflow as tf
 from google.protobuf import message
-from google.protobuf import text_format
-from tensorflow_metadata.proto.v0 import schema_pb2
 
+import contract
 from components.anomaly_gate import spans
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # Extensions Beam (and so ImportExampleGen) reads as compressed; tf.data reads
 # only GZIP of them, and the data contract allows only GZIP.
 _OTHER_COMPRESSIONS = (".bz2", ".deflate", ".zst", ".zstd", ".xz", ".lzma")
-_VALUE_KINDS = {
-  schema_pb2.INT: "int64_list",
-  schema_pb2.FLOAT: "float_list",
-  schema_pb2.BYTES: "bytes_list",
-}
 _CONTRACT = (
   "the pipeline reads TFRecord files of serialized tf.Example, GZIP-compressed when the "
   "name ends in .gz (README: Data contract)"
@@ -77,14 +71,6 @@ def _span_dirs(data_root: str, input_pattern: str) -> Dict[int, str]:
           found[int(match.group(1))] = path
       return found
   return {}
-
-
-def feature_kinds(schema_path: str) -> Dict[str, str]:
-  """Feature name -> the `tf.train.Feature` kind the schema expects, e.g. `int64_list`."""
-  schema = schema_pb2.Schema()
-  with tf.io.gfile.GFile(schema_path) as f:
-    text_format.Parse(f.read(), schema)
-  return {f.name: _VALUE_KINDS[f.type] for f in schema.feature if f.type in _VALUE_KINDS}
 
 
 def check_file(path: str, feature_kinds: Dict[str, str]) -> int:
@@ -235,7 +221,7 @@ def check_input(
     present = ", ".join(str(s) for s in with_files)
     state = "is empty" if span in span_dirs else "does not exist"
     raise BadInputError(f"Span {span} under {data_root} {state}; spans with files: {present}.")
-  kinds = feature_kinds(schema_path)
+  kinds = contract.feature_kinds(schema_path)
   checked = []
   previous = spans.previous_span(data_root, input_pattern, span)
   for number, files in [(span, with_files[span])] + ([previous] if previous else []):

@@ -19,6 +19,7 @@ from typing import Tuple
 
 from tfx import v1 as tfx
 
+import contract
 import model_signing
 from components.anomaly_gate import anomalies
 from pipeline import configs
@@ -80,7 +81,11 @@ def parse_args(argv: Optional[Sequence[str]], description: str):
     default=configs.OUTPUT_ROOT,
     help="Pipeline outputs, ML Metadata and pushed models.",
   )
-  parser.add_argument("--schema_path", default=configs.SCHEMA_PATH)
+  parser.add_argument(
+    "--schema_path",
+    default=configs.SCHEMA_PATH,
+    help="The data contract: feature names, vocabularies, label and limits are read from it.",
+  )
   parser.add_argument(
     "--verbose",
     action="store_true",
@@ -141,6 +146,23 @@ def add_pipeline_flags(
     help="Ed25519 private key (`make keygen`) that signs every pushed version, SavedModel and "
     "TFLite; on Kubeflow, a path inside the components' container (e.g. a mounted Secret).",
   )
+  parser.add_argument(
+    "--label_feature",
+    default=None,
+    help="The label, if not the schema's feature absent from SERVING (README: Data contract).",
+  )
+  parser.add_argument(
+    "--sequence_feature",
+    default=None,
+    help="The id sequence, if not the schema's variable-length INT feature.",
+  )
+  parser.add_argument(
+    "--slice_features",
+    type=lambda text: [name for name in text.split(",") if name],
+    default=None,
+    metavar="FEATURE[,FEATURE...]",
+    help="Features the Evaluator slices by (default: the schema's categorical features).",
+  )
 
 
 def parse_with_beam_args(
@@ -169,6 +191,7 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
   Raises:
     FileNotFoundError: if the data root, the schema or the signing key does
       not exist.
+    contract.ContractError: if the schema does not fit the data contract's rules.
     preflight.BadInputError: if the input files cannot be read as the data
       contract says (naming the file).
     ValueError: for settings that cannot work.
@@ -183,6 +206,8 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
   schema_path = os.path.abspath(args.schema_path)
   if not os.path.isfile(schema_path):
     raise FileNotFoundError(f"Schema file {schema_path} does not exist.")
+  # Reads the data contract: a schema that breaks its rules stops here.
+  settings = pipeline_settings(args)
   preflight.check_input(data_root, configs.INPUT_PATTERN, schema_path, span=args.span)
   paths = RunPaths(os.path.abspath(args.output_root))
   return pipeline_lib.create_pipeline(
@@ -199,7 +224,7 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
     train_args=tfx.proto.TrainArgs(num_steps=args.train_steps),
     eval_args=tfx.proto.EvalArgs(num_steps=args.eval_steps),
     beam_pipeline_args=beam_pipeline_args,
-    **{**pipeline_settings(args), "model_signing_key": model_signing_key},
+    **{**settings, "model_signing_key": model_signing_key},
   )
 
 
@@ -218,6 +243,27 @@ def _checked_signing_key(path: Optional[str]) -> Optional[str]:
   return path
 
 
+def _data_contract(args: argparse.Namespace) -> contract.DataContract:
+  """The contract of `args.schema_path` with the flags' overrides.
+
+  A schema path that is not readable here (a path inside the Kubeflow image)
+  holds the repository's schema, which the image copies.
+  """
+  schema_path = args.schema_path if os.path.isfile(args.schema_path) else configs.SCHEMA_PATH
+  return contract.load(
+    schema_path,
+    label_feature=getattr(args, "label_feature", None),
+    sequence_feature=getattr(args, "sequence_feature", None),
+    slice_features=getattr(args, "slice_features", None),
+  )
+
+
+def _contract_overrides(args: argparse.Namespace) -> dict:
+  """The contract flags that were set, for the Trainer's custom_config."""
+  names = ("label_feature", "sequence_feature", "slice_features")
+  return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
 def pipeline_settings(args: argparse.Namespace) -> Dict[str, Any]:
   """The `create_pipeline` arguments every runner takes from the shared flags and `configs`.
 
@@ -229,6 +275,8 @@ def pipeline_settings(args: argparse.Namespace) -> Dict[str, Any]:
     args: flags as `parse_args` (or a runner's own parser with
       `add_pipeline_flags`) returns them.
   """
+  # The label and slices come from the data contract.
+  data_contract = _data_contract(args)
   return dict(
     model_signing_key=getattr(args, "model_signing_key", None),
     run_fn=configs.RUN_FN,
@@ -239,11 +287,13 @@ def pipeline_settings(args: argparse.Namespace) -> Dict[str, Any]:
     tolerated_anomalies=args.tolerate_anomalies,
     train_hash_buckets=configs.TRAIN_HASH_BUCKETS,
     eval_hash_buckets=configs.EVAL_HASH_BUCKETS,
-    slice_features=configs.SLICE_FEATURES,
+    slice_features=data_contract.slice_features,
+    label_key=data_contract.label.name,
     trainer_custom_config={
       "preset": args.preset,
       "seed": configs.TRAINING_SEED,
       "num_workers": args.num_workers,
+      **_contract_overrides(args),
     },
     enable_cache=not args.no_cache,
   )

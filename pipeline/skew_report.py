@@ -2,10 +2,11 @@
 
 Computes statistics of logged requests (the model server's request logs,
 TFRecord files of `PredictionLog` from a model's `logging_config`, or TFRecord
-files of serialized `tf.Example` without `label`; GZIP-compressed when the
-name ends in .gz), compares them with the statistics of the data the model was trained on using
-the schema's `skew_comparator`s (L-infinity distance on `user_segment` and
-`city_tier`), and validates them against the schema's SERVING environment.
+files of serialized `tf.Example` without the label; GZIP-compressed when the
+name ends in .gz), compares them with the statistics of the data the model was
+trained on using the schema's `skew_comparator`s (L-infinity distance on the
+default schema's categorical features), and validates them against the
+schema's SERVING environment.
 Prints a table, writes HTML reports, and exits 1 when a feature is skewed past
 its threshold or the requests are anomalous.
 
@@ -34,6 +35,7 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tfx import v1 as tfx
 
+import contract
 from components.anomaly_gate import anomalies as anomalies_lib
 from components.anomaly_gate import comparators
 from components.anomaly_gate import report
@@ -116,7 +118,7 @@ def serving_statistics(
   files = sorted(p for p in tf.io.gfile.glob(serving_data) if not tf.io.gfile.isdir(p))
   if not files:
     raise SkewInputError(f"No serving log file matches {serving_data}.")
-  kinds = preflight.feature_kinds(schema_path)
+  kinds = contract.feature_kinds(schema_path)
   if not _are_prediction_logs(files[0]):
     if not sum(preflight.check_file(path, kinds) for path in files):
       raise SkewInputError(f"The serving logs {serving_data} hold no requests.")
@@ -182,8 +184,8 @@ def _logged_examples(log: prediction_log_pb2.PredictionLog):
     for tensor in log.predict_log.request.inputs.values():
       if tensor.dtype == types_pb2.DT_STRING:
         yield from tensor.string_val
-  elif kind == "classify_log":
-    model_input = log.classify_log.request.input
+  elif kind in ("classify_log", "regress_log"):
+    model_input = getattr(log, kind).request.input
     if model_input.WhichOneof("kind") == "example_list_with_context":
       listed = model_input.example_list_with_context
       for example in listed.examples:

@@ -47,6 +47,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     help="Workers in the TFJob (its Worker replicas), as custom_config['num_workers'].",
   )
   parser.add_argument("--run_fn", default=configs.RUN_FN, help="Dotted path of run_fn.")
+  parser.add_argument(
+    "--schema_path",
+    default=configs.SCHEMA_PATH,
+    help="The schema the pipeline's ImportSchemaGen imported (the data contract).",
+  )
   args = parser.parse_args(argv)
   if args.train_steps < 1 or args.eval_steps < 1 or args.num_workers < 1:
     parser.error("--train_steps, --eval_steps and --num_workers must be positive.")
@@ -66,6 +71,7 @@ def fn_args_for(args: argparse.Namespace) -> tfx.components.FnArgs:
     ),
   }
   fn_args = fn_args_utils.get_common_fn_args({"examples": [examples]}, exec_properties)
+  fn_args.schema_path = args.schema_path
   output_uri = args.output_uri.rstrip("/")
   fn_args.serving_model_dir = path_utils.serving_model_dir(f"{output_uri}/model")
   fn_args.eval_model_dir = path_utils.eval_model_dir(f"{output_uri}/model")

@@ -12,10 +12,12 @@ disk drops lines, counted in the server's metrics, and never fails a request.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import time
 from typing import Callable
+from typing import List
 from typing import Optional
 
 from serving import offload
@@ -41,22 +43,26 @@ class AuditRecord:
   latency_ms: float
 
   def to_json(self) -> str:
+    # Formatted by hand (json.dumps of a dict costs about twice as much on a
+    # busy server): strings through json's own escaping, numbers as json writes them.
     seconds = int(self.time)
     micros = int((self.time - seconds) * 1e6)
-    fields = {
-      "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z",
-      "peer": self.peer,
-      "principal": self.principal,
-      "model": self.model,
-      "version": self.version,
-      "api": self.api,
-      "entrypoint": self.entrypoint,
-      "signature": self.signature,
-      "examples": self.examples,
-      "status": self.status,
-      "latency_ms": round(self.latency_ms, 3),
-    }
-    return json.dumps(fields, separators=(",", ":"))
+    return (
+      f'{{"time":"{_utc_second(seconds)}.{micros:06d}Z","peer":{_quote(self.peer)},'
+      f'"principal":{_quote(self.principal)},"model":{_quote(self.model)},'
+      f'"version":{_quote(self.version)},"api":{_quote(self.api)},'
+      f'"entrypoint":{_quote(self.entrypoint)},"signature":{_quote(self.signature)},'
+      f'"examples":{int(self.examples)},"status":{_quote(self.status)},'
+      f'"latency_ms":{float(round(self.latency_ms, 3))!r}}}'
+    )
+
+
+_quote = json.encoder.encode_basestring_ascii
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(seconds: int) -> str:
+  return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 class _RotatingFile:
@@ -67,15 +73,20 @@ class _RotatingFile:
     self._file = None
     self._size = 0
 
-  def write(self, line: str) -> None:
-    data = (line + "\n").encode("utf-8")
+  def write(self, lines: List[bytes]) -> None:
+    """Appends encoded lines, with one write per file (unbuffered: nothing waits in memory)."""
     if self._file is None:
-      self._file = open(self._path, "ab")
+      self._file = open(self._path, "ab", buffering=0)
       self._size = self._file.tell()
-    if self._size and self._size + len(data) > self._max_bytes:
-      self._rotate()
-    self._file.write(data)
-    self._size += len(data)
+    chunk = []
+    for data in lines:
+      if self._size and self._size + len(data) > self._max_bytes:
+        self._file.write(b"".join(chunk))
+        chunk = []
+        self._rotate()
+      chunk.append(data)
+      self._size += len(data)
+    self._file.write(b"".join(chunk))
 
   def _rotate(self) -> None:
     self._file.close()
@@ -88,12 +99,8 @@ class _RotatingFile:
       os.replace(self._path, f"{self._path}.1")
     else:
       os.remove(self._path)
-    self._file = open(self._path, "ab")
+    self._file = open(self._path, "ab", buffering=0)
     self._size = 0
-
-  def flush(self) -> None:
-    if self._file is not None:
-      self._file.flush()
 
   def close(self) -> None:
     if self._file is not None:
@@ -129,9 +136,9 @@ class AuditLog:
     self._file = _RotatingFile(path, max_bytes, backup_count)
     self._writer = offload.BackgroundWriter(
       "audit-log",
-      lambda record: self._file.write(record.to_json()),
+      lambda record: (record.to_json() + "\n").encode("utf-8"),
+      self._file.write,
       on_drop=on_drop,
-      flush=self._file.flush,
     )
 
   def record(self, record: AuditRecord) -> None:

@@ -135,7 +135,7 @@ class _Handler:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-  """tensorflow.serving.PredictionService: Predict, Classify, GetModelMetadata."""
+  """tensorflow.serving.PredictionService: Predict, Classify, Regress, GetModelMetadata."""
 
   def __init__(self, service: inference.InferenceService, policy: request_policy.RequestPolicy):
     self._service = service
@@ -169,8 +169,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     )
 
   async def Regress(self, request, context):
-    await context.abort(
-      grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported: the models here classify."
+    return await self._handle(
+      "Regress",
+      request.model_spec.name,
+      context,
+      lambda: self._service.regress(request, _deadline(context)),
+      request=request,
     )
 
   async def MultiInference(self, request, context):

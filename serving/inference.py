@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Callable
 from typing import Dict
+from typing import List
 from typing import Optional
 from typing import Sequence
 from typing import Tuple
@@ -20,16 +21,18 @@ from typing import Union
 
 import grpc
 import numpy as np
-from tensorflow.core.example import example_pb2
+import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import input_pb2
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import regression_pb2
 
-from components.trainer import constants
 from serving import batching
 from serving import model_manager
 from serving import servables
@@ -37,14 +40,6 @@ from serving import status
 from serving import tensors
 
 SIGNATURE_DEF_FIELD = "signature_def"
-# Classify reads the class scores from this output (the model's softmax).
-PROBABILITIES_OUTPUT = constants.PROBABILITIES_KEY
-
-
-def _labels(num_classes: int) -> Tuple[str, ...]:
-  if num_classes == len(constants.CATEGORY_NAMES):
-    return constants.CATEGORY_NAMES
-  return tuple(str(i) for i in range(num_classes))
 
 
 def _shape_text(info: meta_graph_pb2.TensorInfo) -> str:
@@ -175,13 +170,24 @@ class Pending:
 
 
 class InferenceService:
-  """Answers the TensorFlow Serving APIs from the models of a `ModelManager`."""
+  """Answers the TensorFlow Serving APIs from the models of a `ModelManager`.
 
-  def __init__(self, manager: model_manager.ModelManager):
+  Args:
+    manager: the loaded models.
+    signature_method_name_check: Classify and Regress accept only a signature
+      of their method name (tensorflow_model_server's
+      `--enable_signature_method_name_check`); by default, as there, any
+      signature with the expected input and output keys.
+  """
+
+  def __init__(
+    self, manager: model_manager.ModelManager, signature_method_name_check: bool = False
+  ):
     self._manager = manager
+    self._method_name_check = signature_method_name_check
 
   def signature_inputs(
-    self, model_spec: model_pb2.ModelSpec, signature_name: str, request_inputs=()
+    self, model_spec: model_pb2.ModelSpec, signature_name: str
   ) -> Dict[str, meta_graph_pb2.TensorInfo]:
     """A signature's inputs (for decoding REST JSON in the right dtypes)."""
     servable = self._manager.servable(model_spec)
@@ -190,7 +196,7 @@ class InferenceService:
       raise status.ServingError(
         grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.'
       )
-    return servable.input_infos(signature_name, request_inputs)
+    return dict(servable.signature_defs[signature_name].inputs)
 
   def run(
     self,
@@ -230,9 +236,7 @@ class InferenceService:
           grpc.StatusCode.FAILED_PRECONDITION,
           f'Serving signature key "{signature_name}" not found.',
         )
-      batch_size = validate_inputs(
-        signature_name, target.input_infos(signature_name, inputs), inputs
-      )
+      batch_size = validate_inputs(signature_name, dict(signature.inputs), inputs)
       aliases = _output_aliases(signature, output_filter)
       try:
         future = target.submit(signature_name, inputs, batch_size, deadline)
@@ -284,62 +288,87 @@ class InferenceService:
     deadline: Optional[float] = None,
     servable: Optional[servables.Servable] = None,
   ) -> Pending:
-    """Classify over a signature taking serialized tf.Examples.
+    """Classify, as TensorFlow Serving's classifier runs it.
 
-    The class scores come from the signature's `probabilities` output
-    [batch, classes] (or its `scores` output); class labels are the category
-    names.
+    Runs the signature the request names (empty: `serving_default`), which
+    must be a classification signature: input `inputs` (serialized
+    tf.Examples), outputs `classes` (DT_STRING) and/or `scores` (DT_FLOAT),
+    both [batch, num_classes]. Labels and scores come from those outputs.
 
     Raises:
-      ServingError: INVALID_ARGUMENT for empty input or a signature that
-        cannot classify, and as `run` does.
+      ServingError: INVALID_ARGUMENT with TensorFlow Serving's message for a
+        signature that cannot classify, empty input or misshapen outputs, and
+        as `run` does.
     """
-    examples = _examples(request.input)
-    if not examples:
-      raise status.invalid_argument("Input is empty.")
-    signature_name = request.model_spec.signature_name or servables.DEFAULT_SIGNATURE_NAME
+    return self._run_examples(
+      request,
+      classification_pb2.ClassificationResponse,
+      _classification_outputs,
+      _classification_result,
+      deadline,
+      servable,
+    )
+
+  def regress(
+    self,
+    request: regression_pb2.RegressionRequest,
+    deadline: Optional[float] = None,
+    servable: Optional[servables.Servable] = None,
+  ) -> Pending:
+    """Regress, as TensorFlow Serving's regressor runs it.
+
+    Runs the signature the request names (empty: `serving_default`), which
+    must be a regression signature: input `inputs` (serialized tf.Examples),
+    output `outputs`, DT_FLOAT [batch] or [batch, 1].
+
+    Raises:
+      ServingError: as `classify` does, with the regressor's messages.
+    """
+    return self._run_examples(
+      request,
+      regression_pb2.RegressionResponse,
+      _regression_outputs,
+      _regression_result,
+      deadline,
+      servable,
+    )
+
+  def _run_examples(
+    self, request, response_class, outputs_of, result_of, deadline, servable
+  ) -> Pending:
+    """Runs a Classify or Regress request on serialized tf.Examples.
+
+    In TensorFlow Serving's order: the servable, the signature
+    (`Get{Classification,Regression}SignatureDef`), the input
+    (`InputToSerializedExampleTensor`, util.cc), the run, the result
+    (`PostProcess{Classification,Regression}Result`).
+    """
+    if not request.HasField("model_spec"):
+      raise status.invalid_argument("Missing ModelSpec")
     target = servable or self._manager.servable(request.model_spec)
+    signature_name = request.model_spec.signature_name or servables.DEFAULT_SIGNATURE_NAME
     signature = target.signature_defs.get(signature_name)
     if signature is None:
-      raise status.ServingError(
-        grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.'
-      )
-    infos = target.input_infos(signature_name, [servables.EXAMPLES_INPUT])
-    if len(infos) != 1 or next(iter(infos.values())).dtype != types_pb2.DT_STRING:
-      raise status.invalid_argument(
-        f"Classify needs a signature with one DT_STRING input of serialized "
-        f"tf.Examples; {signature_name} has inputs {{{','.join(sorted(infos))}}}."
-      )
-    score_output = next(
-      (name for name in (PROBABILITIES_OUTPUT, "scores") if name in signature.outputs), None
-    )
-    if score_output is None:
-      raise status.invalid_argument(
-        f"Classify needs a [batch, classes] output named {PROBABILITIES_OUTPUT} or "
-        f"scores; {signature_name} has outputs "
-        f"{{{','.join(sorted(signature.outputs))}}}."
-      )
-    alias = next(iter(infos))
+      raise status.invalid_argument(f"No signature was found with the name: {signature_name}")
+    output_names = outputs_of(signature, self._method_name_check)
+    examples = _serialized_examples(request.input)
+    if not examples:
+      raise status.invalid_argument("Input is empty.")
     serialized = np.empty(len(examples), dtype=object)
     serialized[:] = examples
     target, signature_name, outputs = self.run(
-      request.model_spec, signature_name, {alias: serialized}, (score_output,), deadline, servable
+      request.model_spec,
+      signature_name,
+      {tf.saved_model.CLASSIFY_INPUTS: serialized},
+      output_names,
+      deadline,
+      servable,
     )
 
     def respond(outputs):
-      scores = outputs[score_output]
-      if scores.ndim != 2:
-        raise status.invalid_argument(
-          f"Classify needs output {score_output} to be [batch, classes], got "
-          f"shape {list(scores.shape)}."
-        )
-      labels = _labels(scores.shape[1])
-      response = classification_pb2.ClassificationResponse()
+      response = response_class()
       _fill_model_spec(response.model_spec, target, signature_name)
-      for row in scores.tolist():
-        classifications = response.result.classifications.add()
-        for label, score in zip(labels, row, strict=True):
-          classifications.classes.add(label=label, score=score)
+      result_of(outputs, len(examples), response.result)
       return response
 
     return Pending(outputs, respond)
@@ -410,23 +439,170 @@ def _output_aliases(
   return tuple(output_filter)
 
 
-def _examples(model_input) -> list:
-  """Serialized tf.Examples of a tensorflow.serving.Input, context merged in."""
+def _serialized_examples(model_input: input_pb2.Input) -> List[bytes]:
+  """The serialized tf.Examples of a tensorflow.serving.Input.
+
+  As `InputToSerializedExampleTensor` (util.cc): with a context, each example
+  is the context's bytes followed by its own, which parses as the two merged
+  (the example's value wins for a feature both have).
+  """
   kind = model_input.WhichOneof("kind")
   if kind == "example_list":
     return [e.SerializeToString() for e in model_input.example_list.examples]
   if kind == "example_list_with_context":
     listed = model_input.example_list_with_context
-    serialized = []
-    for example in listed.examples:
-      merged = example_pb2.Example()
-      for key, feature in listed.context.features.feature.items():
-        merged.features.feature[key].CopyFrom(feature)
-      for key, feature in example.features.feature.items():
-        merged.features.feature[key].CopyFrom(feature)
-      serialized.append(merged.SerializeToString())
-    return serialized
+    context = listed.context.SerializeToString()
+    return [context + e.SerializeToString() for e in listed.examples]
   return []
+
+
+def _debug_string(signature: meta_graph_pb2.SignatureDef) -> str:
+  return text_format.MessageToString(signature)
+
+
+def _check_method_and_input(
+  signature: meta_graph_pb2.SignatureDef, method_name_check: bool, kind: str, method_name: str
+) -> None:
+  """The checks classifier.cc and regressor.cc share: method name (if on), one input."""
+  if method_name_check and signature.method_name != method_name:
+    raise status.invalid_argument(
+      f"Expected {kind} signature method_name to be {method_name}. Was: {signature.method_name}"
+    )
+  if len(signature.inputs) != 1:
+    raise status.invalid_argument("Expected one input Tensor.")
+
+
+def _classification_outputs(
+  signature: meta_graph_pb2.SignatureDef, method_name_check: bool
+) -> Tuple[str, ...]:
+  """The outputs Classify reads, or TensorFlow Serving's error for the signature.
+
+  tensorflow_serving/servables/tensorflow/classifier.cc,
+  `GetClassificationSignatureDef` and `PreProcessClassification`.
+  """
+  _check_method_and_input(
+    signature, method_name_check, "classification", tf.saved_model.CLASSIFY_METHOD_NAME
+  )
+  if len(signature.outputs) not in (1, 2):
+    raise status.invalid_argument(
+      f"Expected one or two output Tensors, found {len(signature.outputs)}"
+    )
+  if tf.saved_model.CLASSIFY_INPUTS not in signature.inputs:
+    raise status.invalid_argument(
+      f"No classification inputs found in SignatureDef: {_debug_string(signature)}"
+    )
+  names = tuple(
+    name
+    for name in (tf.saved_model.CLASSIFY_OUTPUT_CLASSES, tf.saved_model.CLASSIFY_OUTPUT_SCORES)
+    if name in signature.outputs
+  )
+  if not names:
+    raise status.invalid_argument(
+      "Expected classification signature outputs to contain at least one of "
+      f'"{tf.saved_model.CLASSIFY_OUTPUT_CLASSES}" or '
+      f'"{tf.saved_model.CLASSIFY_OUTPUT_SCORES}". Signature was: {_debug_string(signature)}'
+    )
+  return names
+
+
+def _shape_debug_string(array: np.ndarray) -> str:
+  return "[" + ",".join(str(size) for size in array.shape) + "]"
+
+
+def _check_class_output(array, name: str, dtype: int, num_examples: int) -> None:
+  if array.ndim != 2:
+    raise status.invalid_argument(
+      f"Expected Tensor shape: [batch_size num_classes] but got {_shape_debug_string(array)}"
+    )
+  got = tensors.dtype_of(array)
+  if got != dtype:
+    raise status.invalid_argument(
+      f"Expected {name} Tensor of {types_pb2.DataType.Name(dtype)}. Got: "
+      f"{types_pb2.DataType.Name(got)}"
+    )
+  if array.shape[0] != num_examples:
+    raise status.invalid_argument(
+      f"Expected {name} output batch size of {num_examples}. Got: {array.shape[0]}"
+    )
+
+
+def _classification_result(
+  outputs: Dict[str, np.ndarray], num_examples: int, result: classification_pb2.ClassificationResult
+) -> None:
+  """Fills `result` from `classes` and `scores`.
+
+  classifier.cc, `PostProcessClassificationResult`.
+  """
+  classes = outputs.get(tf.saved_model.CLASSIFY_OUTPUT_CLASSES)
+  scores = outputs.get(tf.saved_model.CLASSIFY_OUTPUT_SCORES)
+  if classes is not None:
+    _check_class_output(classes, "classes", types_pb2.DT_STRING, num_examples)
+  if scores is not None:
+    _check_class_output(scores, "scores", types_pb2.DT_FLOAT, num_examples)
+  if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+    raise status.invalid_argument(
+      "Tensors class and score should match in dim_size(1). Got "
+      f"{classes.shape[1]} vs. {scores.shape[1]}"
+    )
+  num_classes = (classes if classes is not None else scores).shape[1]
+  labels = [[""] * num_classes] * num_examples
+  if classes is not None:
+    labels = [
+      [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in row]
+      for row in classes.tolist()
+    ]
+  rows = scores.tolist() if scores is not None else [[0.0] * num_classes] * num_examples
+  for row_labels, row_scores in zip(labels, rows, strict=True):
+    classes_out = result.classifications.add().classes
+    for label, score in zip(row_labels, row_scores, strict=True):
+      classes_out.add(label=label, score=score)
+
+
+def _regression_outputs(
+  signature: meta_graph_pb2.SignatureDef, method_name_check: bool
+) -> Tuple[str, ...]:
+  """The output Regress reads, or TensorFlow Serving's error for the signature.
+
+  tensorflow_serving/servables/tensorflow/regressor.cc,
+  `GetRegressionSignatureDef` and `PreProcessRegression`.
+  """
+  _check_method_and_input(
+    signature, method_name_check, "regression", tf.saved_model.REGRESS_METHOD_NAME
+  )
+  if len(signature.outputs) != 1:
+    raise status.invalid_argument("Expected one output Tensor.")
+  if tf.saved_model.REGRESS_INPUTS not in signature.inputs:
+    raise status.invalid_argument(
+      f"No regression inputs found in SignatureDef: {_debug_string(signature)}"
+    )
+  if tf.saved_model.REGRESS_OUTPUTS not in signature.outputs:
+    raise status.invalid_argument(
+      f"No regression outputs found in SignatureDef: {_debug_string(signature)}"
+    )
+  return (tf.saved_model.REGRESS_OUTPUTS,)
+
+
+def _regression_result(
+  outputs: Dict[str, np.ndarray], num_examples: int, result: regression_pb2.RegressionResult
+) -> None:
+  """Fills `result` from `outputs` (regressor.cc, `PostProcessRegressionResult`)."""
+  values = outputs[tf.saved_model.REGRESS_OUTPUTS]
+  if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
+    raise status.invalid_argument(
+      "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+      f"{_shape_debug_string(values)}"
+    )
+  if values.shape[0] != num_examples:
+    raise status.invalid_argument(
+      f"Input batch size did not match output batch size: {num_examples} vs. {values.shape[0]}"
+    )
+  got = tensors.dtype_of(values)
+  if got != types_pb2.DT_FLOAT:
+    raise status.invalid_argument(
+      f"Expected output Tensor of DT_FLOAT.  Got: {types_pb2.DataType.Name(got)}"
+    )
+  for value in values.ravel().tolist():
+    result.regressions.add(value=value)
 
 
 def deadline_after(seconds: Optional[float]) -> Optional[float]:

@@ -8,7 +8,7 @@
       }
     }
 
-A sampled Predict or Classify call (gRPC) is written as a `PredictionLog`
+A sampled Predict, Classify or Regress call, over gRPC or REST, is written as a `PredictionLog`
 (tensorflow_serving/apis/prediction_log.proto: `log_metadata` with the model
 spec, sampling config and time, then the request and the response) to
 GZIP-compressed TFRecord files `<filename_prefix>-<UTC time>-<pid>-<n>.tfrecord.gz`.
@@ -18,19 +18,31 @@ bounded on disk. `make skew-report SERVING_DATA='<filename_prefix>-*.tfrecord.gz
 reads them. Sampling is one random draw on the request path; building and
 writing the record happen on a background thread (serving/offload.py), and
 records that cannot be written (queue full, disk full) are dropped and counted.
+
+REST requests are logged as TensorFlow Serving logs them: its HTTP handlers
+turn the JSON into the same PredictRequest or ClassificationRequest and call
+the same services as gRPC (tensorflow_serving/model_servers/http_rest_api_handler.cc,
+`ProcessPredictRequest` and `ProcessClassifyRequest`), so a REST call's record
+is the one the equivalent gRPC call would write. The REST Predict path decodes
+JSON straight into arrays; its protos are built on the writer thread, and only
+for the requests sampled (`RequestLogs.log_lazily`).
 """
 
 import glob
 import logging
 import os
 import random
+import struct
 import threading
 import time
+import zlib
+from typing import Any
 from typing import Callable
 from typing import Dict
-from typing import Optional
+from typing import List
+from typing import Tuple
 
-import tensorflow as tf
+import google_crc32c
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import logging_config_pb2
 from tensorflow_serving.config import model_server_config_pb2
@@ -41,6 +53,10 @@ COLLECTOR_TYPE = "tfrecord"
 SUFFIX = ".tfrecord.gz"
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_FILES = 100
+# tensorflow/core/lib/hash/crc32c.h, `Mask`.
+_CRC_MASK_DELTA = 0xA282EAD8
+# The PredictionLog field of each API logged.
+_LOG_FIELDS = {"Predict": "predict_log", "Classify": "classify_log", "Regress": "regress_log"}
 
 
 def validate_logging_config(model_name: str, config: logging_config_pb2.LoggingConfig) -> None:
@@ -61,28 +77,60 @@ def validate_logging_config(model_name: str, config: logging_config_pb2.LoggingC
     raise ValueError(f"Model {model_name!r}: the request log directory {directory} does not exist.")
 
 
+def _masked_crc(data: bytes) -> bytes:
+  crc = google_crc32c.value(data)
+  return struct.pack("<I", (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF)
+
+
+def tfrecord(record: bytes) -> bytes:
+  """`record` framed as a TFRecord (tensorflow/core/lib/io/record_writer.cc, `WriteRecord`)."""
+  length = struct.pack("<Q", len(record))
+  return length + _masked_crc(length) + record + _masked_crc(record)
+
+
 class _RotatingTFRecordFile:
+  """GZIP TFRecord files, as `tf.io.TFRecordWriter(path, "GZIP")` writes them.
+
+  Written from Python (zlib, a gzip stream, one compress and one write per
+  round of records) rather than through TFRecordWriter, whose every `write`
+  releases and retakes the GIL.
+  """
+
   def __init__(self, prefix: str, max_file_bytes: int, max_files: int):
     self._prefix = prefix
     self._max_file_bytes = max_file_bytes
     self._max_files = max_files
-    self._writer: Optional[tf.io.TFRecordWriter] = None
+    self._file = None
+    self._compressor = None
     self._bytes = 0
     self._count = 0
 
-  def write(self, record: bytes) -> None:
-    if self._writer is None:
+  def write(self, records: List[bytes]) -> None:
+    """Appends framed records; what a round wrote is readable once it returns."""
+    chunk = []
+    for record in records:
+      chunk.append(record)
+      self._bytes += len(record)
+      if self._bytes >= self._max_file_bytes:
+        self._append(chunk)
+        chunk = []
+        self.close()
+    if chunk:
+      self._append(chunk)
+
+  def _append(self, chunk: List[bytes]) -> None:
+    if self._file is None:
       self._open()
-    self._writer.write(record)
-    self._bytes += len(record)
-    if self._bytes >= self._max_file_bytes:
-      self.close()
+    data = self._compressor.compress(b"".join(chunk))
+    self._file.write(data + self._compressor.flush(zlib.Z_SYNC_FLUSH))
 
   def _open(self) -> None:
     self._count += 1
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = f"{self._prefix}-{stamp}-{os.getpid()}-{self._count:05d}{SUFFIX}"
-    self._writer = tf.io.TFRecordWriter(path, options="GZIP")
+    self._file = open(path, "wb", buffering=0)
+    # wbits 31: a gzip stream, as TensorFlow's ZlibCompressionOptions::GZIP().
+    self._compressor = zlib.compressobj(wbits=31)
     self._bytes = 0
     files = sorted(glob.glob(glob.escape(self._prefix) + "-*" + SUFFIX), key=os.path.getmtime)
     for old in files[: max(0, len(files) - self._max_files)]:
@@ -91,14 +139,13 @@ class _RotatingTFRecordFile:
       except OSError:
         pass
 
-  def flush(self) -> None:
-    if self._writer is not None:
-      self._writer.flush()
-
   def close(self) -> None:
-    if self._writer is not None:
-      writer, self._writer = self._writer, None
-      writer.close()
+    if self._file is not None:
+      file, self._file = self._file, None
+      try:
+        file.write(self._compressor.flush(zlib.Z_FINISH))
+      finally:
+        file.close()
 
 
 class _ModelLog:
@@ -110,28 +157,27 @@ class _ModelLog:
     )
     self._writer = offload.BackgroundWriter(
       f"request-log-{model_name}",
-      self._write,
+      self._encode,
+      self._file.write,
       on_drop=lambda reason: on_drop(model_name, reason),
-      flush=self._file.flush,
     )
 
-  def submit(self, api: str, request, response, arrived: float) -> None:
-    self._writer.submit((api, request, response, arrived))
+  def submit(self, item: tuple) -> None:
+    self._writer.submit(item)
 
-  def _write(self, item) -> None:
+  def _encode(self, item) -> bytes:
     api, request, response, arrived = item
+    if request is None:  # Logged lazily: `response` builds both.
+      request, response = response()
     log = prediction_log_pb2.PredictionLog()
     metadata = log.log_metadata
     metadata.model_spec.CopyFrom(response.model_spec)
     metadata.sampling_config.CopyFrom(self._sampling_config)
     metadata.timestamp_secs = int(arrived)
-    if api == "Predict":
-      log.predict_log.request.CopyFrom(request)
-      log.predict_log.response.CopyFrom(response)
-    else:
-      log.classify_log.request.CopyFrom(request)
-      log.classify_log.response.CopyFrom(response)
-    self._file.write(log.SerializeToString())
+    entry = getattr(log, _LOG_FIELDS[api])
+    entry.request.CopyFrom(request)
+    entry.response.CopyFrom(response)
+    return tfrecord(log.SerializeToString())
 
   def close(self) -> None:
     self._writer.close()
@@ -193,11 +239,31 @@ class RequestLogs:
       self._logs = logs  # Swapped whole: `log` reads it without the lock.
 
   def log(self, model_name: str, api: str, request, response, arrived: float) -> None:
-    """Samples and queues one answered request; never blocks, never raises."""
+    """Samples and queues one answered request; never blocks, never raises.
+
+    Args:
+      api: "Predict", "Classify" or "Regress".
+      request: the API's request proto.
+      response: the API's response proto.
+      arrived: `time.time()` when the request arrived.
+    """
+    self._sample(model_name, (api, request, response, arrived))
+
+  def log_lazily(
+    self, model_name: str, api: str, protos: Callable[[], Tuple[Any, Any]], arrived: float
+  ) -> None:
+    """As `log`, for a request that has no protos yet: `protos()` returns (request, response).
+
+    It is called on the writer thread, and only when the request is sampled;
+    what it raises drops the record and counts it.
+    """
+    self._sample(model_name, (api, None, protos, arrived))
+
+  def _sample(self, model_name: str, item: tuple) -> None:
     model_log = self._logs.get(model_name)
     if model_log is None or random.random() >= model_log.rate:
       return
-    model_log.submit(api, request, response, arrived)
+    model_log.submit(item)
 
   def close(self) -> None:
     with self._lock:

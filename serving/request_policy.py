@@ -22,7 +22,7 @@ AUTHORIZATION = "authorization"
 
 
 def example_count(api: str, request) -> int:
-  """Examples in a Predict or Classify request (0 when unknown)."""
+  """Examples in a Predict, Classify or Regress request (0 when unknown)."""
   if request is None:
     return 0
   if api == "Predict":
@@ -30,7 +30,7 @@ def example_count(api: str, request) -> int:
       dims = tensor.tensor_shape.dim
       return dims[0].size if dims else 1
     return 0
-  if api == "Classify":
+  if api in ("Classify", "Regress"):
     kind = request.input.WhichOneof("kind")
     return len(getattr(request.input, kind).examples) if kind else 0
   return 0
@@ -80,6 +80,13 @@ class RequestPolicy:
   def log_request(self, model_name: str, api: str, request, response, arrived: float) -> None:
     if self.request_logs is not None and request is not None:
       self.request_logs.log(model_name, api, request, response, arrived)
+
+  def log_request_lazily(
+    self, model_name: str, api: str, protos: Callable[[], tuple], arrived: float
+  ) -> None:
+    """As `log_request`; `protos()` builds (request, response), only if the request is sampled."""
+    if self.request_logs is not None:
+      self.request_logs.log_lazily(model_name, api, protos, arrived)
 
   def finish(
     self,

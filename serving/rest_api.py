@@ -4,6 +4,7 @@
     GET  /v1/models/{name}[/versions/{v} | /labels/{l}]/metadata   signature defs
     POST /v1/models/{name}[/versions/{v} | /labels/{l}]:predict    Predict
     POST /v1/models/{name}[/versions/{v} | /labels/{l}]:classify   Classify
+    POST /v1/models/{name}[/versions/{v} | /labels/{l}]:regress    Regress
     GET  {prometheus path}                                          metrics
 
 Predict takes the row format (`instances`, answered with `predictions`) or the
@@ -12,10 +13,9 @@ Errors are `{"error": "<message>"}` with the HTTP status TensorFlow Serving
 maps the gRPC status to.
 """
 
-import base64
-import binascii
 import collections
 import concurrent.futures
+import functools
 import http
 import http.server
 import json
@@ -34,14 +34,15 @@ from typing import Tuple
 
 import grpc
 from google.protobuf import json_format
-from tensorflow.core.example import example_pb2
-from tensorflow.core.example import feature_pb2
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_pb2
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import regression_pb2
 
 from serving import inference
+from serving import json_examples
 from serving import request_policy
 from serving import status
 from serving import tensors
@@ -129,49 +130,34 @@ def _columnar_inputs(inputs: Any, infos) -> Dict[str, Any]:
   )
 
 
-def _feature(value: Any, key: str) -> feature_pb2.Feature:
-  values = value if isinstance(value, list) else [value]
-  feature = feature_pb2.Feature()
-  if not values:
-    return feature
-  if all(isinstance(v, bool) for v in values) or any(
-    isinstance(v, (list, type(None))) for v in values
-  ):
-    raise status.invalid_argument(f"Feature {key} must hold numbers or strings.")
-  if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-    feature.int64_list.value.extend(values)
-  elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-    feature.float_list.value.extend(values)
-  elif all(isinstance(v, (str, dict)) for v in values):
-    encoded = []
-    for v in values:
-      if isinstance(v, dict):
-        if set(v) != {"b64"} or not isinstance(v["b64"], str):
-          raise status.invalid_argument(f'Feature {key}: objects must be {{"b64": ...}}.')
-        try:
-          encoded.append(base64.b64decode(v["b64"], validate=True))
-        except (binascii.Error, ValueError):
-          raise status.invalid_argument(f"Feature {key}: unable to base64 decode.") from None
-      else:
-        encoded.append(v.encode("utf-8"))
-    feature.bytes_list.value.extend(encoded)
-  else:
-    raise status.invalid_argument(f"Feature {key} mixes numbers and strings.")
-  return feature
+def _examples_request(request, body: Dict[str, Any]) -> None:
+  """Fills a Classify or Regress request from its JSON body.
 
-
-def _example(value: Any, what: str) -> example_pb2.Example:
-  if not isinstance(value, dict):
-    raise status.invalid_argument(f"{what} must be a JSON object of features.")
-  example = example_pb2.Example()
-  for key, feature in value.items():
-    example.features.feature[key].CopyFrom(_feature(feature, key))
-  return example
+  As `FillClassifyRegressRequestFromJson` (tensorflow_serving/util/json_tensor.cc).
+  """
+  request.model_spec.signature_name = _signature_name(body)
+  try:
+    if "context" in body:
+      listed = request.input.example_list_with_context
+      listed.context.CopyFrom(json_examples.example_from_json(body["context"]))
+    else:
+      listed = request.input.example_list
+    examples = body.get("examples")
+    if "examples" not in body:
+      raise ValueError("When method is classify, key 'examples' is expected and was not found")
+    if not isinstance(examples, list):
+      raise ValueError("Expecting 'examples' value to be an list/array")
+    if not examples:
+      raise ValueError("'examples' value is an empty array")
+    for value in examples:
+      listed.examples.add().CopyFrom(json_examples.example_from_json(value))
+  except ValueError as e:
+    raise status.invalid_argument(str(e)) from None
 
 
 def _body_examples(api: str, body: Dict[str, Any]) -> int:
-  """Examples in a parsed Predict or Classify body, for the audit log (0 when unknown)."""
-  if api == "Classify":
+  """Examples in a parsed Predict, Classify or Regress body, for the audit log (0 when unknown)."""
+  if api in ("Classify", "Regress"):
     value = body.get("examples")
   elif "instances" in body:
     value = body["instances"]
@@ -180,6 +166,26 @@ def _body_examples(api: str, body: Dict[str, Any]) -> int:
     if isinstance(value, dict) and value:
       value = next(iter(value.values()))
   return len(value) if isinstance(value, list) else 0
+
+
+def _predict_protos(spec, signature_name, inputs, servable, resolved_signature, outputs):
+  """The PredictRequest and PredictResponse a REST Predict stands for, for the request log.
+
+  As TensorFlow Serving's `ProcessPredictRequest` fills them from the JSON
+  (tensorflow_serving/model_servers/http_rest_api_handler.cc), so the record
+  is the one the same call over gRPC writes.
+  """
+  request = predict_pb2.PredictRequest(model_spec=spec)
+  request.model_spec.signature_name = signature_name
+  for alias, array in inputs.items():
+    tensors.fill_tensor_proto(array, request.inputs[alias])
+  response = predict_pb2.PredictResponse()
+  response.model_spec.name = servable.name
+  response.model_spec.version.value = servable.version
+  response.model_spec.signature_name = resolved_signature
+  for alias, array in outputs.items():
+    tensors.fill_tensor_proto(array, response.outputs[alias])
+  return request, response
 
 
 class RestApi:
@@ -243,7 +249,7 @@ class RestApi:
         parsed = _json_body(body)
         signature = parsed.get("signature_name", "")
         examples = _body_examples(api, parsed)
-        result, version = self._post(api, spec, parsed)
+        result, version = self._post(api, spec, parsed, arrived)
       elif method == "GET" and (match := _STATUS_PATH.fullmatch(path)):
         model_name, number, label, metadata = match.groups()
         if not model_name:
@@ -302,17 +308,17 @@ class RestApi:
         grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded waiting for the model."
       ) from None
 
-  def _post(self, api: str, spec: model_pb2.ModelSpec, body: Dict[str, Any]) -> Tuple[bytes, str]:
+  def _post(
+    self, api: str, spec: model_pb2.ModelSpec, body: Dict[str, Any], arrived: float
+  ) -> Tuple[bytes, str]:
     deadline = inference.deadline_after(self._timeout_seconds)
     if api == "Predict":
-      return self._predict(spec, body, deadline)
+      return self._predict(spec, body, deadline, arrived)
     if api == "Classify":
-      return self._classify(spec, body, deadline)
-    raise status.ServingError(
-      grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported: the models here classify."
-    )
+      return self._classify(spec, body, deadline, arrived)
+    return self._regress(spec, body, deadline, arrived)
 
-  def _predict(self, spec, body, deadline) -> Tuple[bytes, str]:
+  def _predict(self, spec, body, deadline, arrived) -> Tuple[bytes, str]:
     signature_name = _signature_name(body)
     if "instances" in body and "inputs" in body:
       raise status.invalid_argument("Only one of 'instances' or 'inputs' may be specified.")
@@ -320,16 +326,8 @@ class RestApi:
       raise status.invalid_argument("Missing 'instances' or 'inputs' key.")
     row_format = "instances" in body
     # The JSON is read in the dtypes the signature expects (as TF Serving's
-    # GetInfoMap); the decoded aliases decide which input form a TFLite
-    # model is sent.
-    names = (
-      body["instances"][0]
-      if row_format and isinstance(body["instances"], list) and body["instances"]
-      else body.get("inputs")
-    )
-    infos = self._service.signature_inputs(
-      spec, signature_name, names if isinstance(names, dict) else ()
-    )
+    # GetInfoMap).
+    infos = self._service.signature_inputs(spec, signature_name)
     if row_format:
       values = _row_inputs(body["instances"], infos)
     else:
@@ -338,8 +336,18 @@ class RestApi:
       alias: tensors.json_to_ndarray(value, infos[alias].dtype, alias)
       for alias, value in values.items()
     }
-    servable, _, future = self._service.run(spec, signature_name, arrays, (), deadline)
+    servable, resolved_signature, future = self._service.run(
+      spec, signature_name, arrays, (), deadline
+    )
     outputs = self._wait(future)
+    self._policy.log_request_lazily(
+      spec.name,
+      "Predict",
+      functools.partial(
+        _predict_protos, spec, signature_name, arrays, servable, resolved_signature, outputs
+      ),
+      arrived,
+    )
     if row_format:
       aliases = sorted(outputs)
       batch = {outputs[a].shape[0] if outputs[a].ndim else -1 for a in aliases}
@@ -361,25 +369,24 @@ class RestApi:
         result = {"outputs": {a: tensors.ndarray_to_json(v, a) for a, v in outputs.items()}}
     return json.dumps(result).encode("utf-8"), str(servable.version)
 
-  def _classify(self, spec, body, deadline) -> Tuple[bytes, str]:
+  def _classify(self, spec, body, deadline, arrived) -> Tuple[bytes, str]:
     request = classification_pb2.ClassificationRequest(model_spec=spec)
-    request.model_spec.signature_name = _signature_name(body)
-    examples = body.get("examples")
-    if not isinstance(examples, list):
-      raise status.invalid_argument("'examples' must be a JSON list of objects.")
-    if "context" in body:
-      listed = request.input.example_list_with_context
-      listed.context.CopyFrom(_example(body["context"], "'context'"))
-    else:
-      listed = request.input.example_list
-    for index, value in enumerate(examples):
-      listed.examples.add().CopyFrom(_example(value, f"Element {index} of 'examples'"))
+    _examples_request(request, body)
     response = self._wait(self._service.classify(request, deadline))
+    self._policy.log_request(spec.name, "Classify", request, response, arrived)
     result = [
       [[c.label, c.score] for c in classifications.classes]
       for classifications in response.result.classifications
     ]
-    return (json.dumps({"result": result}).encode("utf-8"), str(response.model_spec.version.value))
+    return json.dumps({"result": result}).encode("utf-8"), str(response.model_spec.version.value)
+
+  def _regress(self, spec, body, deadline, arrived) -> Tuple[bytes, str]:
+    request = regression_pb2.RegressionRequest(model_spec=spec)
+    _examples_request(request, body)
+    response = self._wait(self._service.regress(request, deadline))
+    self._policy.log_request(spec.name, "Regress", request, response, arrived)
+    result = [regression.value for regression in response.result.regressions]
+    return json.dumps({"result": result}).encode("utf-8"), str(response.model_spec.version.value)
 
   def _status(self, spec) -> bytes:
     response = self._service.get_model_status(

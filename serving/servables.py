@@ -12,13 +12,12 @@ import os
 import threading
 from typing import Callable
 from typing import Dict
-from typing import Iterable
 from typing import Optional
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import types_pb2
+from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import convert_to_constants
@@ -30,8 +29,6 @@ SAVED_MODEL_FILENAMES = ("saved_model.pb", "saved_model.pbtxt")
 TFLITE_FILENAME = "model.tflite"
 DEFAULT_SIGNATURE_NAME = "serving_default"
 SERVE_TAG = "serve"
-# Input of the signatures that take serialized tf.Examples.
-EXAMPLES_INPUT = "examples"
 
 BatchObserverFactory = Callable[[str, int], Optional[batching.BatchObserver]]
 
@@ -56,13 +53,6 @@ class Servable:
     self.signature_defs: Dict[str, meta_graph_pb2.SignatureDef] = {}
     self._scheduler: Optional[batching.BatchScheduler] = None
     self._executor: Optional[concurrent.futures.Executor] = None
-
-  def input_infos(
-    self, signature_name: str, request_inputs: Iterable[str]
-  ) -> Dict[str, meta_graph_pb2.TensorInfo]:
-    """The inputs a request to `signature_name` is checked against."""
-    del request_inputs  # Only TFLite models accept a second form.
-    return dict(self.signature_defs[signature_name].inputs)
 
   def run(self, signature_name: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Runs a signature on validated inputs, on the calling thread.
@@ -115,14 +105,15 @@ class Servable:
 
 
 def _read_signature_defs(path: str) -> Dict[str, meta_graph_pb2.SignatureDef]:
+  # Read here rather than with TensorFlow's parse_saved_model, which turns a
+  # corrupt file's DecodeError into an OSError: TF Serving answers DATA_LOSS
+  # for it (model_manager._load_error), so the error type must survive.
   saved_model = saved_model_pb2.SavedModel()
   pb_path = os.path.join(path, SAVED_MODEL_FILENAMES[0])
   if tf.io.gfile.exists(pb_path):
     with tf.io.gfile.GFile(pb_path, "rb") as f:
       saved_model.ParseFromString(f.read())
   else:
-    from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
-
     with tf.io.gfile.GFile(os.path.join(path, SAVED_MODEL_FILENAMES[1]), "r") as f:
       text_format.Parse(f.read(), saved_model)
   for meta_graph in saved_model.meta_graphs:
@@ -207,16 +198,25 @@ def _tensor_info(name: str, dtype, shape) -> meta_graph_pb2.TensorInfo:
   return info
 
 
-class TfLiteServable(Servable):
-  """A TFLite model, served under its `serving_default` signature.
+def _tflite_key(tensor_name: str) -> str:
+  # tflite_session.cc TfToTfLiteLegacyTensorName: the name up to its first ':'.
+  return tensor_name.split(":", 1)[0]
 
-  The signature takes the model's own inputs (for the next-category model:
-  `item_history` int64 [batch, 50] right-padded, `user_segment` and
-  `city_tier` int64 vocabulary indices). A request may instead send the
-  SavedModel's `examples` input (serialized tf.Examples); those are encoded
-  with `components.trainer.features`, so one client works with both backends.
-  A model converted for batch 1 (as the pipeline's is) runs a batch one example
-  at a time, so it still takes batches of any size.
+
+class TfLiteServable(Servable):
+  """A TFLite model, served as TensorFlow Serving serves it.
+
+  TensorFlow Serving reads SignatureDefs only from a TFLite model's
+  `signature_defs_metadata`, which TFLiteConverter does not write; for a
+  converted model it generates `serving_default` (method predict) from the
+  interpreter's input and output tensors, each keyed by its tensor name up to
+  the first ':' (`TfLiteSession::Create`,
+  tensorflow_serving/servables/tensorflow/tflite_session.cc). So does this:
+  the pipeline's model takes `serving_default_item_history` etc. The tensors
+  are those of the model's own signature (its `serving_default` if it has
+  one). A model converted for batch 1 (as the pipeline's is) runs a batch one
+  example at a time and reports -1 as its batch dimension (TF Serving reports
+  1 but resizes the inputs to the request's batch).
   """
 
   platform = "tflite"
@@ -235,68 +235,49 @@ class TfLiteServable(Servable):
     # An interpreter is not thread-safe; requests take turns (or batch).
     self._lock = threading.Lock()
     inputs = self._runner.get_input_details()
+    outputs = self._runner.get_output_details()
     self._one_at_a_time = all(
       len(d["shape_signature"]) and d["shape_signature"][0] == 1 for d in inputs.values()
     )
-    signature_def = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
-    for aliases, details in (
-      (signature_def.inputs, inputs),
-      (signature_def.outputs, self._runner.get_output_details()),
-    ):
-      for alias, detail in details.items():
+    # Served key -> the runner's argument name, and the runner's output name -> served key.
+    self._arguments = {_tflite_key(d["name"]): arg for arg, d in inputs.items()}
+    self._output_keys = {arg: _tflite_key(d["name"]) for arg, d in outputs.items()}
+    signature_def = meta_graph_pb2.SignatureDef(method_name=tf.saved_model.PREDICT_METHOD_NAME)
+    for aliases, details in ((signature_def.inputs, inputs), (signature_def.outputs, outputs)):
+      for detail in details.values():
         shape = list(detail["shape_signature"])
         if self._one_at_a_time and shape:
           shape[0] = -1
-        aliases[alias].CopyFrom(_tensor_info(detail["name"], detail["dtype"], shape))
+        aliases[_tflite_key(detail["name"])].CopyFrom(
+          _tensor_info(detail["name"], detail["dtype"], shape)
+        )
     self.signature_defs = {DEFAULT_SIGNATURE_NAME: signature_def}
-    self._encode = None
-
-  def input_infos(self, signature_name, request_inputs):
-    if set(request_inputs) == {EXAMPLES_INPUT}:
-      examples = meta_graph_pb2.TensorInfo(name=EXAMPLES_INPUT, dtype=types_pb2.DT_STRING)
-      examples.tensor_shape.dim.add().size = -1
-      return {EXAMPLES_INPUT: examples}
-    return super().input_infos(signature_name, request_inputs)
-
-  def _encode_examples(self, serialized: np.ndarray) -> Dict[str, np.ndarray]:
-    if self._encode is None:
-      from components.trainer import features  # pylint: disable=g-import-not-at-top
-
-      @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-      def encode(examples):
-        return features.parse_and_encode(examples, with_label=False)
-
-      self._encode = encode
-    try:
-      encoded = self._encode(tf.constant(serialized))
-    except tf.errors.OpError as e:
-      raise status.from_tf_error(e) from None
-    return {alias: tensor.numpy() for alias, tensor in encoded.items()}
 
   def run(self, signature_name, inputs):
     if signature_name not in self.signature_defs:
       raise status.ServingError(
         grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.'
       )
-    if set(inputs) == {EXAMPLES_INPUT}:
-      inputs = self._encode_examples(inputs[EXAMPLES_INPUT])
     signature_inputs = self.signature_defs[signature_name].inputs
-    cast = {}
+    arguments = {}
     for alias, array in inputs.items():
       if alias not in signature_inputs:
         raise status.invalid_argument(f"input tensor alias not found in signature: {alias}")
       dtype = tf.as_dtype(signature_inputs[alias].dtype).as_numpy_dtype
-      cast[alias] = np.ascontiguousarray(array, dtype=dtype)
+      arguments[self._arguments[alias]] = np.ascontiguousarray(array, dtype=dtype)
     try:
       with self._lock:
-        if not self._one_at_a_time:
-          return {alias: np.array(value) for alias, value in self._runner(**cast).items()}
-        rows = []
-        for i in range(len(next(iter(cast.values())))):
-          rows.append(self._runner(**{alias: array[i : i + 1] for alias, array in cast.items()}))
-        return {alias: np.concatenate([row[alias] for row in rows]) for alias in rows[0]}
+        if self._one_at_a_time:
+          rows = [
+            self._runner(**{arg: array[i : i + 1] for arg, array in arguments.items()})
+            for i in range(len(next(iter(arguments.values()))))
+          ]
+          outputs = {arg: np.concatenate([row[arg] for row in rows]) for arg in rows[0]}
+        else:
+          outputs = {arg: np.array(value) for arg, value in self._runner(**arguments).items()}
     except (ValueError, RuntimeError) as e:
       raise status.invalid_argument(f"TFLite model {self.name} failed: {e}") from None
+    return {self._output_keys[arg]: value for arg, value in outputs.items()}
 
 
 def find_model_file(path: str, prefer_tflite: bool = False) -> Optional[str]:

@@ -87,6 +87,7 @@ class ServerOptions:
   max_num_load_retries: int = 5
   load_retry_interval_micros: int = 60_000_000
   prefer_tflite_model: bool = False
+  enable_signature_method_name_check: bool = False
   rest_api_num_threads: int = 64
   rest_api_timeout_in_ms: int = 30_000
   tensorflow_intra_op_parallelism: int = 0
@@ -201,7 +202,9 @@ class ModelServer:
       request_logs=self.request_logs,
       reload_config=self.reload_config if options.enable_model_config_reload else None,
     )
-    self.service = inference.InferenceService(self.manager)
+    self.service = inference.InferenceService(
+      self.manager, options.enable_signature_method_name_check
+    )
 
   def reload_config(self, config) -> None:
     """Switches to a new ModelServerConfig: models, versions and request logs.
@@ -253,6 +256,8 @@ class ModelServer:
         self.service.predict(log.predict_log.request, servable=servable).result()
       elif kind == "classify_log":
         self.service.classify(log.classify_log.request, servable=servable).result()
+      elif kind == "regress_log":
+        self.service.regress(log.regress_log.request, servable=servable).result()
       else:
         raise ValueError(f"Unsupported warmup record type {kind!r} in {servable.path}.")
     if logs:
@@ -492,6 +497,11 @@ def parse_flags(argv: Optional[Sequence[str]] = None) -> ServerOptions:
   flag("load_retry_interval_micros", int, "Wait before retrying a failed load.")
   flag(
     "prefer_tflite_model", bool, "Serve model.tflite when a version holds it next to a SavedModel."
+  )
+  flag(
+    "enable_signature_method_name_check",
+    bool,
+    "Classify and Regress accept only signatures of their method name.",
   )
   flag("rest_api_num_threads", int, "Connections the REST API serves at once.")
   flag("rest_api_timeout_in_ms", int, "Timeout of a REST request.")

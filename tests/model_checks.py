@@ -3,23 +3,34 @@
 import numpy as np
 import tensorflow as tf
 
+import contract
 from dataset import clickstream
 
 
-def serialized_examples(num_examples: int, seed: int = 7, with_label: bool = False):
-  """Serialized clickstream tf.Examples, without the label unless asked for."""
+def serialized_examples(
+  num_examples: int, seed: int = 7, with_label: bool = False, data_contract=None
+):
+  """Serialized clickstream tf.Examples, without the label unless asked for.
+
+  `data_contract` defaults to the default schema's.
+  """
+  data_contract = data_contract or contract.load()
   serialized = []
-  for example in clickstream.generate_examples(num_examples, seed=seed):
+  for example in clickstream.generate_examples(
+    num_examples, seed=seed, data_contract=data_contract
+  ):
     if not with_label:
-      del example.features.feature["label"]
+      del example.features.feature[data_contract.label.name]
     serialized.append(example.SerializeToString())
   return serialized
 
 
 def assert_saved_model_matches(
-  saved_model_dir: str, model: tf.keras.Model, examples, atol: float = 1e-6
+  saved_model_dir: str, model: tf.keras.Model, examples, atol: float = 1e-6, data_contract=None
 ) -> np.ndarray:
   """Loads a SavedModel and checks `serving_default` reproduces `model` on `examples`.
+
+  `data_contract` (default: the default schema's) encodes `examples` for `model`.
 
   Returns:
     The probabilities the SavedModel returned.
@@ -30,7 +41,10 @@ def assert_saved_model_matches(
   serving = loaded.signatures["serving_default"]
   served = serving(examples=tf.constant(examples))["probabilities"].numpy()
   expected = model(
-    features.parse_and_encode(tf.constant(examples), with_label=False), training=False
+    features.parse_and_encode(
+      data_contract or contract.load(), tf.constant(examples), with_label=False
+    ),
+    training=False,
   ).numpy()
   np.testing.assert_allclose(served, expected, atol=atol)
   return served
@@ -55,7 +69,7 @@ def assert_tflite_matches(
       predict the same category.
 
   Returns:
-    The TFLite probabilities, [len(rows), NUM_CATEGORIES].
+    The TFLite probabilities, [len(rows), num_classes].
   """
   from components.tflite_converter import conversion  # pylint: disable=g-import-not-at-top
 

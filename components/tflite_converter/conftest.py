@@ -8,7 +8,9 @@ import tensorflow as tf
 from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 
+import contract
 from components.tflite_converter import examples as examples_lib
+from components.trainer import export
 from components.trainer import model as model_lib
 from components.trainer import presets
 from dataset import clickstream
@@ -22,8 +24,8 @@ _TRAIN_STEPS = 60
 def trained(tmp_path_factory):
   """A `tiny` Transformer trained for a few steps, as Trainer's Model and ExampleGen's Examples.
 
-  Returns a namespace with `model` (Keras), `model_artifact`,
-  `examples_artifact`, `train_dir` and `eval_dir`.
+  Returns a namespace with `model` (Keras), `data_contract` (the default
+  schema's), `model_artifact`, `examples_artifact`, `train_dir` and `eval_dir`.
   """
   root = tmp_path_factory.mktemp("tflite_converter")
   shards = clickstream.write_span(str(root / "data"), num_examples=_NUM_EXAMPLES, seed=5)
@@ -39,8 +41,9 @@ def trained(tmp_path_factory):
       tf.io.gfile.copy(path, os.path.join(split_dirs[split], os.path.basename(path)))
 
   config = presets.get("tiny")
+  data_contract = contract.load()
   tf.keras.utils.set_random_seed(0)
-  model = model_lib.build_model(config)
+  model = model_lib._build_model(config, data_contract)
   # Recompiled without XLA: compiling the optimizer step takes longer than
   # the whole training of this model.
   model.compile(
@@ -48,20 +51,19 @@ def trained(tmp_path_factory):
     loss=model.loss,
     jit_compile=False,
   )
-  train = examples_lib.read([split_dirs["train"]])
+  train = examples_lib.read(data_contract, [split_dirs["train"]])
   dataset = tf.data.Dataset.from_tensor_slices((train.inputs, train.labels))
   dataset = dataset.shuffle(len(train), seed=0).repeat().batch(config.batch_size)
   model.fit(dataset, epochs=1, steps_per_epoch=_TRAIN_STEPS, verbose=0)
 
   model_artifact = standard_artifacts.Model()
   model_artifact.uri = str(root / "model")
-  model.save(
-    os.path.join(model_artifact.uri, "Format-Serving"),
-    save_format="tf",
-    signatures=model_lib.make_serving_signatures(model),
+  export.export_saved_model(
+    model, data_contract, os.path.join(model_artifact.uri, "Format-Serving")
   )
   return pytypes.SimpleNamespace(
     model=model,
+    data_contract=data_contract,
     model_artifact=model_artifact,
     examples_artifact=examples_artifact,
     train_dir=split_dirs["train"],

@@ -1,15 +1,15 @@
 """Conversion of the Keras model to TFLite (float and full-integer int8), and running it.
 
-The TFLite model has one signature, `serving_default`, for a single example:
-`item_history` int64 [1, MAX_HISTORY_LENGTH] (right-padded with 0, as
-`features.pad_item_history` pads), `user_segment` and `city_tier` int64 [1]
-vocabulary indices (`features.vocabulary_index`), and `probabilities` float32
-[1, NUM_CATEGORIES].
+The TFLite model has one signature, `serving_default`, for a single example,
+with the data contract's names: the sequence int64 [1, max_length]
+(right-padded with 0, as `features.pad_sequence` pads), each context feature
+int64 [1] vocabulary indices (`features.vocabulary_index`), and
+`probabilities` float32 [1, num_classes].
 
 In the int8 model every weight and every activation is int8 (biases int32).
 The inputs stay int64: they are ids and indices, which select embedding rows
 and are never scaled, so quantizing them would be meaningless. The output is
-the int8 softmax dequantized once (one DEQUANTIZE of 10 values) to float32, so
+the int8 softmax dequantized once (one DEQUANTIZE of num_classes values) to float32, so
 clients read probabilities exactly as they read the SavedModel's and the float
 TFLite model's, without applying a scale and zero point themselves.
 """
@@ -23,7 +23,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from components.trainer import constants
+from components.trainer import export
+from contract import DataContract
 
 SIGNATURE_KEY = "serving_default"
 # TFLite tensor types allowed inside a full-integer model: int8 weights and
@@ -32,40 +33,36 @@ _INTEGER_TYPES = (np.int8, np.int32, np.int64, np.bool_)
 
 
 def serving_function(
-  model: tf.keras.Model, max_history_length: int = constants.MAX_HISTORY_LENGTH
+  model: tf.keras.Model, data_contract: DataContract
 ) -> tf.types.experimental.ConcreteFunction:
   """The single-example function the TFLite model is converted from.
 
-  Shapes are fixed (batch 1, history `max_history_length`), so the converter
-  folds every shape computation and XNNPACK plans each op once.
+  Shapes are fixed (batch 1, the contract's longest sequence), so the
+  converter folds every shape computation and XNNPACK plans each op once.
   """
+  sequence = data_contract.sequence
+  specs = [tf.TensorSpec([1, sequence.max_length], tf.int64, name=sequence.name)] + [
+    tf.TensorSpec([1], tf.int64, name=f.name) for f in data_contract.context
+  ]
 
-  @tf.function(
-    input_signature=[
-      tf.TensorSpec([1, max_history_length], tf.int64, name=constants.ITEM_HISTORY_KEY),
-      tf.TensorSpec([1], tf.int64, name=constants.USER_SEGMENT_KEY),
-      tf.TensorSpec([1], tf.int64, name=constants.CITY_TIER_KEY),
-    ]
-  )
-  def serve(item_history, user_segment, city_tier):
-    inputs = {
-      constants.ITEM_HISTORY_KEY: item_history,
-      constants.USER_SEGMENT_KEY: user_segment,
-      constants.CITY_TIER_KEY: city_tier,
-    }
-    return {constants.PROBABILITIES_KEY: model(inputs, training=False)}
+  @tf.function(input_signature=specs)
+  def serve(*inputs):
+    encoded = dict(zip([spec.name for spec in specs], inputs, strict=True))
+    return {export.PROBABILITIES_KEY: model(encoded, training=False)}
 
   return serve.get_concrete_function()
 
 
 def convert(
   model: tf.keras.Model,
+  data_contract: DataContract,
   representative_inputs: Optional[Iterable[Dict[str, np.ndarray]]] = None,
 ) -> bytes:
   """Converts `model` to a TFLite flatbuffer.
 
   Args:
     model: the trained Keras model.
+    data_contract: the contract it was trained on (input names and shapes).
     representative_inputs: single-example input dicts (as
       `EncodedExamples.row` gives) to calibrate activation ranges on. None
       converts to float32; otherwise the model is quantized to full integer
@@ -74,7 +71,7 @@ def convert(
   Returns:
     The TFLite model.
   """
-  function = serving_function(model)
+  function = serving_function(model, data_contract)
   # The converter saves the function with this object before converting. A
   # bare module holding the variables saves in seconds; the Keras model
   # itself would also trace and save every layer's call (~20 s for `small`).
@@ -135,15 +132,15 @@ class Runner:
     self._inputs = {
       name: (d["index"], d["dtype"]) for name, d in runner.get_input_details().items()
     }
-    self._output = runner.get_output_details()[constants.PROBABILITIES_KEY]["index"]
+    self._output = runner.get_output_details()[export.PROBABILITIES_KEY]["index"]
 
   def __call__(self, inputs: Dict[str, np.ndarray]) -> np.ndarray:
-    """Returns the [1, NUM_CATEGORIES] probabilities of one example."""
+    """Returns the [1, num_classes] probabilities of one example."""
     for name, (index, dtype) in self._inputs.items():
       self.interpreter.set_tensor(index, inputs[name].astype(dtype, copy=False))
     self.interpreter.invoke()
     return self.interpreter.get_tensor(self._output)
 
   def predict_all(self, rows: Callable[[int], Dict[str, np.ndarray]], count: int) -> np.ndarray:
-    """Probabilities of examples `rows(0)`..`rows(count - 1)`, as [count, NUM_CATEGORIES]."""
+    """Probabilities of examples `rows(0)`..`rows(count - 1)`, as [count, num_classes]."""
     return np.concatenate([self(rows(i)) for i in range(count)])

@@ -1,7 +1,7 @@
-"""Reads clickstream tf.Examples from TFRecord files into TFLite-ready arrays.
+"""Reads the contract's tf.Examples from TFRecord files into TFLite-ready arrays.
 
-The TFLite model takes one example at a time, its history right-padded to
-`MAX_HISTORY_LENGTH`; these arrays hold many such rows, encoded by
+The TFLite model takes one example at a time, its sequence right-padded to
+the contract's `max_length`; these arrays hold many such rows, encoded by
 `features.parse_and_encode` exactly as the SavedModel's signatures encode them.
 """
 
@@ -15,11 +15,9 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from components.trainer import constants
 from components.trainer import features
+from contract import DataContract
 
-# Features the accuracy is also reported by, slice by slice.
-SLICE_FEATURES = (constants.USER_SEGMENT_KEY, constants.CITY_TIER_KEY)
 _PARSE_BATCH = 1024
 
 
@@ -31,7 +29,7 @@ class EncodedExamples:
     serialized: the serialized tf.Examples, in file order.
     inputs: model inputs, each an array with one row per example.
     labels: [n] int labels, or None when the examples carry none.
-    slices: for each of `SLICE_FEATURES`, [n] raw values (str).
+    slices: for each of the contract's slice features, [n] raw values (str).
   """
 
   serialized: List[bytes]
@@ -84,7 +82,7 @@ def read_serialized(paths: Sequence[str], limit: Optional[int] = None) -> List[b
   return records
 
 
-def encode(serialized: Sequence[bytes]) -> EncodedExamples:
+def encode(data_contract: DataContract, serialized: Sequence[bytes]) -> EncodedExamples:
   """Parses and encodes serialized tf.Examples; labels are read when every example has one.
 
   Raises:
@@ -92,19 +90,24 @@ def encode(serialized: Sequence[bytes]) -> EncodedExamples:
   """
   if not serialized:
     raise ValueError("There are no examples to encode.")
+  label = data_contract.label.name
+  slice_features = data_contract.slice_features
   spec = {
-    constants.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-    **{name: tf.io.FixedLenFeature([], tf.string) for name in SLICE_FEATURES},
+    label: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    **{name: tf.io.FixedLenFeature([], tf.string) for name in slice_features},
   }
-  chunks, labels, slices = [], [], {name: [] for name in SLICE_FEATURES}
+  chunks, labels, slices = [], [], {name: [] for name in slice_features}
   for start in range(0, len(serialized), _PARSE_BATCH):
     batch = tf.constant(serialized[start : start + _PARSE_BATCH])
     chunks.append(
-      {k: v.numpy() for k, v in features.parse_and_encode(batch, with_label=False).items()}
+      {
+        k: v.numpy()
+        for k, v in features.parse_and_encode(data_contract, batch, with_label=False).items()
+      }
     )
     extra = tf.io.parse_example(batch, spec)
-    labels.append(extra[constants.LABEL_KEY].numpy())
-    for name in SLICE_FEATURES:
+    labels.append(extra[label].numpy())
+    for name in slice_features:
       slices[name].append(extra[name].numpy().astype(str))
   inputs = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
   all_labels = np.concatenate(labels)
@@ -116,6 +119,8 @@ def encode(serialized: Sequence[bytes]) -> EncodedExamples:
   )
 
 
-def read(paths: Sequence[str], limit: Optional[int] = None) -> EncodedExamples:
+def read(
+  data_contract: DataContract, paths: Sequence[str], limit: Optional[int] = None
+) -> EncodedExamples:
   """Reads and encodes up to `limit` examples from TFRecord files."""
-  return encode(read_serialized(paths, limit))
+  return encode(data_contract, read_serialized(paths, limit))

@@ -40,7 +40,7 @@ from components import version_signing
 from components.tflite_converter import conversion
 from components.tflite_converter import examples as examples_lib
 from components.tflite_converter import measurements
-from components.trainer import constants
+from components.trainer import export
 from components.trainer import layers  # noqa: F401  Registers the custom layers for loading.
 
 # Keys of the component's inputs, outputs and parameters.
@@ -59,7 +59,9 @@ MODEL_SIGNING_KEY_KEY = version_signing.MODEL_SIGNING_KEY
 MODEL_FILE = "model.tflite"
 LABELS_FILE = "labels.txt"
 METRICS_FILE = "metrics.json"
-_SHIPPED_FILES = (MODEL_FILE, LABELS_FILE, METRICS_FILE)
+# The data contract the model was trained on (how to encode examples for it).
+CONTRACT_FILE = export.CONTRACT_FILENAME
+_SHIPPED_FILES = (MODEL_FILE, LABELS_FILE, CONTRACT_FILE, METRICS_FILE)
 
 # Custom properties of the output artifact (the push ones as TFX's Pusher
 # names them on PushedModel).
@@ -114,7 +116,7 @@ def _saved_model_probabilities(serving, serialized: List[bytes]) -> np.ndarray:
   return np.concatenate(
     [
       serving(examples=tf.constant(serialized[i : i + _SAVED_MODEL_BATCH]))[
-        constants.PROBABILITIES_KEY
+        export.PROBABILITIES_KEY
       ].numpy()
       for i in range(0, len(serialized), _SAVED_MODEL_BATCH)
     ]
@@ -159,21 +161,26 @@ def convert_and_check(
   """Converts the SavedModel to int8 TFLite, measures it and writes the artifact files.
 
   Args:
-    saved_model_dir: the Trainer's serving SavedModel (a Keras model).
+    saved_model_dir: the Trainer's serving SavedModel (a Keras model, with the
+      data contract it was trained on in assets.extra).
     train_paths: TFRecord files or directories to calibrate on.
     eval_paths: TFRecord files or directories to check on.
-    output_dir: where model.tflite, labels.txt and metrics.json are written.
+    output_dir: where model.tflite, labels.txt (the class names),
+      data_contract.json and metrics.json are written.
     options: sizes of the checks and the accuracy bound.
 
   Returns:
     The metrics, as written to metrics.json.
   """
   model = tf.keras.models.load_model(saved_model_dir, compile=False)
-  calibration = examples_lib.read(train_paths, options.num_representative_examples)
-  int8_model = conversion.convert(model, (calibration.row(i) for i in range(len(calibration))))
-  float_model = conversion.convert(model)
+  data_contract = export.read_contract(saved_model_dir)
+  calibration = examples_lib.read(data_contract, train_paths, options.num_representative_examples)
+  int8_model = conversion.convert(
+    model, data_contract, (calibration.row(i) for i in range(len(calibration)))
+  )
+  float_model = conversion.convert(model, data_contract)
 
-  eval_examples = examples_lib.read(eval_paths, options.max_eval_examples)
+  eval_examples = examples_lib.read(data_contract, eval_paths, options.max_eval_examples)
   int8_runner = conversion.Runner(int8_model, options.num_threads)
   float_runner = conversion.Runner(float_model, options.num_threads)
   int8_builtin_runner = conversion.Runner(int8_model, options.num_threads, xnnpack=False)
@@ -184,7 +191,9 @@ def convert_and_check(
     FLOAT: float_runner.predict_all(eval_examples.row, len(eval_examples)),
     INT8: int8_runner.predict_all(eval_examples.row, len(eval_examples)),
   }
-  accuracy = measurements.accuracy_report(eval_examples, probabilities, reference=SAVED_MODEL)
+  accuracy = measurements.accuracy_report(
+    eval_examples, probabilities, reference=SAVED_MODEL, slice_features=data_contract.slice_features
+  )
 
   num_latency = min(options.num_latency_examples, len(eval_examples))
   single = [tf.constant(eval_examples.serialized[i : i + 1]) for i in range(num_latency)]
@@ -235,7 +244,11 @@ def convert_and_check(
 
   tf.io.gfile.makedirs(output_dir)
   _write(os.path.join(output_dir, MODEL_FILE), int8_model)
-  _write(os.path.join(output_dir, LABELS_FILE), "".join(f"{n}\n" for n in constants.CATEGORY_NAMES))
+  _write(
+    os.path.join(output_dir, LABELS_FILE),
+    "".join(f"{name}\n" for name in data_contract.label.class_names),
+  )
+  _write(os.path.join(output_dir, CONTRACT_FILE), data_contract.to_json())
   write_metrics(output_dir, metrics)
   return metrics
 

@@ -14,7 +14,6 @@ from components.tflite_converter import component
 from components.tflite_converter import conversion
 from components.tflite_converter import examples as examples_lib
 from components.tflite_converter import executor
-from components.trainer import constants
 from tests import model_checks
 
 _EVAL_EXAMPLES = 150
@@ -68,12 +67,17 @@ def test_writes_and_pushes_a_blessed_int8_model_under_the_pushers_version(blesse
   assert "within the bound of 1 points" in output.get_string_custom_property("reason")
   # The pushed version holds exactly the artifact's files; no staging left.
   assert os.listdir(root / "push") == ["1234"]
-  for name in (executor.MODEL_FILE, executor.LABELS_FILE, executor.METRICS_FILE):
+  for name in (
+    executor.MODEL_FILE,
+    executor.LABELS_FILE,
+    executor.CONTRACT_FILE,
+    executor.METRICS_FILE,
+  ):
     assert _read(os.path.join(destination, name), "rb") == _read(
       os.path.join(output.uri, name), "rb"
     )
   labels = _read(os.path.join(output.uri, executor.LABELS_FILE)).splitlines()
-  assert labels == list(constants.CATEGORY_NAMES)
+  assert labels == [f"category_{i}" for i in range(10)]
 
 
 def test_metrics_compare_size_accuracy_and_latency(blessed):
@@ -154,7 +158,7 @@ def test_int8_accuracy_matches_the_saved_model(blessed, trained):
   assert accuracy["drop_points"][executor.INT8] <= 1.0
   assert abs(accuracy["drop_points"][executor.INT8]) <= 2 * 100 / _EVAL_EXAMPLES + 1e-9
   assert accuracy["drop_points"][executor.FLOAT] == 0.0
-  eval_examples = examples_lib.read([trained.eval_dir], 60)
+  eval_examples = examples_lib.read(trained.data_contract, [trained.eval_dir], 60)
   model_checks.assert_tflite_matches(
     _read(os.path.join(output.uri, executor.MODEL_FILE), "rb"),
     trained.model,
@@ -167,9 +171,9 @@ def test_int8_accuracy_matches_the_saved_model(blessed, trained):
 
 
 def test_float_conversion_reproduces_keras(trained):
-  eval_examples = examples_lib.read([trained.eval_dir], 20)
+  eval_examples = examples_lib.read(trained.data_contract, [trained.eval_dir], 20)
   model_checks.assert_tflite_matches(
-    conversion.convert(trained.model),
+    conversion.convert(trained.model, trained.data_contract),
     trained.model,
     (eval_examples.row(i) for i in range(20)),
     atol=1e-5,
@@ -190,9 +194,14 @@ def test_gate_trips_on_an_impossible_bound(trained, tmp_path):
 
 
 def _write_files(directory, prefix):
-  """The artifact's three files with placeholder contents `<prefix> <file name>`."""
+  """The artifact's four files with placeholder contents `<prefix> <file name>`."""
   directory.mkdir(parents=True)
-  for name in (executor.MODEL_FILE, executor.LABELS_FILE, executor.METRICS_FILE):
+  for name in (
+    executor.MODEL_FILE,
+    executor.LABELS_FILE,
+    executor.CONTRACT_FILE,
+    executor.METRICS_FILE,
+  ):
     (directory / name).write_text(f"{prefix} {name}")
   return directory
 
@@ -206,7 +215,7 @@ def test_push_replaces_a_partial_version_atomically(tmp_path):
   assert destination == str(base / "7")
   assert sorted(os.listdir(base)) == ["7"]
   assert sorted(os.listdir(base / "7")) == sorted(
-    [executor.LABELS_FILE, executor.METRICS_FILE, executor.MODEL_FILE]
+    [executor.LABELS_FILE, executor.CONTRACT_FILE, executor.METRICS_FILE, executor.MODEL_FILE]
   )
   assert (base / "7" / executor.MODEL_FILE).read_text() == "new model.tflite"
 

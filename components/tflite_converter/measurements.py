@@ -19,13 +19,13 @@ def accuracy_report(
   examples: examples_lib.EncodedExamples,
   probabilities: Mapping[str, np.ndarray],
   reference: str,
-  slice_features: Sequence[str] = examples_lib.SLICE_FEATURES,
+  slice_features: Sequence[str],
 ) -> Dict[str, object]:
   """Top-1 accuracy of each model, overall and per slice, and drops against `reference`.
 
   Args:
     examples: labeled examples.
-    probabilities: model name -> [n, NUM_CATEGORIES] probabilities on `examples`.
+    probabilities: model name -> [n, num_classes] probabilities on `examples`.
     reference: the model the others are compared with.
     slice_features: features whose values define the slices.
 
@@ -39,7 +39,7 @@ def accuracy_report(
     ValueError: if the examples have no labels.
   """
   if examples.labels is None:
-    raise ValueError("Accuracy needs labeled examples; these have no `label`.")
+    raise ValueError("Accuracy needs labeled examples; these have no label.")
   correct = {name: np.argmax(p, axis=1) == examples.labels for name, p in probabilities.items()}
 
   def summarize(mask):

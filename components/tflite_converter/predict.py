@@ -6,8 +6,9 @@ Usage:
       [--max_examples 1000] [--show 10]
 
 PATH may be a file, a directory of files or a glob; `.gz` files are read as
-GZIP. Prints the top categories of the first examples and, when the examples
-carry a `label`, the top-1 and top-k accuracy.
+GZIP. The examples are encoded by the data contract shipped beside the model
+(data_contract.json). Prints the top categories of the first examples and,
+when the examples carry the label, the top-1 and top-k accuracy.
 """
 
 import argparse
@@ -23,7 +24,8 @@ import tensorflow as tf
 
 from components.tflite_converter import conversion
 from components.tflite_converter import examples as examples_lib
-from components.trainer import constants
+from components.tflite_converter import executor
+from contract import DataContract
 
 
 @dataclasses.dataclass
@@ -31,7 +33,7 @@ class Predictions:
   """What `predict` returns.
 
   Attributes:
-    probabilities: [n, NUM_CATEGORIES].
+    probabilities: [n, num_classes].
     labels: [n] labels, or None when the examples carry none.
     category_names: names of the categories, by index.
   """
@@ -51,12 +53,27 @@ class Predictions:
     return float((self.top_k(k) == self.labels[:, None]).any(axis=1).mean())
 
 
-def read_labels(path: Optional[str]) -> List[str]:
-  """Category names, one per line; the built-in names when `path` is None or missing."""
-  if path and tf.io.gfile.exists(path):
+def read_labels(path: str, data_contract: DataContract) -> List[str]:
+  """Category names, one per line; the contract's class names when `path` is missing."""
+  if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
       return [line.strip() for line in f if line.strip()]
-  return list(constants.CATEGORY_NAMES)
+  return list(data_contract.label.class_names)
+
+
+def read_contract(tflite_path: str) -> DataContract:
+  """The data contract shipped beside a TFLite model.
+
+  Raises:
+    FileNotFoundError: if there is none.
+  """
+  path = os.path.join(os.path.dirname(tflite_path), executor.CONTRACT_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(
+      f"{path} does not exist: TFLiteConverter ships the data contract beside the model."
+    )
+  with tf.io.gfile.GFile(path) as f:
+    return DataContract.from_json(f.read())
 
 
 def predict(
@@ -76,15 +93,16 @@ def predict(
   Returns:
     The probabilities, labels (if present) and category names.
   """
+  data_contract = read_contract(tflite_path)
   with tf.io.gfile.GFile(tflite_path, "rb") as f:
     runner = conversion.Runner(f.read())
-  encoded = examples_lib.read(examples, max_examples)
+  encoded = examples_lib.read(data_contract, examples, max_examples)
   if labels_path is None:
-    labels_path = os.path.join(os.path.dirname(tflite_path), "labels.txt")
+    labels_path = os.path.join(os.path.dirname(tflite_path), executor.LABELS_FILE)
   return Predictions(
     probabilities=runner.predict_all(encoded.row, len(encoded)),
     labels=encoded.labels,
-    category_names=read_labels(labels_path),
+    category_names=read_labels(labels_path, data_contract),
   )
 
 

@@ -6,28 +6,29 @@ import tensorflow as tf
 
 from components.tflite_converter import conversion
 from components.tflite_converter import examples as examples_lib
+from components.tflite_converter import executor
 from components.tflite_converter import predict
-from components.trainer import constants
 from tests import model_checks
 
 
 @pytest.fixture(scope="module")
 def float_model_path(trained, tmp_path_factory):
   path = tmp_path_factory.mktemp("predict") / "model.tflite"
-  path.write_bytes(conversion.convert(trained.model))
+  path.write_bytes(conversion.convert(trained.model, trained.data_contract))
+  (path.parent / executor.CONTRACT_FILE).write_text(trained.data_contract.to_json())
   return str(path)
 
 
 def test_predict_matches_keras_and_scores_labels(trained, float_model_path):
   result = predict.predict(float_model_path, [trained.eval_dir], max_examples=40)
-  encoded = examples_lib.read([trained.eval_dir], 40)
+  encoded = examples_lib.read(trained.data_contract, [trained.eval_dir], 40)
   expected = trained.model(encoded.inputs, training=False).numpy()
   np.testing.assert_allclose(result.probabilities, expected, atol=1e-5)
   np.testing.assert_array_equal(result.labels, encoded.labels)
   assert result.accuracy(1) == pytest.approx(np.mean(expected.argmax(1) == encoded.labels))
   assert result.accuracy(10) == 1.0
-  # No labels.txt beside this model: the built-in names.
-  assert result.category_names == list(constants.CATEGORY_NAMES)
+  # No labels.txt beside this model: the contract's class names.
+  assert result.category_names == list(trained.data_contract.label.class_names)
 
 
 def test_cli_prints_top_categories_and_accuracy(trained, float_model_path, capsys):
@@ -57,3 +58,9 @@ def test_cli_without_labels_prints_no_accuracy(float_model_path, tmp_path, capsy
 def test_cli_reports_missing_examples(float_model_path, tmp_path, capsys):
   assert predict.main(["--tflite", float_model_path, "--examples", str(tmp_path / "none-*")]) == 2
   assert "No TFRecord files match" in capsys.readouterr().err
+
+
+def test_cli_reports_a_model_without_its_contract(tmp_path, capsys):
+  (tmp_path / "model.tflite").write_bytes(b"")
+  assert predict.main(["--tflite", str(tmp_path / "model.tflite"), "--examples", "x"]) == 2
+  assert "data_contract.json does not exist" in capsys.readouterr().err

@@ -1,30 +1,31 @@
-"""Parsing and encoding of clickstream tf.Examples into model inputs.
+"""Parsing and encoding of the contract's tf.Examples into model inputs.
 
 Training, every serving signature and the TFLite checks all go through these
 functions, so there is one definition of how raw features become tensors and
-no training/serving skew in the encoding.
+no training/serving skew in the encoding. What the features are comes from
+the data contract (`contract`), read from the schema.
 """
 
 from typing import Dict
+from typing import Mapping
 
 import tensorflow as tf
 
-from components.trainer import constants
+from contract import DataContract
 
 
-def feature_spec(with_label: bool) -> Dict[str, object]:
+def feature_spec(data_contract: DataContract, with_label: bool) -> Dict[str, object]:
   """The `tf.io.parse_example` spec of the data contract.
 
   Args:
+    data_contract: the features.
     with_label: include the label (TRAINING) or not (SERVING).
   """
-  spec = {
-    constants.ITEM_HISTORY_KEY: tf.io.RaggedFeature(tf.int64),
-    constants.USER_SEGMENT_KEY: tf.io.FixedLenFeature([], tf.string),
-    constants.CITY_TIER_KEY: tf.io.FixedLenFeature([], tf.string),
-  }
+  spec = {data_contract.sequence.name: tf.io.RaggedFeature(tf.int64)}
+  for feature in data_contract.context:
+    spec[feature.name] = tf.io.FixedLenFeature([], tf.string)
   if with_label:
-    spec[constants.LABEL_KEY] = tf.io.FixedLenFeature([], tf.int64)
+    spec[data_contract.label.name] = tf.io.FixedLenFeature([], tf.int64)
   return spec
 
 
@@ -39,43 +40,44 @@ def vocabulary_index(values: tf.Tensor, vocabulary) -> tf.Tensor:
   return tf.where(tf.reduce_any(matches, axis=-1), index, tf.cast(len(vocabulary), tf.int64))
 
 
-def pad_item_history(
-  item_history: tf.RaggedTensor, max_length: int = constants.MAX_HISTORY_LENGTH
-) -> tf.Tensor:
-  """Keeps the most recent `max_length` items of each row and right-pads with 0."""
-  recent = item_history[:, -max_length:]
+def pad_sequence(ids: tf.RaggedTensor, max_length: int) -> tf.Tensor:
+  """Keeps the most recent `max_length` ids of each row and right-pads with 0."""
+  recent = ids[:, -max_length:]
   return recent.to_tensor(default_value=0, shape=[None, max_length])
 
 
 def encode(
-  item_history: tf.RaggedTensor, user_segment: tf.Tensor, city_tier: tf.Tensor, pad: bool = True
+  data_contract: DataContract, raw: Mapping[str, tf.Tensor], pad: bool = True
 ) -> Dict[str, tf.Tensor]:
   """Turns raw features into the Keras model's numeric inputs.
 
   Args:
-    item_history: [batch, (length)] item ids, most recent last.
-    user_segment: [batch] strings.
-    city_tier: [batch] strings.
-    pad: return `item_history` as a dense [batch, MAX_HISTORY_LENGTH] tensor;
-      if False, keep it ragged (truncated to the most recent items) so the
-      input pipeline can batch histories of similar length together.
+    data_contract: the features.
+    raw: the sequence as [batch, (length)] ids, most recent last, and each
+      context feature as [batch] strings.
+    pad: return the sequence as a dense [batch, max_length] tensor; if False,
+      keep it ragged (truncated to the most recent ids) so the input pipeline
+      can batch sequences of similar length together.
   """
-  item_history = tf.cast(item_history, tf.int64)
+  sequence = data_contract.sequence
+  ids = tf.cast(raw[sequence.name], tf.int64)
   if pad:
-    item_history = pad_item_history(item_history)
+    ids = pad_sequence(ids, sequence.max_length)
   else:
-    item_history = item_history[:, -constants.MAX_HISTORY_LENGTH :]
-  return {
-    constants.ITEM_HISTORY_KEY: item_history,
-    constants.USER_SEGMENT_KEY: vocabulary_index(user_segment, constants.USER_SEGMENTS),
-    constants.CITY_TIER_KEY: vocabulary_index(city_tier, constants.CITY_TIERS),
-  }
+    ids = ids[:, -sequence.max_length :]
+  inputs = {sequence.name: ids}
+  for feature in data_contract.context:
+    inputs[feature.name] = vocabulary_index(raw[feature.name], feature.vocabulary)
+  return inputs
 
 
-def parse_and_encode(serialized: tf.Tensor, with_label: bool, pad: bool = True):
+def parse_and_encode(
+  data_contract: DataContract, serialized: tf.Tensor, with_label: bool, pad: bool = True
+):
   """Parses a batch of serialized tf.Examples into model inputs.
 
   Args:
+    data_contract: the features.
     serialized: a [batch] string tensor of serialized tf.Examples.
     with_label: also return the labels.
     pad: see `encode`.
@@ -83,13 +85,8 @@ def parse_and_encode(serialized: tf.Tensor, with_label: bool, pad: bool = True):
   Returns:
     The model inputs dict, or `(inputs, labels)` when `with_label` is True.
   """
-  parsed = tf.io.parse_example(serialized, feature_spec(with_label))
-  inputs = encode(
-    parsed[constants.ITEM_HISTORY_KEY],
-    parsed[constants.USER_SEGMENT_KEY],
-    parsed[constants.CITY_TIER_KEY],
-    pad=pad,
-  )
+  parsed = tf.io.parse_example(serialized, feature_spec(data_contract, with_label))
+  inputs = encode(data_contract, parsed, pad=pad)
   if with_label:
-    return inputs, parsed[constants.LABEL_KEY]
+    return inputs, parsed[data_contract.label.name]
   return inputs

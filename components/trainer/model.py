@@ -1,28 +1,31 @@
 """Trainer module: trains the next-category Transformer and exports it for serving.
 
-The TFX Trainer imports this module and calls `run_fn`. Training always runs
-under `tf.distribute.MultiWorkerMirroredStrategy`: with TF_CONFIG set (by
-Kubernetes or the Training Operator) this process joins that cluster; with
-`num_workers` > 1 and no TF_CONFIG it starts a local cluster of that many
-worker processes; otherwise it is a single local worker.
+The TFX Trainer imports this module and calls `run_fn`, its one public
+function. The features, their vocabularies, the label and its classes come
+from the data contract, read from the schema the Trainer is given
+(`fn_args.schema_path`). Training always runs under
+`tf.distribute.MultiWorkerMirroredStrategy`: with TF_CONFIG set (by Kubernetes
+or the Training Operator) this process joins that cluster; with `num_workers`
+> 1 and no TF_CONFIG it starts a local cluster of that many worker processes,
+each running `_train` (named by dotted path, so `multi_worker` imports nothing
+from here); otherwise it is a single local worker.
 """
 
 import json
 import os
-from typing import Dict
 from typing import List
 from typing import Optional
 
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from components.trainer import constants
+import contract
+from components.trainer import export
 from components.trainer import features
 from components.trainer import layers
 from components.trainer import multi_worker
 from components.trainer import presets
 from components.trainer import progress_callback
-from serving import warmup
 
 # Examples buffered for shuffling; the default dataset's train split fits.
 _SHUFFLE_BUFFER = 50_000
@@ -34,9 +37,14 @@ _PARSE_BATCH = 512
 _LENGTH_BUCKET_BOUNDARIES = (9, 17, 33)
 # Requests written to the SavedModel's assets.extra for TensorFlow Serving warmup.
 _WARMUP_EXAMPLES = 8
+# The function each worker of a local cluster runs.
+_TRAIN_FN = "components.trainer.model._train"
+# custom_config keys that override the contract's rules (README: Data contract).
+_CONTRACT_OVERRIDES = ("label_feature", "sequence_feature", "slice_features")
 
 
-def input_fn(
+def _input_fn(
+  data_contract: contract.DataContract,
   file_pattern: List[str],
   batch_size: int,
   shuffle: bool,
@@ -47,10 +55,11 @@ def input_fn(
 
   Parsing runs batched and in parallel; parsed examples are cached in memory
   (when `cache`) so epochs after the first never touch the files again.
-  Batches group histories of similar length (see `_LENGTH_BUCKET_BOUNDARIES`),
-  so `item_history` is [batch, longest history in the batch], right-padded.
+  Batches group sequences of similar length (see `_LENGTH_BUCKET_BOUNDARIES`),
+  so the sequence input is [batch, longest sequence in the batch], right-padded.
 
   Args:
+    data_contract: the features and the label.
     file_pattern: file patterns of the split (as FnArgs.train_files).
     batch_size: the global batch size.
     shuffle: shuffle examples (training) or keep file order (evaluation).
@@ -72,7 +81,9 @@ def input_fn(
   dataset = (
     dataset.batch(_PARSE_BATCH)
     .map(
-      lambda serialized: features.parse_and_encode(serialized, with_label=True, pad=False),
+      lambda serialized: features.parse_and_encode(
+        data_contract, serialized, with_label=True, pad=False
+      ),
       num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=not shuffle,
     )
@@ -92,7 +103,7 @@ def input_fn(
   if shuffle:
     dataset = dataset.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
   dataset = dataset.repeat().bucket_by_sequence_length(
-    element_length_func=lambda inputs, _: tf.shape(inputs[constants.ITEM_HISTORY_KEY])[0],
+    element_length_func=lambda inputs, _: tf.shape(inputs[data_contract.sequence.name])[0],
     bucket_boundaries=list(_LENGTH_BUCKET_BOUNDARIES),
     bucket_batch_sizes=[batch_size] * (len(_LENGTH_BUCKET_BOUNDARIES) + 1),
     drop_remainder=True,
@@ -100,25 +111,28 @@ def input_fn(
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def build_model(config: presets.TransformerConfig) -> tf.keras.Model:
+def _build_model(
+  config: presets.TransformerConfig, data_contract: contract.DataContract
+) -> tf.keras.Model:
   """Builds the compiled next-category Transformer.
 
-  Inputs are the encoded features (see `features.encode`): `item_history`
-  [batch, length] int64 ids (0 = padding), `user_segment` and `city_tier`
-  [batch] int64 vocabulary indices. The output is `probabilities`
-  [batch, NUM_CATEGORIES].
+  Inputs are the encoded features (see `features.encode`), named after them:
+  the sequence [batch, length] int64 ids (0 = padding) and each context
+  feature [batch] int64 vocabulary indices. The output is `probabilities`
+  [batch, num_classes]. Id range, sequence length, vocabularies and classes
+  come from the contract.
   """
-  item_history = tf.keras.Input(shape=(None,), dtype=tf.int64, name=constants.ITEM_HISTORY_KEY)
-  user_segment = tf.keras.Input(shape=(), dtype=tf.int64, name=constants.USER_SEGMENT_KEY)
-  city_tier = tf.keras.Input(shape=(), dtype=tf.int64, name=constants.CITY_TIER_KEY)
+  sequence = data_contract.sequence
+  ids = tf.keras.Input(shape=(None,), dtype=tf.int64, name=sequence.name)
+  context = [tf.keras.Input(shape=(), dtype=tf.int64, name=f.name) for f in data_contract.context]
 
-  padding_mask = tf.math.not_equal(item_history, 0)
+  padding_mask = tf.math.not_equal(ids, 0)
   x = layers.ItemHistoryEmbedding(
-    vocabulary_size=config.vocabulary_size,
-    max_length=config.max_history_length,
+    vocabulary_size=sequence.max_id + 1,
+    max_length=sequence.max_length,
     embedding_dim=config.hidden_dim,
-    name="item_history_embedding",
-  )(item_history)
+    name=f"{sequence.name}_embedding",
+  )(ids)
   x = tf.keras.layers.Dropout(config.dropout)(x)
   for i in range(config.num_layers):
     x = layers.TransformerEncoder(
@@ -129,23 +143,22 @@ def build_model(config: presets.TransformerConfig) -> tf.keras.Model:
     )(x, padding_mask=padding_mask)
   pooled = layers.MaskedMeanPooling(name="pooling")(x, padding_mask=padding_mask)
   # The last row of each context embedding is the out-of-vocabulary bucket.
-  segment = tf.keras.layers.Embedding(
-    len(constants.USER_SEGMENTS) + 1, config.hidden_dim, name="user_segment_embedding"
-  )(user_segment)
-  tier = tf.keras.layers.Embedding(
-    len(constants.CITY_TIERS) + 1, config.hidden_dim, name="city_tier_embedding"
-  )(city_tier)
-  x = tf.keras.layers.Concatenate()([pooled, segment, tier])
+  embedded = [
+    tf.keras.layers.Embedding(
+      len(feature.vocabulary) + 1, config.hidden_dim, name=f"{feature.name}_embedding"
+    )(index)
+    for feature, index in zip(data_contract.context, context, strict=True)
+  ]
+  x = tf.keras.layers.Concatenate()([pooled] + embedded) if embedded else pooled
   x = tf.keras.layers.Dense(config.hidden_dim, activation="relu", name="head")(x)
   x = tf.keras.layers.Dropout(config.dropout)(x)
   probabilities = tf.keras.layers.Dense(
-    constants.NUM_CATEGORIES, activation="softmax", name=constants.PROBABILITIES_KEY
+    data_contract.label.num_classes, activation="softmax", name=export.PROBABILITIES_KEY
   )(x)
   model = tf.keras.Model(
     inputs={
-      constants.ITEM_HISTORY_KEY: item_history,
-      constants.USER_SEGMENT_KEY: user_segment,
-      constants.CITY_TIER_KEY: city_tier,
+      sequence.name: ids,
+      **{f.name: i for f, i in zip(data_contract.context, context, strict=True)},
     },
     outputs=probabilities,
     name="next_category_transformer",
@@ -155,57 +168,21 @@ def build_model(config: presets.TransformerConfig) -> tf.keras.Model:
     loss=tf.keras.losses.SparseCategoricalCrossentropy(),
     metrics=[
       tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-      tf.keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top_3_accuracy"),
+      tf.keras.metrics.SparseTopKCategoricalAccuracy(
+        k=min(3, data_contract.label.num_classes), name="top_3_accuracy"
+      ),
     ],
   )
   return model
 
 
-def make_serving_signatures(
-  model: tf.keras.Model,
-) -> Dict[str, tf.types.experimental.ConcreteFunction]:
-  """The SavedModel's serving signatures.
-
-  `serving_default` takes serialized tf.Examples (label absent), as TensorFlow
-  Serving's Predict and TFMA send them. `serving_raw` takes the raw features
-  for callers that do not build tf.Examples: `item_history` as a padded
-  [batch, length] int64 tensor (0 = padding, on either side; most recent item
-  last), `user_segment` and `city_tier` as [batch] strings.
-  """
-
-  @tf.function(
-    input_signature=[tf.TensorSpec([None], tf.string, name=constants.SERIALIZED_EXAMPLES_KEY)]
-  )
-  def serve_examples(examples):
-    inputs = features.parse_and_encode(examples, with_label=False)
-    return {constants.PROBABILITIES_KEY: model(inputs, training=False)}
-
-  @tf.function(
-    input_signature=[
-      tf.TensorSpec([None, None], tf.int64, name=constants.ITEM_HISTORY_KEY),
-      tf.TensorSpec([None], tf.string, name=constants.USER_SEGMENT_KEY),
-      tf.TensorSpec([None], tf.string, name=constants.CITY_TIER_KEY),
-    ]
-  )
-  def serve_raw(item_history, user_segment, city_tier):
-    # Drop padding wherever it is, then pad the way the model was trained.
-    history = tf.ragged.boolean_mask(item_history, item_history > 0)
-    inputs = features.encode(history, user_segment, city_tier)
-    return {constants.PROBABILITIES_KEY: model(inputs, training=False)}
-
-  return {
-    "serving_default": serve_examples.get_concrete_function(),
-    constants.RAW_SIGNATURE_NAME: serve_raw.get_concrete_function(),
-  }
-
-
-def _warmup_examples(file_pattern: List[str]) -> List[bytes]:
+def _warmup_examples(label: str, file_pattern: List[str]) -> List[bytes]:
   """A few serialized eval examples without their label, as clients send them."""
   files = sorted(f for pattern in file_pattern for f in tf.io.gfile.glob(pattern))
   examples = []
   for record in tf.data.TFRecordDataset(files[:1], compression_type="GZIP").take(_WARMUP_EXAMPLES):
     example = tf.train.Example.FromString(record.numpy())
-    del example.features.feature[constants.LABEL_KEY]
+    del example.features.feature[label]
     examples.append(example.SerializeToString())
   return examples
 
@@ -229,17 +206,32 @@ def _model_dir_for_worker(fn_args: tfx.components.FnArgs, strategy: tf.distribut
   return os.path.join(multi_worker.worker_dir(fn_args.model_run_dir, task_id), "model")
 
 
-def train(fn_args: tfx.components.FnArgs) -> None:
+def _data_contract(fn_args: tfx.components.FnArgs) -> contract.DataContract:
+  """The contract of the Trainer's schema, with any overrides from `custom_config`."""
+  if not fn_args.schema_path:
+    raise ValueError(
+      "The Trainer was given no schema: pass schema= to the Trainer component. The model's "
+      "features, vocabularies and classes are read from it."
+    )
+  custom_config = fn_args.custom_config or {}
+  return contract.load(
+    fn_args.schema_path, **{k: custom_config[k] for k in _CONTRACT_OVERRIDES if k in custom_config}
+  )
+
+
+def _train(fn_args: tfx.components.FnArgs) -> None:
   """Trains and exports the model in this process, as one worker of the strategy.
 
   `fn_args.custom_config` may hold `preset` (a name in `presets.PRESETS`,
-  default "small"), `hparams` (overrides of the preset's fields), `seed` and
-  `collective_timeout_seconds`. The preset's
-  batch size is the global batch, split across all replicas, so a run gives
-  the same updates whatever the number of workers.
+  default "small"), `hparams` (overrides of the preset's fields), `seed`,
+  `collective_timeout_seconds` and the contract overrides `label_feature`,
+  `sequence_feature`, `slice_features`. The preset's batch size is the global
+  batch, split across all replicas, so a run gives the same updates whatever
+  the number of workers.
   """
   custom_config = fn_args.custom_config or {}
   config = presets.get(custom_config.get("preset", "small"), **custom_config.get("hparams", {}))
+  data_contract = _data_contract(fn_args)
   seed = int(custom_config.get("seed", 42))
   tf.keras.utils.set_random_seed(seed)
 
@@ -253,11 +245,13 @@ def train(fn_args: tfx.components.FnArgs) -> None:
     raise ValueError(
       f"The batch size {config.batch_size} must be divisible by the {replicas} replicas."
     )
-  train_dataset = input_fn(fn_args.train_files, config.batch_size, shuffle=True, seed=seed)
-  eval_dataset = input_fn(fn_args.eval_files, config.batch_size, shuffle=False)
+  train_dataset = _input_fn(
+    data_contract, fn_args.train_files, config.batch_size, shuffle=True, seed=seed
+  )
+  eval_dataset = _input_fn(data_contract, fn_args.eval_files, config.batch_size, shuffle=False)
 
   with strategy.scope():
-    model = build_model(config)
+    model = _build_model(config, data_contract)
 
   model_dir = _model_dir_for_worker(fn_args, strategy)
   # Only the chief's logs go to the run directory TensorBoard reads.
@@ -283,14 +277,14 @@ def train(fn_args: tfx.components.FnArgs) -> None:
     ],
     verbose=2,
   )
-  # No per-layer traces: the layers are registered and serializable, and tracing them
-  # for the SavedModel doubled the export time. Signatures are traced as before.
-  model.save(
-    model_dir, save_format="tf", signatures=make_serving_signatures(model), save_traces=False
+  # TensorFlow Serving replays the warmup requests at load, so the first real
+  # request does not pay for tracing and graph optimisation.
+  export.export_saved_model(
+    model,
+    data_contract,
+    model_dir,
+    warmup_examples=_warmup_examples(data_contract.label.name, fn_args.eval_files),
   )
-  # TensorFlow Serving replays these at load, so the first real request does
-  # not pay for tracing and graph optimisation.
-  warmup.write_warmup_requests(model_dir, _warmup_examples(fn_args.eval_files))
   if _is_chief(strategy):
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
       json.dump({k: [float(v) for v in values] for k, values in history.history.items()}, f)
@@ -300,17 +294,22 @@ def train(fn_args: tfx.components.FnArgs) -> None:
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
   """Trains the model and writes the serving SavedModel.
 
-  `fn_args.custom_config` may hold, besides what `train` reads, `num_workers`
+  `fn_args.custom_config` may hold, besides what `_train` reads, `num_workers`
   (default 1) and `worker_timeout_seconds` (default 3600) for a local cluster.
+
+  Raises:
+    ValueError: for a bad preset, worker count or schema, before training.
   """
   custom_config = fn_args.custom_config or {}
-  # Fail on a bad preset here, before any worker process starts.
+  # Fail on a bad preset or schema here, before any worker process starts.
   presets.get(custom_config.get("preset", "small"), **custom_config.get("hparams", {}))
+  _data_contract(fn_args)
   num_workers = int(custom_config.get("num_workers", 1))
   if num_workers < 1:
     raise ValueError(f"num_workers must be at least 1, got {num_workers}.")
   if num_workers > 1 and "TF_CONFIG" not in os.environ:
     multi_worker.run_local_cluster(
+      _TRAIN_FN,
       {
         "train_files": list(fn_args.train_files),
         "eval_files": list(fn_args.eval_files),
@@ -318,10 +317,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "eval_steps": fn_args.eval_steps,
         "serving_model_dir": fn_args.serving_model_dir,
         "model_run_dir": fn_args.model_run_dir,
+        "schema_path": fn_args.schema_path,
         "custom_config": dict(custom_config),
       },
       num_workers=num_workers,
       timeout_seconds=float(custom_config.get("worker_timeout_seconds", 3600)),
     )
     return
-  train(fn_args)
+  _train(fn_args)

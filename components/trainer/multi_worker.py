@@ -6,9 +6,13 @@ per worker on loopback ports with a generated TF_CONFIG, so the same training
 code path runs a genuine multi-worker cluster on one machine. A worker that
 fails or a cluster that outlives its deadline ends every worker and raises a
 clear error instead of hanging in a collective.
+
+Each worker runs a training function named by dotted path, so this module
+imports nothing from the Trainer module that calls it.
 """
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -53,14 +57,16 @@ def _stop(processes) -> None:
 
 
 def run_local_cluster(
-  fn_args_dict: Dict[str, Any], num_workers: int, timeout_seconds: float
+  train_fn: str, fn_args_dict: Dict[str, Any], num_workers: int, timeout_seconds: float
 ) -> None:
   """Trains with `num_workers` local worker processes and waits for all of them.
 
   Args:
-    fn_args_dict: the Trainer's FnArgs fields that `model.train` needs
+    train_fn: dotted path of the function each worker calls with the FnArgs
+      (`module.function`).
+    fn_args_dict: the Trainer's FnArgs fields that `train_fn` needs
       (train_files, eval_files, train_steps, eval_steps, serving_model_dir,
-      model_run_dir, custom_config).
+      model_run_dir, schema_path, custom_config).
     num_workers: worker processes to start (>= 2).
     timeout_seconds: deadline for the whole cluster.
 
@@ -90,7 +96,13 @@ def run_local_cluster(
       with open(logs[-1], "w") as log:
         processes.append(
           subprocess.Popen(
-            [sys.executable, "-m", "components.trainer.multi_worker", f"--fn_args={spec_path}"],
+            [
+              sys.executable,
+              "-m",
+              "components.trainer.multi_worker",
+              f"--train_fn={train_fn}",
+              f"--fn_args={spec_path}",
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -124,16 +136,19 @@ def run_local_cluster(
 def main(argv=None) -> int:
   """Entry point of one worker process (TF_CONFIG is set by the launcher)."""
   parser = argparse.ArgumentParser(description="Runs one Trainer worker of a local cluster.")
+  parser.add_argument(
+    "--train_fn", required=True, help="Dotted path of the training function, module.function."
+  )
   parser.add_argument("--fn_args", required=True, help="JSON file of the Trainer's FnArgs.")
   args = parser.parse_args(argv)
   os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
   # Imported after the environment is set: TensorFlow reads it at import.
   from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
 
-  from components.trainer import model  # pylint: disable=g-import-not-at-top
-
+  module_name, _, function_name = args.train_fn.rpartition(".")
+  train_fn = getattr(importlib.import_module(module_name), function_name)
   with open(args.fn_args) as f:
-    model.train(tfx.components.FnArgs(**json.load(f)))
+    train_fn(tfx.components.FnArgs(**json.load(f)))
   return 0
 
 

@@ -1,4 +1,9 @@
-"""Model hyperparameters, in one place, as named presets."""
+"""Model hyperparameters, in one place, as named presets.
+
+Sizes that follow from the data (the id range, the longest sequence, the
+vocabularies, the number of classes) are not hyperparameters: the model reads
+them from the data contract (`contract`).
+"""
 
 import dataclasses
 from typing import Dict
@@ -9,10 +14,6 @@ class TransformerConfig:
   """Hyperparameters of the next-category Transformer.
 
   Attributes:
-    vocabulary_size: item-id embedding rows; ids 1..vocabulary_size - 1 have
-      their own row, 0 is padding and larger ids share one out-of-vocabulary row.
-    max_history_length: the longest history the model reads; longer histories
-      keep their most recent items.
     num_layers: Transformer encoder blocks.
     hidden_dim: the model width (d_model).
     num_heads: attention heads per block.
@@ -22,8 +23,6 @@ class TransformerConfig:
     learning_rate: peak Adam learning rate.
   """
 
-  vocabulary_size: int = 10000
-  max_history_length: int = 50
   num_layers: int = 2
   hidden_dim: int = 32
   num_heads: int = 2
@@ -42,7 +41,6 @@ class TransformerConfig:
 PRESETS: Dict[str, TransformerConfig] = {
   # Tests: trains in seconds, still a real Transformer.
   "tiny": TransformerConfig(
-    vocabulary_size=10000,
     num_layers=1,
     hidden_dim=8,
     num_heads=2,

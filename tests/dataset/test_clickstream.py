@@ -126,3 +126,36 @@ def test_drift_shifts_the_distribution():
   assert share_new(drifted) > share_new(base) + 0.3
   with pytest.raises(ValueError, match="segment_mix must be between 0 and 1"):
     clickstream.Drift(segment_mix=2.0)
+
+
+def test_generates_data_for_another_schema(tmp_path):
+  schema_path = os.path.join(os.path.dirname(configs.SCHEMA_PATH), "examples", "departments.pbtxt")
+  assert (
+    generate.main([f"--data_root={tmp_path}", "--num_examples=400", f"--schema_path={schema_path}"])
+    == 0
+  )
+  rows = []
+  for record in _records(sorted(str(p) for p in tmp_path.glob("span-1/*.gz"))):
+    f = tf.train.Example.FromString(record).features.feature
+    assert sorted(f) == ["membership", "next_department", "region", "viewed_products"]
+    rows.append(
+      (
+        list(f["viewed_products"].int64_list.value),
+        f["membership"].bytes_list.value[0].decode(),
+        f["region"].bytes_list.value[0].decode(),
+        f["next_department"].int64_list.value[0],
+      )
+    )
+  assert len(rows) == 400
+  assert max(len(h) for h, *_ in rows) == 20 and min(len(h) for h, *_ in rows) >= 1
+  assert 1 <= min(min(h) for h, *_ in rows) and max(max(h) for h, *_ in rows) <= 2000
+  assert {m for _, m, _, _ in rows} == {"guest", "member", "premium"}
+  assert {r for _, _, r, _ in rows} == {"north", "south", "east", "west", "central"}
+  assert {label for *_, label in rows} == {0, 1, 2, 3}
+
+
+def test_generate_reports_a_schema_that_breaks_the_contract(tmp_path, capsys):
+  schema = tmp_path / "schema.pbtxt"
+  schema.write_text('feature { name: "x" type: FLOAT }')
+  assert generate.main([f"--data_root={tmp_path}", f"--schema_path={schema}"]) == 2
+  assert "feature 'x' has type FLOAT" in capsys.readouterr().err

@@ -1,9 +1,14 @@
-"""A pipeline built with placeholder paths, for tests of its structure."""
+"""Pipelines for tests: one built with placeholder paths, and real runs of the Beam runner."""
+
+import os
+import subprocess
+import sys
 
 from tfx import v1 as tfx
 
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
+from pipeline import run_summary
 
 
 def create_test_pipeline(**overrides):
@@ -21,3 +26,31 @@ def create_test_pipeline(**overrides):
   )
   settings.update(overrides)
   return pipeline_lib.create_pipeline(**settings)
+
+
+def run_beam_runner(data_root: str, output_root: str, *flags: str) -> subprocess.CompletedProcess:
+  """Runs `python -m pipeline.beam_runner` with the `tiny` preset and in-memory Beam.
+
+  `flags` add to or override (argparse keeps the last) the settings.
+  """
+  command = [
+    sys.executable,
+    "-m",
+    "pipeline.beam_runner",
+    f"--data_root={data_root}",
+    f"--output_root={output_root}",
+    "--preset=tiny",
+    "--direct_running_mode=in_memory",
+    *flags,
+  ]
+  return subprocess.run(
+    command, capture_output=True, text=True, timeout=900, cwd=configs.PROJECT_ROOT
+  )
+
+
+def summary(output_root: str) -> run_summary.RunSummary:
+  """The latest run's summary, read from the ML Metadata under `output_root`."""
+  connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+    os.path.join(output_root, "metadata.sqlite")
+  )
+  return run_summary.summarize(connection, configs.PIPELINE_NAME)

@@ -10,19 +10,16 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
 import tensorflow as tf
-from tfx import v1 as tfx
 
 from components import serving_versions
 from dataset import clickstream
 from pipeline import configs
-from pipeline import run_summary
 from tests import model_checks
+from tests.pipeline import pipelines
 from tests.pipeline import report_checks
 
 pytestmark = pytest.mark.e2e
@@ -43,30 +40,18 @@ _NODES = {
 
 
 def _run_pipeline(data_root, output_root, *flags):
-  command = [
-    sys.executable,
-    "-m",
-    "pipeline.beam_runner",
-    f"--data_root={data_root}",
-    f"--output_root={output_root}",
-    "--preset=tiny",
+  return pipelines.run_beam_runner(
+    data_root,
+    output_root,
     "--train_steps=60",
     "--eval_steps=4",
     # A real two-process MultiWorkerMirroredStrategy cluster on loopback.
     "--num_workers=2",
-    "--direct_running_mode=in_memory",
     *flags,
-  ]
-  return subprocess.run(
-    command, capture_output=True, text=True, timeout=900, cwd=configs.PROJECT_ROOT
   )
 
 
-def _summary(output_root):
-  connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
-    os.path.join(output_root, "metadata.sqlite")
-  )
-  return run_summary.summarize(connection, configs.PIPELINE_NAME)
+_summary = pipelines.summary
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,11 @@ import subprocess
 import sys
 
 import pytest
-from tfx import v1 as tfx
 
 from dataset import clickstream
 from pipeline import configs
-from pipeline import run_summary
 from tests import bad_examples
+from tests.pipeline import pipelines
 
 pytestmark = pytest.mark.e2e
 
@@ -39,21 +38,13 @@ def gated_run(tmp_path_factory):
     os.path.join(data_root, "span-2", "late-arrivals.tfrecord"),
     [bad_examples.example(user_segment=(b"vip",)), bad_examples.example(label=(12,))] * 3,
   )
-  command = [
-    sys.executable,
-    "-m",
-    "pipeline.beam_runner",
-    f"--data_root={data_root}",
-    f"--output_root={output_root}",
-    "--preset=tiny",
+  result = pipelines.run_beam_runner(
+    data_root,
+    output_root,
     "--train_steps=20",
     "--eval_steps=2",
     "--accuracy_threshold=0.05",
     "--tolerate_anomalies=label:INT_TYPE_BIG_INT",
-    "--direct_running_mode=in_memory",
-  ]
-  result = subprocess.run(
-    command, capture_output=True, text=True, timeout=900, cwd=configs.PROJECT_ROOT
   )
   return root, output_root, result
 
@@ -90,10 +81,7 @@ def test_anomalies_and_drift_stop_the_run_with_every_anomaly_listed(gated_run):
 
 def test_nothing_is_trained_or_pushed(gated_run):
   _, output_root, result = gated_run
-  connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
-    os.path.join(output_root, "metadata.sqlite")
-  )
-  summary = run_summary.summarize(connection, configs.PIPELINE_NAME)
+  summary = pipelines.summary(output_root)
   states = {c.node_id: c.state for c in summary.components}
   assert states["AnomalyGate"] == "FAILED"
   assert not {"Trainer", "Evaluator", "Pusher"} & set(states), states

@@ -19,11 +19,14 @@ import pytest
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
-from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
+from tfx import v1 as tfx
+from tfx.utils import import_utils
 
 from pipeline import configs
+from pipeline import kfp_entrypoint
 from pipeline import kubeflow_package
 from pipeline import kubeflow_runner
+from pipeline import kubeflow_schedule
 from pipeline import kubeflow_submit
 from pipeline import train_worker
 from tests.pipeline import pipelines
@@ -37,6 +40,7 @@ _STORAGE_ROOT = "gs://test-bucket/next-category"
 _BEAM_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 _TRAIN_STEPS = 123
 _NUM_WORKERS = 3
+_EXAMPLE_GEN_DRIVER = "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver"
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +135,89 @@ def test_executors_run_the_image_with_tfx_entrypoint_and_beam_args(executors):
   assert set(containers) == {f"{node.id}_executor" for node in _local_pipeline().components}
   for label, container in containers.items():
     assert container.image == _IMAGE, label
-    assert tuple(container.command) == kubeflow_v2_dag_runner.KUBEFLOW_TFX_CMD, label
+    assert tuple(container.command) == kfp_entrypoint.COMMAND, label
     assert list(container.args[-len(_BEAM_ARGS) :]) == _BEAM_ARGS, label
   trainer_args = list(containers["Trainer_executor"].args)
-  assert trainer_args[:2] == [
+  assert trainer_args[2:4] == [
     "--executor_class_path",
     "tfx.components.trainer.executor.GenericExecutor",
   ]
+  # Only Vertex AI runs ImportExampleGen's pre-cache check; the entry point
+  # runs the same module when it did not.
+  example_gen = containers["ImportExampleGen_executor"]
+  assert example_gen.lifecycle.pre_cache_check.command[-1] == _EXAMPLE_GEN_DRIVER
+  assert list(example_gen.args[2:4]) == ["--pre_cache_check_module", _EXAMPLE_GEN_DRIVER]
+
+
+def _artifact_types(container):
+  assert container.args[0] == "--artifact_types"
+  return json.loads(container.args[1])
+
+
+def test_each_step_names_the_classes_of_its_artifacts(executors):
+  for label, executor in executors.items():
+    for side in _artifact_types(executor.container).values():
+      for class_path in side.values():
+        assert import_utils.import_class_by_path(class_path), (label, class_path)
+  # The untyped inputs open-source KFP passes get their classes from here, and
+  # the custom type (titled next_category.TFLiteModel) its import path.
+  assert _artifact_types(executors["TFLiteConverter_executor"].container) == {
+    "inputs": {
+      "examples": "tfx.types.standard_artifacts.Examples",
+      "model": "tfx.types.standard_artifacts.Model",
+      "pushed_model": "tfx.types.standard_artifacts.PushedModel",
+    },
+    "outputs": {"tflite_model": "components.tflite_converter.component.TFLiteModel"},
+  }
+  assert _artifact_types(executors["Evaluator_executor"].container)["inputs"] == {
+    "baseline_model": "tfx.types.standard_artifacts.Model",
+    "examples": "tfx.types.standard_artifacts.Examples",
+    "model": "tfx.types.standard_artifacts.Model",
+  }
+
+
+def test_only_steps_reading_outside_state_are_never_cached(spec):
+  caching = {name: task.caching_options.enable_cache for name, task in spec.root.dag.tasks.items()}
+  assert {name for name, cached in caching.items() if not cached} == {
+    "ImportExampleGen",
+    "ServingBaseline",
+  }
+
+
+def test_compiling_refuses_a_step_that_is_not_a_container(tmp_path, monkeypatch, capsys):
+  real_create_pipeline = kubeflow_runner.pipeline_lib.create_pipeline
+
+  def with_a_resolver(**kwargs):
+    pipeline = real_create_pipeline(**kwargs)
+    resolver = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    pipeline.components = [*pipeline.components, resolver]
+    return pipeline
+
+  monkeypatch.setattr(kubeflow_runner.pipeline_lib, "create_pipeline", with_a_resolver)
+  code = kubeflow_runner.main([f"--output_root={tmp_path}", f"--storage_root={_STORAGE_ROOT}"])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "latest_blessed_model_resolver-model-resolver_executor" in err
+  assert "are not container steps" in err
+  assert not os.path.exists(kubeflow_package.package_path(str(tmp_path)))
+
+
+def test_bare_spec_carries_the_pipeline_root_and_parameter_defaults(compiled):
+  output_root = os.path.dirname(os.path.dirname(compiled[0]))
+  with open(kubeflow_package.spec_path(output_root)) as f:
+    bare = yaml.safe_load(f)
+  # What kfp.Client and the UI's upload parse: a PipelineSpec, strictly.
+  json_format.ParseDict(bare, pipeline_spec_pb2.PipelineSpec())
+  assert bare["defaultPipelineRoot"] == f"{_STORAGE_ROOT}/pipeline"
+  assert bare["root"]["inputDefinitions"]["parameters"]["train_args"] == {
+    "parameterType": "STRING",
+    "defaultValue": json.dumps({"num_steps": _TRAIN_STEPS}),
+  }
+  assert bare["deploymentSpec"] == compiled[1]["pipelineSpec"]["deploymentSpec"]
 
 
 def test_train_args_is_a_runtime_parameter_with_the_flag_default(compiled, spec):
@@ -233,10 +313,15 @@ class _FakeKfp(http.server.ThreadingHTTPServer):
     super().__init__(("127.0.0.1", 0), _FakeKfpHandler)
     self.requests = []
     self.run_error = None
+    self.experiments = []
+    self.recurring_runs = {}
 
   @property
   def url(self):
     return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+_RECURRING_RUNS = "/apis/v2beta1/recurringruns"
 
 
 class _FakeKfpHandler(http.server.BaseHTTPRequestHandler):
@@ -256,25 +341,54 @@ class _FakeKfpHandler(http.server.BaseHTTPRequestHandler):
     self.server.requests.append((self.command, self.path.split("?")[0], body))
     return body
 
+  def _not_found(self):
+    self._answer(404, {"error": "not found", "message": f"{self.path} not found"})
+
   def do_GET(self):
     self._record()
-    if self.path.startswith("/apis/v2beta1/healthz"):
+    path = self.path.split("?")[0]
+    if path == "/apis/v2beta1/healthz":
       self._answer(200, {"multi_user": False})
-    elif self.path.startswith("/apis/v2beta1/experiments"):
-      self._answer(200, {})
+    elif path == "/apis/v2beta1/experiments":
+      self._answer(200, {"experiments": self.server.experiments} if self.server.experiments else {})
+    elif path == _RECURRING_RUNS:
+      # The API names this field in camelCase (kfp_server_api attribute_map).
+      self._answer(200, {"recurringRuns": list(self.server.recurring_runs.values())})
     else:
-      self._answer(404, {"error": "not found"})
+      self._not_found()
 
   def do_POST(self):
     body = self._record()
+    runs = self.server.recurring_runs
     if self.path == "/apis/v2beta1/experiments":
-      self._answer(200, {"experiment_id": "exp-1", "display_name": body["display_name"]})
+      experiment = {"experiment_id": "exp-1", "display_name": body["display_name"]}
+      self.server.experiments.append(experiment)
+      self._answer(200, experiment)
     elif self.path == "/apis/v2beta1/runs" and self.server.run_error:
       self._answer(400, {"error": self.server.run_error, "message": self.server.run_error})
     elif self.path == "/apis/v2beta1/runs":
       self._answer(200, {"run_id": "run-1", "display_name": body["display_name"]})
+    elif self.path == _RECURRING_RUNS:
+      run_id = f"rr-{len(runs) + 1}"
+      runs[run_id] = {**body, "recurring_run_id": run_id, "status": "ENABLED"}
+      self._answer(200, runs[run_id])
+    elif self.path.startswith(_RECURRING_RUNS + "/") and ":" in self.path:
+      run_id, _, verb = self.path[len(_RECURRING_RUNS) + 1 :].partition(":")
+      if run_id not in runs:
+        return self._not_found()
+      runs[run_id]["status"] = {"enable": "ENABLED", "disable": "DISABLED"}[verb]
+      self._answer(200, {})
     else:
-      self._answer(404, {"error": "not found"})
+      self._not_found()
+
+  def do_DELETE(self):
+    self._record()
+    run_id = self.path[len(_RECURRING_RUNS) + 1 :]
+    if self.path.startswith(_RECURRING_RUNS + "/") and run_id in self.server.recurring_runs:
+      del self.server.recurring_runs[run_id]
+      self._answer(200, {})
+    else:
+      self._not_found()
 
   def log_message(self, *args):
     pass
@@ -440,7 +554,7 @@ def test_dockerfile_matches_the_spec_the_lock_and_the_runner():
   lines = _dockerfile_lines()
   assert lines[0] == "FROM python:3.11-slim-bookworm AS runtime"
   # The default target is the last stage, with TFX's container entrypoint.
-  assert lines[-1] == "ENTRYPOINT " + json.dumps(list(kubeflow_v2_dag_runner.KUBEFLOW_TFX_CMD))
+  assert lines[-1] == "ENTRYPOINT " + json.dumps(list(kfp_entrypoint.COMMAND))
   (workdir,) = [line.split()[1] for line in lines if line.startswith("WORKDIR")]
   assert kubeflow_runner.IMAGE_SCHEMA_PATH == f"{workdir}/schemas/schema.pbtxt"
   assert any(
@@ -459,3 +573,119 @@ def test_dockerfile_matches_the_spec_the_lock_and_the_runner():
   assert {"!requirements.lock", "!setup.py", "!schemas/", "!pipeline/", "!components/"} <= set(
     ignore
   )
+
+
+def test_schedule_creates_a_recurring_run_of_the_bare_spec(compiled, fake_kfp, capsys):
+  output_root = os.path.dirname(os.path.dirname(compiled[0]))
+  code = kubeflow_schedule.main(
+    [
+      "create",
+      f"--host={fake_kfp.url}",
+      f"--output_root={output_root}",
+      "--cron=0 3 * * *",
+      "--experiment_name=nightly",
+      "--train_steps=9",
+    ]
+  )
+  assert code == 0, capsys.readouterr().err
+  out = capsys.readouterr().out
+  assert "Created recurring run rr-1 ('next-category-0-3'" in out
+  assert "'0 0 3 * * *'" in out
+  (request,) = [b for m, p, b in fake_kfp.requests if (m, p) == ("POST", _RECURRING_RUNS)]
+  assert request["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * *"}}
+  assert (request["max_concurrency"], request["no_catchup"], request["mode"]) == (1, True, "ENABLE")
+  assert request["experiment_id"] == "exp-1"
+  assert request["display_name"] == "next-category-0-3"
+  assert request["runtime_config"] == {
+    "pipeline_root": f"{_STORAGE_ROOT}/pipeline",
+    "parameters": {"train_args": json.dumps({"num_steps": 9})},
+  }
+  # The bare PipelineSpec of pipeline_spec.yaml, not the PipelineJob.
+  sent = request["pipeline_spec"]
+  with open(kubeflow_package.spec_path(output_root)) as f:
+    bare = yaml.safe_load(f)
+  assert sent["deploymentSpec"] == bare["deploymentSpec"]
+  assert sent["root"]["inputDefinitions"] == bare["root"]["inputDefinitions"]
+  assert sent["defaultPipelineRoot"] == f"{_STORAGE_ROOT}/pipeline"
+  # kfp.Client drops `enableCache: false` (a proto default): still off.
+  uncached = {
+    name
+    for name, task in sent["root"]["dag"]["tasks"].items()
+    if not task["cachingOptions"].get("enableCache", False)
+  }
+  assert uncached == {"ImportExampleGen", "ServingBaseline"}
+
+
+def test_schedule_list_pause_resume_delete(compiled, fake_kfp, capsys):
+  output_root = os.path.dirname(os.path.dirname(compiled[0]))
+  host = f"--host={fake_kfp.url}"
+  assert (
+    kubeflow_schedule.main(
+      ["create", host, f"--output_root={output_root}", "--cron=*/30 * * * 1-5", "--name=weekdays"]
+    )
+    == 0
+  )
+  assert kubeflow_schedule.main(["pause", host, "rr-1"]) == 0
+  assert fake_kfp.recurring_runs["rr-1"]["status"] == "DISABLED"
+  capsys.readouterr()
+  assert kubeflow_schedule.main(["list", host, "--experiment_name=next-category"]) == 0
+  assert capsys.readouterr().out == "rr-1\tweekdays\tDISABLED\t0 */30 * * * 1-5\n"
+  assert kubeflow_schedule.main(["resume", host, "rr-1"]) == 0
+  assert fake_kfp.recurring_runs["rr-1"]["status"] == "ENABLED"
+  assert kubeflow_schedule.main(["delete", host, "rr-1"]) == 0
+  assert fake_kfp.recurring_runs == {}
+  assert kubeflow_schedule.main(["delete", host, "rr-1"]) == 1
+  assert "refused to delete the recurring run: HTTP 404" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+  "cron, expected",
+  [
+    ("0 3 * * *", "0 0 3 * * *"),
+    ("  15,45  8-18/2 1 JAN-JUN mon-fri ", "0 15,45 8-18/2 1 JAN-JUN mon-fri"),
+    ("30 0 3 * * *", "30 0 3 * * *"),
+    ("0 3 ? * MON", "0 0 3 ? * MON"),
+    ("@daily", "@daily"),
+  ],
+)
+def test_kfp_cron_adds_the_seconds_field(cron, expected):
+  assert kubeflow_schedule.kfp_cron(cron) == expected
+
+
+@pytest.mark.parametrize(
+  "cron, message",
+  [
+    ("0 3 * *", "has 4 fields"),
+    ("", "has 0 fields"),
+    ("60 3 * * *", "'60' is not a minute (0-59)"),
+    ("0 24 * * *", "'24' is not a hour (0-23)"),
+    ("0 3 0 * *", "'0' is not a day of month (1-31)"),
+    ("0 3 * 13 *", "'13' is not a month (1-12)"),
+    ("0 3 * * 7", "'7' is not a day of week (0-6)"),
+    ("0 5-3 * * *", "the hour range '5-3' runs backwards"),
+    ("*/0 * * * *", "the minute step in '*/0' is 0"),
+    ("0 3 * * daily", "'daily' is not a day of week"),
+    ("? 3 * * *", "'?' is not a minute value"),
+  ],
+)
+def test_kfp_cron_refuses_a_malformed_schedule(cron, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    kubeflow_schedule.kfp_cron(cron)
+
+
+def test_schedule_command_line_errors(compiled, tmp_path, capsys):
+  code = kubeflow_schedule.main(
+    ["create", "--host=http://127.0.0.1:9", f"--output_root={tmp_path}", "--cron=0 3 * * *"]
+  )
+  assert code == 2
+  assert "No compiled pipeline at" in capsys.readouterr().err
+  output_root = os.path.dirname(os.path.dirname(compiled[0]))
+  code = kubeflow_schedule.main(
+    ["create", "--host=http://127.0.0.1:9", f"--output_root={output_root}", "--cron=3 * *"]
+  )
+  assert code == 2
+  assert "The cron schedule '3 * *' has 3 fields" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as exit_info:
+    kubeflow_schedule.main(["--help"])
+  assert exit_info.value.code == 0
+  assert "create" in capsys.readouterr().out and "seconds" in kubeflow_schedule.__doc__

@@ -1,11 +1,23 @@
-"""Tests of the curated schema: it parses and it catches bad examples."""
+"""Tests of the curated schemas: generated data fits them, TFDV catches bad examples.
 
+What the schema says (names, domains, limits) is read by `contract` and tested
+in tests/contract; here TFDV checks data against the schema files themselves.
+"""
+
+import os
+
+import pytest
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
+import contract
 from dataset import clickstream
-from pipeline import configs
+
+_SCHEMAS = [
+  contract.DEFAULT_SCHEMA_PATH,
+  os.path.join(os.path.dirname(contract.DEFAULT_SCHEMA_PATH), "examples", "departments.pbtxt"),
+]
 
 
 def _stats_of(examples, tmp_path):
@@ -16,47 +28,40 @@ def _stats_of(examples, tmp_path):
   return tfdv.generate_statistics_from_tfrecord(data_location=path)
 
 
-def test_schema_parses_with_the_contracted_features():
-  schema = tfdv.load_schema_text(configs.SCHEMA_PATH)
-  features = {f.name: f for f in schema.feature}
-  assert sorted(features) == ["city_tier", "item_history", "label", "user_segment"]
-  assert (features["label"].int_domain.min, features["label"].int_domain.max) == (0, 9)
-  assert (features["item_history"].int_domain.min, features["item_history"].int_domain.max) == (
-    1,
-    9999,
-  )
-  assert (features["item_history"].value_count.min, features["item_history"].value_count.max) == (
-    1,
-    50,
-  )
-  assert list(features["label"].not_in_environment) == ["SERVING"]
-  assert {d.name: list(d.value) for d in schema.string_domain} == {
-    "user_segment": ["new", "returning"],
-    "city_tier": ["tier1", "tier2", "tier3", "tier4"],
-  }
-
-
-def test_broken_example_is_reported_as_anomalous(tmp_path):
-  good = list(clickstream.generate_examples(50, seed=2))
-  broken = clickstream._to_example(history=[], user_segment="vip", city_tier="tier1", label=42)
-  stats = _stats_of(good + [broken], tmp_path)
-  schema = tfdv.load_schema_text(configs.SCHEMA_PATH)
-  anomalies = tfdv.validate_statistics(stats, schema, environment="TRAINING")
-  kinds = {
+def _anomaly_kinds(anomalies):
+  return {
     name: {anomalies_pb2.AnomalyInfo.Type.Name(r.type) for r in info.reason}
     for name, info in anomalies.anomaly_info.items()
   }
-  assert "ENUM_TYPE_UNEXPECTED_STRING_VALUES" in kinds["user_segment"]
-  assert "INT_TYPE_BIG_INT" in kinds["label"]
-  assert "FEATURE_TYPE_LOW_NUMBER_VALUES" in kinds["item_history"]
-  assert set(kinds) == {"user_segment", "label", "item_history"}
+
+
+@pytest.mark.parametrize("schema_path", _SCHEMAS, ids=os.path.basename)
+def test_generated_data_fits_its_schema_and_broken_examples_do_not(schema_path, tmp_path):
+  data_contract = contract.load(schema_path)
+  good = list(clickstream.generate_examples(200, seed=2, data_contract=data_contract))
+  broken = clickstream.make_example(
+    data_contract,
+    history=[],
+    context=["vip"] + [f.vocabulary[0] for f in data_contract.context[1:]],
+    label=data_contract.label.num_classes,
+  )
+  schema = tfdv.load_schema_text(schema_path)
+  clean = tfdv.validate_statistics(_stats_of(good, tmp_path), schema, environment="TRAINING")
+  assert dict(clean.anomaly_info) == {}
+  stats = _stats_of(good + [broken], tmp_path)
+  kinds = _anomaly_kinds(tfdv.validate_statistics(stats, schema, environment="TRAINING"))
+  first_context = data_contract.context[0].name
+  assert "ENUM_TYPE_UNEXPECTED_STRING_VALUES" in kinds[first_context]
+  assert "INT_TYPE_BIG_INT" in kinds[data_contract.label.name]
+  assert "FEATURE_TYPE_LOW_NUMBER_VALUES" in kinds[data_contract.sequence.name]
+  assert set(kinds) == {first_context, data_contract.label.name, data_contract.sequence.name}
 
 
 def test_label_is_not_required_at_serving(tmp_path):
   examples = list(clickstream.generate_examples(50, seed=2))
   for example in examples:
     del example.features.feature["label"]
-  schema = tfdv.load_schema_text(configs.SCHEMA_PATH)
+  schema = tfdv.load_schema_text(contract.DEFAULT_SCHEMA_PATH)
   stats = _stats_of(examples, tmp_path)
   serving = tfdv.validate_statistics(stats, schema, environment="SERVING")
   training = tfdv.validate_statistics(stats, schema, environment="TRAINING")

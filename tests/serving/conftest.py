@@ -16,7 +16,6 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 
 from serving import server as server_lib
 from serving.testdata import make_canned_models
-from tests import model_checks
 
 MODEL_NAME = "next_category"
 TFLITE_MODEL_NAME = "next_category_tflite"
@@ -33,7 +32,7 @@ def canned(tmp_path_factory) -> make_canned_models.CannedModels:
 
 @pytest.fixture(scope="session")
 def examples():
-  return model_checks.serialized_examples(8, seed=3)
+  return make_canned_models.make_examples(8, seed=3)
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,12 +41,15 @@ def _signatures(saved_model_dir: str):
 
 
 def reference(
-  saved_model_dir: str, signature_name: str = "serving_default", **inputs
+  saved_model_dir: str,
+  signature_name: str = "serving_default",
+  output_name: str = "probabilities",
+  **inputs,
 ) -> np.ndarray:
-  """The SavedModel's `probabilities`, called in-process."""
+  """A signature's output, called in-process on the SavedModel."""
   signature = _signatures(saved_model_dir)[signature_name]
   outputs = signature(**{name: tf.constant(value) for name, value in inputs.items()})
-  return outputs["probabilities"].numpy()
+  return outputs[output_name].numpy()
 
 
 def model_status(hostport: str, model_name: str = MODEL_NAME):

@@ -209,6 +209,18 @@ def test_batched_answers_match_the_saved_model(batching_server, canned, examples
   assert ":tensorflow:serving:batching_session:processed_batch_size_count" in batches
 
 
+def test_batched_classify_matches_the_saved_model(batching_server, canned, examples):
+  # Classify runs the classification signature through the same batching.
+  hostport = f"127.0.0.1:{batching_server.grpc_port}"
+  expected = conftest.reference(canned.version_1, "classification", "scores", inputs=examples)
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    results = list(
+      pool.map(lambda i: client.classify(hostport, [examples[i]])[0], range(len(examples)))
+    )
+  got = np.array([[score for _, score in r.classes] for r in results], np.float32)
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
 def test_request_over_max_batch_size_is_invalid(batching_server, examples):
   with pytest.raises(grpc.RpcError) as raised:
     client.predict(f"127.0.0.1:{batching_server.grpc_port}", examples[:5])

@@ -4,18 +4,21 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import inference_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.apis import regression_pb2
 
-from components.trainer import constants
-from components.trainer import features
+from serving import inference
+from serving import status
+from serving.testdata import make_canned_models as canned_models
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME
@@ -59,7 +62,7 @@ def test_predict_matches_the_saved_model_exactly(stub, canned, examples):
 
   got = tf.make_ndarray(response.outputs["probabilities"])
   np.testing.assert_array_equal(got, conftest.reference(canned.version_1, examples=examples))
-  assert got.shape == (len(examples), constants.NUM_CATEGORIES)
+  assert got.shape == (len(examples), len(canned_models.CLASS_NAMES))
   assert response.model_spec.name == MODEL_NAME
   assert response.model_spec.version.value == 1
   assert response.model_spec.signature_name == "serving_default"
@@ -77,7 +80,7 @@ def test_predict_raw_signature_matches_exactly(stub, canned):
       "user_segment": tf.make_tensor_proto(segments, dtype=tf.string),
       "city_tier": tf.make_tensor_proto(tiers, dtype=tf.string),
     },
-    signature_name=constants.RAW_SIGNATURE_NAME,
+    signature_name=canned_models.RAW_SIGNATURE_NAME,
     version=1,
   )
 
@@ -87,7 +90,7 @@ def test_predict_raw_signature_matches_exactly(stub, canned):
     tf.make_ndarray(response.outputs["probabilities"]),
     conftest.reference(
       canned.version_1,
-      constants.RAW_SIGNATURE_NAME,
+      canned_models.RAW_SIGNATURE_NAME,
       item_history=history,
       user_segment=segments,
       city_tier=tiers,
@@ -105,14 +108,14 @@ def test_predict_accepts_tensor_content(stub, canned):
       "user_segment": _examples_proto([b"new"]),
       "city_tier": _examples_proto([b"tier1"]),
     },
-    signature_name=constants.RAW_SIGNATURE_NAME,
+    signature_name=canned_models.RAW_SIGNATURE_NAME,
   )
   response = stub.Predict(request, timeout=DEADLINE_SECONDS)
   np.testing.assert_array_equal(
     tf.make_ndarray(response.outputs["probabilities"]),
     conftest.reference(
       canned.version_1,
-      constants.RAW_SIGNATURE_NAME,
+      canned_models.RAW_SIGNATURE_NAME,
       item_history=history,
       user_segment=np.array([b"new"], object),
       city_tier=np.array([b"tier1"], object),
@@ -120,22 +123,30 @@ def test_predict_accepts_tensor_content(stub, canned):
   )
 
 
-def test_classify_maps_probabilities_to_category_names(stub, canned, examples):
+def _classification_request(examples, signature_name="classification", model_name=MODEL_NAME):
   request = classification_pb2.ClassificationRequest()
-  request.model_spec.name = MODEL_NAME
-  for serialized in examples[:3]:
+  request.model_spec.name = model_name
+  request.model_spec.signature_name = signature_name
+  for serialized in examples:
     request.input.example_list.examples.add().ParseFromString(serialized)
+  return request
 
-  response = stub.Classify(request, timeout=DEADLINE_SECONDS)
 
-  expected = conftest.reference(canned.version_1, examples=examples[:3])
+def test_classify_returns_the_classification_signatures_classes_and_scores(stub, canned, examples):
+  response = stub.Classify(_classification_request(examples[:3]), timeout=DEADLINE_SECONDS)
+
+  expected = conftest.reference(canned.version_1, "classification", "scores", inputs=examples[:3])
+  labels = conftest.reference(canned.version_1, "classification", "classes", inputs=examples[:3])
   assert len(response.result.classifications) == 3
-  for row, classifications in zip(expected, response.result.classifications, strict=True):
-    assert [c.label for c in classifications.classes] == list(constants.CATEGORY_NAMES)
+  for row, row_labels, classifications in zip(
+    expected, labels, response.result.classifications, strict=True
+  ):
+    assert [c.label.encode() for c in classifications.classes] == row_labels.tolist()
     np.testing.assert_array_equal(
       np.array([c.score for c in classifications.classes], np.float32), row
     )
   assert response.model_spec.version.value == 1
+  assert response.model_spec.signature_name == "classification"
 
 
 def test_classify_merges_context_into_each_example(stub, canned, examples):
@@ -143,19 +154,132 @@ def test_classify_merges_context_into_each_example(stub, canned, examples):
   context = tf.train.Example()
   example = tf.train.Example()
   for key, feature in full.features.feature.items():
-    target = context if key == constants.CITY_TIER_KEY else example
+    target = context if key == "city_tier" else example
     target.features.feature[key].CopyFrom(feature)
-  request = classification_pb2.ClassificationRequest()
-  request.model_spec.name = MODEL_NAME
+  request = _classification_request([])
   request.input.example_list_with_context.context.CopyFrom(context)
   request.input.example_list_with_context.examples.add().CopyFrom(example)
 
   response = stub.Classify(request, timeout=DEADLINE_SECONDS)
 
   scores = [c.score for c in response.result.classifications[0].classes]
-  np.testing.assert_allclose(
-    scores, conftest.reference(canned.version_1, examples=examples[:1])[0], atol=1e-7
+  np.testing.assert_array_equal(
+    np.array(scores, np.float32),
+    conftest.reference(canned.version_1, "classification", "scores", inputs=examples[:1])[0],
   )
+
+
+def test_classify_refuses_a_predict_signature_as_tf_serving_does(stub, server, examples):
+  # An empty name is serving_default, a Predict signature here: TF Serving's
+  # classifier (method name check off by default) finds no `inputs` input.
+  request = _classification_request(examples[:1], signature_name="")
+  signature_defs = server.manager.servable(request.model_spec).signature_defs
+  # Clients see TF Serving's text on one line, bounded (status.client_message).
+  assert _error(stub.Classify, request) == (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    status.client_message(
+      "No classification inputs found in SignatureDef: "
+      + text_format.MessageToString(signature_defs["serving_default"])
+    ),
+  )
+  # The TFLite model has only its own Predict signature, three inputs.
+  request = _classification_request(examples[:1], "", TFLITE_MODEL_NAME)
+  assert _error(stub.Classify, request) == (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    "Expected one input Tensor.",
+  )
+  request = _classification_request(examples[:1], "serving_raw")
+  assert _error(stub.Classify, request)[1] == "Expected one input Tensor."
+  request = _classification_request(examples[:1], "regression")
+  assert _error(stub.Classify, request)[1].startswith(
+    'Expected classification signature outputs to contain at least one of "classes" or '
+    '"scores". Signature was: '
+  )
+
+
+def test_method_name_check_refuses_any_other_method(server, examples):
+  service = inference.InferenceService(server.manager, signature_method_name_check=True)
+  with pytest.raises(status.ServingError) as raised:
+    service.classify(_classification_request(examples[:1], signature_name=""))
+  assert raised.value.message == (
+    "Expected classification signature method_name to be tensorflow/serving/classify. "
+    "Was: tensorflow/serving/predict"
+  )
+  request = regression_pb2.RegressionRequest()
+  request.model_spec.name = MODEL_NAME
+  request.model_spec.signature_name = "classification"
+  with pytest.raises(status.ServingError) as raised:
+    service.regress(request)
+  assert raised.value.message.endswith("Was: tensorflow/serving/classify")
+  # The classification signature passes the check.
+  response = service.classify(_classification_request(examples[:1])).result(DEADLINE_SECONDS)
+  assert len(response.result.classifications[0].classes) == len(canned_models.CLASS_NAMES)
+
+
+def test_regress_returns_the_regression_signatures_outputs(stub, canned, examples):
+  request = regression_pb2.RegressionRequest()
+  request.model_spec.name = MODEL_NAME
+  request.model_spec.signature_name = "regression"
+  for serialized in examples[:4]:
+    request.input.example_list.examples.add().ParseFromString(serialized)
+
+  response = stub.Regress(request, timeout=DEADLINE_SECONDS)
+
+  np.testing.assert_array_equal(
+    np.array([r.value for r in response.result.regressions], np.float32),
+    conftest.reference(canned.version_1, "regression", "outputs", inputs=examples[:4]),
+  )
+  request.model_spec.signature_name = ""
+  assert _error(stub.Regress, request)[1].startswith("No regression inputs found in SignatureDef: ")
+
+
+@pytest.mark.parametrize(
+  "outputs, message",
+  [
+    (
+      {"scores": np.zeros([2], np.float32)},
+      "Expected Tensor shape: [batch_size num_classes] but got [2]",
+    ),
+    (
+      {"scores": np.zeros([2, 3], np.float64)},
+      "Expected scores Tensor of DT_FLOAT. Got: DT_DOUBLE",
+    ),
+    (
+      {"classes": np.zeros([2, 3], np.float32)},
+      "Expected classes Tensor of DT_STRING. Got: DT_FLOAT",
+    ),
+    ({"scores": np.zeros([3, 3], np.float32)}, "Expected scores output batch size of 2. Got: 3"),
+    (
+      {"classes": np.full([2, 2], b"a", object), "scores": np.zeros([2, 3], np.float32)},
+      "Tensors class and score should match in dim_size(1). Got 2 vs. 3",
+    ),
+  ],
+)
+def test_classification_result_errors(outputs, message):
+  with pytest.raises(status.ServingError) as raised:
+    inference._classification_result(  # pylint: disable=protected-access
+      outputs, 2, classification_pb2.ClassificationResult()
+    )
+  assert raised.value.message == message
+
+
+def test_classification_result_with_one_output():
+  result = classification_pb2.ClassificationResult()
+  inference._classification_result(  # pylint: disable=protected-access
+    {"scores": np.array([[0.25, 0.75]], np.float32)}, 1, result
+  )
+  assert [(c.label, c.score) for c in result.classifications[0].classes] == [
+    ("", 0.25),
+    ("", 0.75),
+  ]
+  result = classification_pb2.ClassificationResult()
+  inference._classification_result(  # pylint: disable=protected-access
+    {"classes": np.array([[b"x", b"y"]], object)}, 1, result
+  )
+  assert [(c.label, c.score) for c in result.classifications[0].classes] == [
+    ("x", 0.0),
+    ("y", 0.0),
+  ]
 
 
 def test_get_model_metadata_returns_the_signature_defs(stub):
@@ -171,9 +295,9 @@ def test_get_model_metadata_returns_the_signature_defs(stub):
   assert [d.size for d in default.inputs["examples"].tensor_shape.dim] == [-1]
   assert [d.size for d in default.outputs["probabilities"].tensor_shape.dim] == [
     -1,
-    constants.NUM_CATEGORIES,
+    len(canned_models.CLASS_NAMES),
   ]
-  raw = signatures.signature_def[constants.RAW_SIGNATURE_NAME]
+  raw = signatures.signature_def[canned_models.RAW_SIGNATURE_NAME]
   assert sorted(raw.inputs) == ["city_tier", "item_history", "user_segment"]
   assert response.model_spec.version.value == 1
 
@@ -191,29 +315,44 @@ def test_get_model_status_reports_available_versions(channel):
   assert status.status.error_code == 0
 
 
-def test_tflite_model_serves_its_own_inputs_and_examples(stub, canned, examples):
-  # The TFLite file holds version 1's weights.
+def test_tflite_model_serves_its_own_signature(stub, canned):
+  # The TFLite file holds version 1's network, on encoded inputs.
+  history = np.array([[5, 17, 3] + [0] * 47, [42] + [0] * 49], np.int64)
+  segments = np.array([b"new", b"returning"], object)
+  tiers = np.array([b"tier2", b"tier4"], object)
+  # Keyed as TF Serving keys a converted model's tensors (tflite_session.cc).
   encoded = {
-    k: v.numpy()
-    for k, v in features.parse_and_encode(tf.constant(examples), with_label=False).items()
+    f"serving_default_{name}": tensor.numpy()
+    for name, tensor in canned_models.encode_raw(history, segments, tiers).items()
   }
-  expected = conftest.reference(canned.version_1, examples=examples)
-
-  native = stub.Predict(
-    _predict_request(encoded, model_name=TFLITE_MODEL_NAME), timeout=DEADLINE_SECONDS
+  expected = conftest.reference(
+    canned.version_1,
+    canned_models.RAW_SIGNATURE_NAME,
+    item_history=history,
+    user_segment=segments,
+    city_tier=tiers,
   )
-  from_examples = stub.Predict(
-    _predict_request({"examples": _examples_proto(examples)}, model_name=TFLITE_MODEL_NAME),
-    timeout=DEADLINE_SECONDS,
+
+  response = stub.Predict(
+    _predict_request(encoded, model_name=TFLITE_MODEL_NAME), timeout=DEADLINE_SECONDS
   )
 
   # TFLite kernels differ from TensorFlow's in the last bits.
-  np.testing.assert_allclose(tf.make_ndarray(native.outputs["probabilities"]), expected, atol=1e-5)
-  np.testing.assert_array_equal(
-    tf.make_ndarray(from_examples.outputs["probabilities"]),
-    tf.make_ndarray(native.outputs["probabilities"]),
+  np.testing.assert_allclose(
+    tf.make_ndarray(response.outputs["StatefulPartitionedCall"]), expected, atol=1e-6
   )
-  assert native.model_spec.name == TFLITE_MODEL_NAME
+  assert response.model_spec.name == TFLITE_MODEL_NAME
+
+
+def test_tflite_model_takes_only_its_own_inputs(stub, examples):
+  request = _predict_request({"examples": _examples_proto(examples)}, model_name=TFLITE_MODEL_NAME)
+  assert _error(stub.Predict, request) == (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    "input size does not match signature: 1!=3 len({examples}) != "
+    "len({serving_default_city_tier,serving_default_item_history,serving_default_user_segment})"
+    ". Sent extra: {examples}. Missing but required: "
+    "{serving_default_city_tier,serving_default_item_history,serving_default_user_segment}.",
+  )
 
 
 def test_tflite_metadata_takes_any_batch(stub):
@@ -224,12 +363,21 @@ def test_tflite_metadata_takes_any_batch(stub):
   stub.GetModelMetadata(request, timeout=DEADLINE_SECONDS).metadata["signature_def"].Unpack(
     signatures
   )
-  inputs = signatures.signature_def["serving_default"].inputs
-  assert [d.size for d in inputs["item_history"].tensor_shape.dim] == [
-    -1,
-    constants.MAX_HISTORY_LENGTH,
+  signature = signatures.signature_def["serving_default"]
+  assert signature.method_name == "tensorflow/serving/predict"
+  inputs = signature.inputs
+  assert sorted(inputs) == [
+    "serving_default_city_tier",
+    "serving_default_item_history",
+    "serving_default_user_segment",
   ]
-  assert inputs["user_segment"].dtype == types_pb2.DT_INT64
+  assert inputs["serving_default_item_history"].name == "serving_default_item_history:0"
+  assert [d.size for d in inputs["serving_default_item_history"].tensor_shape.dim] == [
+    -1,
+    canned_models.MAX_HISTORY_LENGTH,
+  ]
+  assert inputs["serving_default_user_segment"].dtype == types_pb2.DT_INT64
+  assert list(signature.outputs) == ["StatefulPartitionedCall"]
 
 
 @pytest.mark.parametrize(
@@ -308,7 +456,7 @@ def test_predict_inputs_with_different_batch_sizes(stub):
       "user_segment": _examples_proto([b"new", b"new"]),
       "city_tier": _examples_proto([b"tier1"]),
     },
-    signature_name=constants.RAW_SIGNATURE_NAME,
+    signature_name=canned_models.RAW_SIGNATURE_NAME,
   )
   code, details = _error(stub.Predict, request)
   assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -346,9 +494,12 @@ def test_bad_example_in_one_request_fails_only_that_request(stub, canned, exampl
 
 
 def test_classify_and_metadata_errors(stub):
-  request = classification_pb2.ClassificationRequest()
-  request.model_spec.name = MODEL_NAME
+  request = _classification_request([])
   assert _error(stub.Classify, request) == (grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
+  assert _error(stub.Classify, classification_pb2.ClassificationRequest()) == (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    "Missing ModelSpec",
+  )
   request = get_model_metadata_pb2.GetModelMetadataRequest()
   request.model_spec.name = MODEL_NAME
   assert _error(stub.GetModelMetadata, request)[0] == grpc.StatusCode.INVALID_ARGUMENT
@@ -376,9 +527,8 @@ def test_get_model_status_errors(channel):
 
 
 def test_unimplemented_apis(stub):
-  request = regression_pb2.RegressionRequest()
-  request.model_spec.name = MODEL_NAME
-  assert _error(stub.Regress, request)[0] == grpc.StatusCode.UNIMPLEMENTED
+  request = inference_pb2.MultiInferenceRequest()
+  assert _error(stub.MultiInference, request)[0] == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_server_keeps_serving_after_errors(stub, examples, server):

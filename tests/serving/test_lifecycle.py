@@ -14,7 +14,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving import client
 from serving import server_config
-from serving import warmup
+from serving.testdata import make_canned_models
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME
@@ -128,7 +128,7 @@ def test_warmup_failure_fails_the_load(canned, base_path, examples, tmp_path):
   bad = str(tmp_path / "bad_warmup")
   shutil.copytree(canned.version_2, bad)
   # Warmup requests the model cannot answer: the version must not load.
-  warmup.write_warmup_requests(bad, [b"not a tf.Example"])
+  make_canned_models.write_warmup_requests(bad, [b"not a tf.Example"], with_classify=False)
   server = conftest.start_server(
     model_base_path=base_path, file_system_poll_wait_seconds=0.1, max_num_load_retries=0
   )

@@ -10,6 +10,7 @@ import time
 import grpc
 import pytest
 import tensorflow as tf
+from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
@@ -61,11 +62,54 @@ def _predict(server, examples, metadata=None):
 def _classify(server, examples):
   request = classification_pb2.ClassificationRequest()
   request.model_spec.name = MODEL_NAME
+  request.model_spec.signature_name = "classification"
   for example in examples:
     request.input.example_list.examples.add().ParseFromString(example)
   with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     return stub.Classify(request, timeout=DEADLINE_SECONDS)
+
+
+def _example_json(serialized):
+  """A tf.Example as the REST API's JSON object of features."""
+  features = {}
+  for key, feature in example_pb2.Example.FromString(serialized).features.feature.items():
+    kind = feature.WhichOneof("kind")
+    values = list(getattr(feature, kind).value)
+    features[key] = [v.decode() for v in values] if kind == "bytes_list" else values
+  return features
+
+
+def _rest(server, verb, body, token=None):
+  """POSTs `body` to the model's `:verb` and returns the HTTP status."""
+  connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=DEADLINE_SECONDS)
+  headers = {"Authorization": f"Bearer {token}"} if token else {}
+  connection.request("POST", f"/v1/models/{MODEL_NAME}:{verb}", json.dumps(body), headers)
+  code = connection.getresponse().status
+  connection.close()
+  return code
+
+
+def _call(server, transport, api, examples, token=None):
+  """One Predict or Classify of serialized `examples` over gRPC or REST; True when answered."""
+  if transport == "grpc":
+    metadata = [("authorization", f"Bearer {token}")] if token else None
+    try:
+      if api == "Predict":
+        _predict(server, examples, metadata)
+      else:
+        _classify(server, examples)
+    except grpc.RpcError:
+      return False
+    return True
+  if api == "Predict":
+    body = {"instances": [{"b64": base64.b64encode(e).decode()} for e in examples]}
+    return _rest(server, "predict", body, token) == 200
+  body = {
+    "signature_name": "classification",
+    "examples": [_example_json(e) for e in examples],
+  }
+  return _rest(server, "classify", body) == 200
 
 
 def _logs(pattern):
@@ -96,22 +140,12 @@ def test_sampled_requests_become_prediction_logs_and_audit_lines(canned, example
     request_log_max_file_bytes=3000,
     request_log_max_files=3,
   )
-  alice = [("authorization", "Bearer alice-token")]
   try:
     for _ in range(6):
-      _predict(server, examples[:4], alice)
-    with pytest.raises(grpc.RpcError):
-      _predict(server, examples[:1])  # No token: refused, audited, not logged.
-    connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=10)
-    body = json.dumps({"instances": [{"b64": base64.b64encode(examples[0]).decode()}]})
-    connection.request(
-      "POST",
-      f"/v1/models/{MODEL_NAME}:predict",
-      body=body,
-      headers={"Authorization": "Bearer alice-token"},
-    )
-    assert connection.getresponse().status == 200
-    connection.close()
+      assert _call(server, "grpc", "Predict", examples[:4], "alice-token")
+    # No token: refused, audited, not logged.
+    assert not _call(server, "grpc", "Predict", examples[:1])
+    assert _call(server, "rest", "Predict", examples[:1], "alice-token")
   finally:
     server.stop()
 
@@ -144,25 +178,37 @@ def test_sampled_requests_become_prediction_logs_and_audit_lines(canned, example
   assert "item_history" not in text
 
 
-def test_classify_is_logged_and_zero_rate_logs_nothing(canned, examples, tmp_path):
+def test_rest_calls_write_the_records_their_grpc_calls_write(canned, examples, tmp_path):
   server = _start(tmp_path, canned.base_path)
+  calls = [(api, transport) for api in ("Predict", "Classify") for transport in ("grpc", "rest")]
   try:
-    _classify(server, examples[:2])
+    for api, transport in calls:
+      assert _call(server, transport, api, examples[:2]), (api, transport)
   finally:
     server.stop()
   logs = _logs(str(tmp_path / "logs" / f"{MODEL_NAME}-*.tfrecord.gz"))
-  assert [log.WhichOneof("log_type") for log in logs] == ["classify_log"]
-  assert len(logs[0].classify_log.request.input.example_list.examples) == 2
-  assert len(logs[0].classify_log.response.result.classifications) == 2
+  kinds = ["predict_log", "predict_log", "classify_log", "classify_log"]
+  assert [log.WhichOneof("log_type") for log in logs] == kinds
+  for log in logs:
+    log.log_metadata.ClearField("timestamp_secs")
+  predict_grpc, predict_rest, classify_grpc, classify_rest = logs
+  assert predict_rest == predict_grpc
+  assert list(predict_rest.predict_log.request.inputs["examples"].string_val) == examples[:2]
+  assert predict_rest.predict_log.response.model_spec.signature_name == "serving_default"
+  assert classify_rest == classify_grpc
+  assert len(classify_rest.classify_log.request.input.example_list.examples) == 2
+  assert len(classify_rest.classify_log.response.result.classifications) == 2
 
-  quiet = tmp_path / "quiet"
-  quiet.mkdir()
-  server = _start(quiet, canned.base_path, rate=0.0)
+
+def test_zero_rate_logs_nothing(canned, examples, tmp_path):
+  server = _start(tmp_path, canned.base_path, rate=0.0)
   try:
-    _predict(server, examples[:2])
+    for transport in ("grpc", "rest"):
+      for api in ("Predict", "Classify"):
+        assert _call(server, transport, api, examples[:2])
   finally:
     server.stop()
-  assert not glob.glob(str(quiet / "logs" / "*"))
+  assert not glob.glob(str(tmp_path / "logs" / "*"))
 
 
 def test_unwritable_logs_drop_and_count_without_failing_requests(canned, examples, tmp_path):
@@ -175,8 +221,8 @@ def test_unwritable_logs_drop_and_count_without_failing_requests(canned, example
     audit_file.unlink(missing_ok=True)
     audit_file.mkdir()
     server.policy.audit._file.close()  # Reopened (and failing) on the next line.
-    for _ in range(3):
-      assert _predict(server, examples[:1]).outputs["probabilities"].float_val
+    for transport in ("grpc", "grpc", "rest"):
+      assert _call(server, transport, "Predict", examples[:1])
     conftest.wait_until(lambda: 'reason="write_error"' in _metrics(server), timeout=10)
     text = _metrics(server)
   finally:

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from components.trainer import constants
+from serving import json_examples
+from serving.testdata import make_canned_models as canned_models
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME
@@ -68,14 +69,14 @@ def test_predict_columnar_raw_signature(server, canned):
     "POST",
     f"/v1/models/{MODEL_NAME}:predict",
     {
-      "signature_name": constants.RAW_SIGNATURE_NAME,
+      "signature_name": canned_models.RAW_SIGNATURE_NAME,
       "inputs": {"item_history": history, "user_segment": segments, "city_tier": tiers},
     },
   )
   assert status == 200
   expected = conftest.reference(
     canned.version_1,
-    constants.RAW_SIGNATURE_NAME,
+    canned_models.RAW_SIGNATURE_NAME,
     item_history=np.array(history, np.int64),
     user_segment=np.array([s.encode() for s in segments], object),
     city_tier=np.array([t.encode() for t in tiers], object),
@@ -92,12 +93,12 @@ def test_predict_row_format_with_several_inputs(server, canned):
     server,
     "POST",
     f"/v1/models/{MODEL_NAME}:predict",
-    {"signature_name": constants.RAW_SIGNATURE_NAME, "instances": instances},
+    {"signature_name": canned_models.RAW_SIGNATURE_NAME, "instances": instances},
   )
   assert status == 200
   expected = conftest.reference(
     canned.version_1,
-    constants.RAW_SIGNATURE_NAME,
+    canned_models.RAW_SIGNATURE_NAME,
     item_history=np.array([i["item_history"] for i in instances], np.int64),
     user_segment=np.array([i["user_segment"].encode() for i in instances], object),
     city_tier=np.array([i["city_tier"].encode() for i in instances], object),
@@ -105,23 +106,63 @@ def test_predict_row_format_with_several_inputs(server, canned):
   np.testing.assert_array_equal(np.array(body["predictions"], np.float32), expected)
 
 
-def test_classify(server, canned, examples):
+def test_classify_runs_the_classification_signature(server, canned):
   example = {"item_history": [12, 7, 7, 3], "user_segment": "returning", "city_tier": "tier2"}
   status, body = _request(
-    server, "POST", f"/v1/models/{MODEL_NAME}:classify", {"examples": [example]}
+    server,
+    "POST",
+    f"/v1/models/{MODEL_NAME}:classify",
+    {"signature_name": "classification", "examples": [example]},
   )
   assert status == 200
-  serialized = _raw_example(example)
-  expected = conftest.reference(canned.version_1, examples=[serialized])[0]
+  expected = conftest.reference(
+    canned.version_1, "classification", "scores", inputs=[_serialized(example)]
+  )[0]
   [row] = body["result"]
-  assert [label for label, _ in row] == list(constants.CATEGORY_NAMES)
+  assert [label for label, _ in row] == list(canned_models.CLASS_NAMES)
   np.testing.assert_array_equal(np.array([score for _, score in row], np.float32), expected)
 
 
-def _raw_example(features) -> bytes:
-  from serving import client
+def test_classify_with_context_and_b64_feature(server, canned):
+  context = {"user_segment": "new", "city_tier": {"b64": base64.b64encode(b"tier3").decode()}}
+  examples = [{"item_history": [5, 6]}, {"item_history": [9]}]
+  status, body = _request(
+    server,
+    "POST",
+    f"/v1/models/{MODEL_NAME}:classify",
+    {"signature_name": "classification", "context": context, "examples": examples},
+  )
+  assert status == 200
+  full = [
+    _serialized({"item_history": e["item_history"], "user_segment": "new", "city_tier": "tier3"})
+    for e in examples
+  ]
+  expected = conftest.reference(canned.version_1, "classification", "scores", inputs=full)
+  np.testing.assert_array_equal(
+    np.array([[score for _, score in row] for row in body["result"]], np.float32), expected
+  )
 
-  return client.raw_features_to_example(features).SerializeToString()
+
+def test_regress_runs_the_regression_signature(server, canned):
+  examples = [
+    {"item_history": [1, 2, 3], "user_segment": "new", "city_tier": "tier1"},
+    {"item_history": [44], "user_segment": "returning", "city_tier": "tier4"},
+  ]
+  status, body = _request(
+    server,
+    "POST",
+    f"/v1/models/{MODEL_NAME}/versions/1:regress",
+    {"signature_name": "regression", "examples": examples},
+  )
+  assert status == 200
+  expected = conftest.reference(
+    canned.version_1, "regression", "outputs", inputs=[_serialized(e) for e in examples]
+  )
+  np.testing.assert_array_equal(np.array(body["result"], np.float32), expected)
+
+
+def _serialized(features) -> bytes:
+  return json_examples.example_from_json(features).SerializeToString()
 
 
 def test_model_status_json(server):
@@ -210,7 +251,7 @@ def test_metadata_json(server):
       "POST",
       f"/v1/models/{MODEL_NAME}:predict",
       {
-        "signature_name": constants.RAW_SIGNATURE_NAME,
+        "signature_name": canned_models.RAW_SIGNATURE_NAME,
         "inputs": {"item_history": [[1, 2], [3]], "user_segment": ["new"], "city_tier": ["a"]},
       },
       400,
@@ -220,13 +261,47 @@ def test_metadata_json(server):
       "POST",
       f"/v1/models/{MODEL_NAME}:predict",
       {
-        "signature_name": constants.RAW_SIGNATURE_NAME,
+        "signature_name": canned_models.RAW_SIGNATURE_NAME,
         "inputs": {"item_history": [[1.5]], "user_segment": ["new"], "city_tier": ["a"]},
       },
       400,
       "JSON Value: 1.5 Type: Number is not of expected type: int64",
     ),
-    ("POST", f"/v1/models/{MODEL_NAME}:regress", {"examples": []}, 501, "Regress"),
+    (
+      "POST",
+      f"/v1/models/{MODEL_NAME}:classify",
+      {"examples": [{"item_history": [1], "user_segment": "new", "city_tier": "tier1"}]},
+      400,
+      "No classification inputs found in SignatureDef: ",
+    ),
+    (
+      "POST",
+      f"/v1/models/{MODEL_NAME}:regress",
+      {"signature_name": "classification", "examples": [{"item_history": [1]}]},
+      400,
+      "Expected one output Tensor.",
+    ),
+    (
+      "POST",
+      f"/v1/models/{MODEL_NAME}:classify",
+      {"signature_name": "classification", "examples": []},
+      400,
+      "'examples' value is an empty array",
+    ),
+    (
+      "POST",
+      f"/v1/models/{MODEL_NAME}:classify",
+      {"signature_name": "classification", "examples": [{"item_history": [1, "a"]}]},
+      400,
+      "Unexpected element type in feature: item_history expecting type: int64",
+    ),
+    (
+      "POST",
+      f"/v1/models/{MODEL_NAME}:classify",
+      {"signature_name": "nope", "examples": [{"item_history": [1]}]},
+      400,
+      "No signature was found with the name: nope",
+    ),
     ("GET", "/v1/models", None, 400, "Missing model name in request."),
     ("POST", "/v1/models/x:explode", {}, 400, "Malformed request"),
     ("GET", "/v2/anything", None, 404, "No handler"),

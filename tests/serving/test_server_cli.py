@@ -26,6 +26,10 @@ def test_flags_have_tf_serving_names_and_defaults():
   assert (options.port, options.rest_api_port, options.model_name) == (8500, 0, "default")
   assert options.enable_batching and not options.prefer_tflite_model
   assert options.file_system_poll_wait_seconds == 1
+  assert not options.enable_signature_method_name_check
+  assert server_lib.parse_flags(
+    ["--model_base_path=/m", "--enable_signature_method_name_check=true"]
+  ).enable_signature_method_name_check
   with pytest.raises(SystemExit):
     server_lib.parse_flags([])  # Neither a base path nor a config file.
 

@@ -4,6 +4,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.framework import types_pb2
 
 from serving import status
@@ -23,7 +24,8 @@ from serving import tensors
   ],
 )
 def test_tensor_proto_round_trip_matches_tensorflow(value):
-  proto = tensors.to_tensor_proto(value)
+  proto = tensor_pb2.TensorProto()
+  tensors.fill_tensor_proto(value, proto)
   np.testing.assert_array_equal(tf.make_ndarray(proto), value)
   np.testing.assert_array_equal(tensors.to_ndarray(proto, "x"), value)
   packed = tf.make_tensor_proto(value)
@@ -46,13 +48,27 @@ def test_short_value_lists_fill_like_tensorflow():
   np.testing.assert_array_equal(tensors.to_ndarray(proto, "x"), [0.0] * 4)
 
 
+def test_short_string_lists_fill_like_tensorflow():
+  proto = tf.make_tensor_proto([b"a", b"b"], dtype=tf.string)
+  proto.tensor_shape.dim[0].size = 4
+  np.testing.assert_array_equal(tensors.to_ndarray(proto, "x"), [b"a", b"b", b"b", b"b"])
+  np.testing.assert_array_equal(tensors.to_ndarray(proto, "x"), tf.make_ndarray(proto))
+
+
 @pytest.mark.parametrize(
   "mutate, message",
   [
-    (lambda p: p.tensor_shape.dim[0].__setattr__("size", 1), "2 values for shape [1]"),
+    (
+      lambda p: p.tensor_shape.dim[0].__setattr__("size", 1),
+      "the values do not fit shape [1] of float",
+    ),
     (lambda p: p.tensor_shape.__setattr__("unknown_rank", True), "unknown rank"),
     (lambda p: p.__setattr__("dtype", types_pb2.DT_COMPLEX64), "unsupported dtype"),
     (lambda p: p.tensor_shape.dim[0].__setattr__("size", 2**40), "more than"),
+    (
+      lambda p: p.__setattr__("tensor_content", b"\x00" * 12),
+      "the values do not fit shape [2] of float",
+    ),
   ],
 )
 def test_malformed_protos(mutate, message):

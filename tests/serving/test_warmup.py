@@ -7,25 +7,33 @@ from tensorflow_serving.apis import prediction_log_pb2
 from serving import warmup
 
 
-def test_write_then_read_warmup_requests(tmp_path):
-  path = warmup.write_warmup_requests(str(tmp_path), [b"a", b"b"], model_name="m")
+def _write(path, records):
+  tf.io.gfile.makedirs(str(path / "assets.extra"))
+  with tf.io.TFRecordWriter(warmup.warmup_file(str(path))) as writer:
+    for record in records:
+      writer.write(record)
 
-  assert path == str(tmp_path / "assets.extra" / "tf_serving_warmup_requests")
-  records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
-  assert len(records) == 2
-  log = prediction_log_pb2.PredictionLog.FromString(records[1])
-  request = log.predict_log.request
-  assert request.model_spec.name == "m"
-  assert request.model_spec.signature_name == "serving_default"
-  assert tf.make_ndarray(request.inputs["examples"]).tolist() == [b"b"]
-  assert [log.predict_log.request for log in warmup.read_warmup_requests(str(tmp_path))] == [
-    prediction_log_pb2.PredictionLog.FromString(r).predict_log.request for r in records
-  ]
+
+def test_read_warmup_requests(tmp_path):
+  logs = []
+  for name in ("a", "b"):
+    log = prediction_log_pb2.PredictionLog()
+    log.predict_log.request.model_spec.name = name
+    log.predict_log.request.inputs["examples"].CopyFrom(tf.make_tensor_proto([b"x"]))
+    logs.append(log)
+  _write(tmp_path, [log.SerializeToString() for log in logs])
+
+  assert warmup.warmup_file(str(tmp_path)) == str(
+    tmp_path / "assets.extra" / "tf_serving_warmup_requests"
+  )
+  assert warmup.read_warmup_requests(str(tmp_path)) == logs
 
 
 def test_limits(tmp_path):
   assert warmup.read_warmup_requests(str(tmp_path)) == []
-  with pytest.raises(ValueError, match="at least one example"):
-    warmup.write_warmup_requests(str(tmp_path), [])
-  with pytest.raises(ValueError, match="at most 1000"):
-    warmup.write_warmup_requests(str(tmp_path), [b"x"] * 1001)
+  _write(tmp_path, [b"\xff not a PredictionLog"])
+  with pytest.raises(ValueError, match="is not a PredictionLog"):
+    warmup.read_warmup_requests(str(tmp_path))
+  _write(tmp_path, [prediction_log_pb2.PredictionLog().SerializeToString()] * 1001)
+  with pytest.raises(ValueError, match="exceeds the maximum"):
+    warmup.read_warmup_requests(str(tmp_path))

@@ -6,9 +6,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
 from tfx import v1 as tfx
 
-from components.trainer import constants
+import contract
+from components.trainer import export
 from components.trainer import features
 from components.trainer import layers
 from components.trainer import model as model_lib
@@ -18,12 +20,22 @@ from dataset import clickstream
 from tests import model_checks
 
 _TINY = presets.get("tiny")
+_CONTRACT = contract.load()
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
   tf.keras.utils.set_random_seed(0)
-  return model_lib.build_model(_TINY)
+  return model_lib._build_model(_TINY, _CONTRACT)
+
+
+def _encode(histories, segments, tiers, pad=True):
+  raw = {
+    "item_history": tf.ragged.constant(histories, dtype=tf.int64),
+    "user_segment": tf.constant(segments),
+    "city_tier": tf.constant(tiers),
+  }
+  return features.encode(_CONTRACT, raw, pad=pad)
 
 
 def _raw_inputs(histories, segments=None, tiers=None, width=None, left=False):
@@ -36,9 +48,9 @@ def _raw_inputs(histories, segments=None, tiers=None, width=None, left=False):
       padded[row, : len(history)] = history
   n = len(histories)
   return {
-    constants.ITEM_HISTORY_KEY: tf.constant(padded),
-    constants.USER_SEGMENT_KEY: tf.constant(segments or ["returning"] * n),
-    constants.CITY_TIER_KEY: tf.constant(tiers or ["tier1"] * n),
+    "item_history": tf.constant(padded),
+    "user_segment": tf.constant(segments or ["returning"] * n),
+    "city_tier": tf.constant(tiers or ["tier1"] * n),
   }
 
 
@@ -46,65 +58,54 @@ _HISTORIES = [[5, 17, 3], [9998, 1], list(range(1, 51)), [42]]
 
 
 def test_output_is_a_distribution_over_categories(tiny_model):
-  inputs = features.encode(
-    tf.ragged.constant(_HISTORIES, dtype=tf.int64),
-    tf.constant(["new", "returning", "new", "returning"]),
-    tf.constant(["tier1", "tier2", "tier3", "tier4"]),
+  inputs = _encode(
+    _HISTORIES, ["new", "returning", "new", "returning"], ["tier1", "tier2", "tier3", "tier4"]
   )
-  assert inputs[constants.ITEM_HISTORY_KEY].shape == (4, 50)
+  assert inputs["item_history"].shape == (4, 50)
   probabilities = tiny_model(inputs).numpy()
-  assert probabilities.shape == (4, constants.NUM_CATEGORIES)
+  assert probabilities.shape == (4, 10)
   np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_padding_does_not_change_predictions(tiny_model):
-  signatures = model_lib.make_serving_signatures(tiny_model)
-  serve_raw = signatures[constants.RAW_SIGNATURE_NAME]
+  signatures = export.serving_signatures(tiny_model, _CONTRACT)
+  serve_raw = signatures[export.RAW_SIGNATURE_NAME]
   narrow = serve_raw(**_raw_inputs(_HISTORIES))["probabilities"].numpy()
   wide = serve_raw(**_raw_inputs(_HISTORIES, width=70))["probabilities"].numpy()
   left = serve_raw(**_raw_inputs(_HISTORIES, width=60, left=True))["probabilities"].numpy()
   np.testing.assert_allclose(narrow, wide, atol=1e-6)
   np.testing.assert_allclose(narrow, left, atol=1e-6)
   # The Keras model itself: right-padding to any width gives the same output.
-  encoded = features.encode(
-    tf.ragged.constant(_HISTORIES, dtype=tf.int64),
-    tf.constant(["returning"] * 4),
-    tf.constant(["tier1"] * 4),
-    pad=False,
-  )
+  encoded = _encode(_HISTORIES, ["returning"] * 4, ["tier1"] * 4, pad=False)
   dense_20 = dict(encoded, item_history=encoded["item_history"].to_tensor(shape=[None, 50]))
   np.testing.assert_allclose(tiny_model(dense_20).numpy(), narrow, atol=1e-6)
 
 
 def test_order_changes_predictions(tiny_model):
-  serve_raw = model_lib.make_serving_signatures(tiny_model)[constants.RAW_SIGNATURE_NAME]
+  serve_raw = export.serving_signatures(tiny_model, _CONTRACT)[export.RAW_SIGNATURE_NAME]
   forward = serve_raw(**_raw_inputs([[5, 17, 3, 800]]))["probabilities"].numpy()
   backward = serve_raw(**_raw_inputs([[800, 3, 17, 5]]))["probabilities"].numpy()
   assert np.abs(forward - backward).max() > 1e-4
 
 
 def test_unknown_values_use_out_of_vocabulary_rows(tiny_model):
-  inputs = features.encode(
-    tf.ragged.constant([[123456, 7]], dtype=tf.int64), tf.constant(["vip"]), tf.constant(["tier9"])
-  )
-  assert inputs[constants.USER_SEGMENT_KEY].numpy().tolist() == [2]
-  assert inputs[constants.CITY_TIER_KEY].numpy().tolist() == [4]
+  inputs = _encode([[123456, 7]], ["vip"], ["tier9"])
+  assert inputs["user_segment"].numpy().tolist() == [2]
+  assert inputs["city_tier"].numpy().tolist() == [4]
   assert np.isfinite(tiny_model(inputs).numpy()).all()
 
 
 def test_save_load_round_trip_gives_identical_outputs(tiny_model, tmp_path):
   examples = model_checks.serialized_examples(16)
   export_dir = str(tmp_path / "model")
-  tiny_model.save(
-    export_dir, save_format="tf", signatures=model_lib.make_serving_signatures(tiny_model)
-  )
+  export.export_saved_model(tiny_model, _CONTRACT, export_dir)
   served = model_checks.assert_saved_model_matches(export_dir, tiny_model, examples)
   reloaded = tf.keras.models.load_model(export_dir)
-  inputs = features.parse_and_encode(tf.constant(examples), with_label=False)
+  inputs = features.parse_and_encode(_CONTRACT, tf.constant(examples), with_label=False)
   np.testing.assert_array_equal(reloaded(inputs).numpy(), tiny_model(inputs).numpy())
   # The raw signature agrees with the tf.Example one.
-  parsed = tf.io.parse_example(examples, features.feature_spec(with_label=False))
-  raw = tf.saved_model.load(export_dir).signatures[constants.RAW_SIGNATURE_NAME](
+  parsed = tf.io.parse_example(examples, features.feature_spec(_CONTRACT, with_label=False))
+  raw = tf.saved_model.load(export_dir).signatures[export.RAW_SIGNATURE_NAME](
     item_history=parsed["item_history"].to_tensor(),
     user_segment=parsed["user_segment"],
     city_tier=parsed["city_tier"],
@@ -113,8 +114,8 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_model, tmp_path):
 
 
 def test_serving_rejects_examples_without_required_features(tiny_model):
-  serve = model_lib.make_serving_signatures(tiny_model)["serving_default"]
-  example = clickstream._to_example([1, 2], "new", "tier1", 0)
+  serve = export.serving_signatures(tiny_model, _CONTRACT)["serving_default"]
+  example = clickstream.make_example(_CONTRACT, [1, 2], ["new", "tier1"], 0)
   del example.features.feature["user_segment"]
   with pytest.raises(tf.errors.InvalidArgumentError, match="user_segment"):
     serve(examples=tf.constant([example.SerializeToString()]))
@@ -169,14 +170,14 @@ def test_config_errors_name_the_problem():
 
 def test_input_fn_batches_by_length_and_fails_clearly(tmp_path):
   paths = clickstream.write_span(str(tmp_path), num_examples=200)
-  dataset = model_lib.input_fn(paths, batch_size=16, shuffle=True, seed=1)
+  dataset = model_lib._input_fn(_CONTRACT, paths, batch_size=16, shuffle=True, seed=1)
   for inputs, labels in dataset.take(8):
-    history = inputs[constants.ITEM_HISTORY_KEY].numpy()
+    history = inputs["item_history"].numpy()
     assert history.shape[0] == 16 and labels.shape == (16,)
     assert history.shape[1] <= 50
     assert (history[:, -1] > 0).any()  # Padded only to the longest in the batch.
   with pytest.raises(FileNotFoundError, match="No training data files match"):
-    model_lib.input_fn([str(tmp_path / "nothing-*")], 16, shuffle=False)
+    model_lib._input_fn(_CONTRACT, [str(tmp_path / "nothing-*")], 16, shuffle=False)
 
 
 def test_run_fn_trains_and_exports(tmp_path):
@@ -188,6 +189,7 @@ def test_run_fn_trains_and_exports(tmp_path):
     eval_steps=2,
     serving_model_dir=str(tmp_path / "serving"),
     model_run_dir=str(tmp_path / "run"),
+    schema_path=contract.DEFAULT_SCHEMA_PATH,
     custom_config={"preset": "tiny", "seed": 1},
   )
   model_lib.run_fn(fn_args)
@@ -195,24 +197,37 @@ def test_run_fn_trains_and_exports(tmp_path):
     history = json.load(f)
   assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
   loaded = tf.saved_model.load(fn_args.serving_model_dir)
-  assert set(loaded.signatures) == {"serving_default", constants.RAW_SIGNATURE_NAME}
+  assert set(loaded.signatures) == {
+    "serving_default",
+    export.RAW_SIGNATURE_NAME,
+    export.CLASSIFICATION_SIGNATURE_NAME,
+  }
   out = loaded.signatures["serving_default"](
     examples=tf.constant(model_checks.serialized_examples(3))
   )
-  assert out["probabilities"].shape == (3, constants.NUM_CATEGORIES)
+  assert out["probabilities"].shape == (3, 10)
   assert tf.io.gfile.glob(os.path.join(fn_args.model_run_dir, "train", "events.*"))
   # Warmup requests for TensorFlow Serving, in its format, without labels.
-  from serving import warmup  # pylint: disable=g-import-not-at-top
-
-  records = list(tf.data.TFRecordDataset(warmup.warmup_file(fn_args.serving_model_dir)))
-  assert len(records) == 8
+  path = os.path.join(fn_args.serving_model_dir, "assets.extra", "tf_serving_warmup_requests")
+  logs = [
+    prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)
+  ]
+  assert len(logs) == 8
+  for log in logs:
+    request = log.predict_log.request
+    assert request.model_spec.signature_name == "serving_default"
+    (serialized,) = tf.make_ndarray(request.inputs["examples"]).tolist()
+    example = tf.train.Example.FromString(serialized)
+    assert sorted(example.features.feature) == ["city_tier", "item_history", "user_segment"]
+  # The contract the model was trained on, for the TFLite conversion.
+  assert export.read_contract(fn_args.serving_model_dir) == _CONTRACT
 
 
 def test_tiny_model_learns(tmp_path):
   paths = clickstream.write_span(str(tmp_path), num_examples=800, seed=4)
   tf.keras.utils.set_random_seed(0)
-  model = model_lib.build_model(_TINY)
-  dataset = model_lib.input_fn(paths, batch_size=32, shuffle=True, seed=0)
+  model = model_lib._build_model(_TINY, _CONTRACT)
+  dataset = model_lib._input_fn(_CONTRACT, paths, batch_size=32, shuffle=True, seed=0)
   history = model.fit(dataset, epochs=4, steps_per_epoch=25, verbose=0)
   losses = history.history["loss"]
   assert losses[-1] < losses[0] - 0.1

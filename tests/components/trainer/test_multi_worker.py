@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
 
+import contract
 from components.trainer import features
 from components.trainer import model as model_lib
 from components.trainer import multi_worker
@@ -27,6 +28,7 @@ def _fn_args(tmp_path, name, paths, **custom_config):
     eval_steps=2,
     serving_model_dir=str(tmp_path / name / "serving"),
     model_run_dir=str(tmp_path / name / "run"),
+    schema_path=contract.DEFAULT_SCHEMA_PATH,
     custom_config=dict(_CONFIG, **custom_config),
   )
 
@@ -59,8 +61,9 @@ def test_two_workers_agree_with_each_other_and_with_one_worker(tmp_path):
     _predict(chief_dir, examples), _predict(one.serving_model_dir, examples), atol=_TOLERANCE
   )
   # The models did learn something (not two equal untrained models).
-  untrained = model_lib.build_model(model_lib.presets.get("tiny", dropout=0.0))
-  inputs = features.parse_and_encode(tf.constant(examples), with_label=False)
+  data_contract = contract.load()
+  untrained = model_lib._build_model(model_lib.presets.get("tiny", dropout=0.0), data_contract)
+  inputs = features.parse_and_encode(data_contract, tf.constant(examples), with_label=False)
   assert np.abs(untrained(inputs).numpy() - _predict(chief_dir, examples)).max() > 0.05
 
 
@@ -82,3 +85,18 @@ def test_bad_settings_are_refused(tmp_path):
     model_lib.run_fn(_fn_args(tmp_path, "zero", ["unused"], num_workers=0))
   with pytest.raises(ValueError, match="Unknown hyperparameters"):
     model_lib.presets.get("tiny", depth=3)
+  no_schema = _fn_args(tmp_path, "no_schema", ["unused"])
+  no_schema.schema_path = None
+  with pytest.raises(ValueError, match="The Trainer was given no schema"):
+    model_lib.run_fn(no_schema)
+
+
+def test_the_worker_entry_point_runs_the_function_it_is_named(tmp_path, monkeypatch):
+  # The worker process imports the training function by dotted path, so
+  # multi_worker needs no import of the Trainer module.
+  spec = tmp_path / "fn_args.json"
+  spec.write_text('{"train_steps": 7}')
+  calls = []
+  monkeypatch.setattr(model_lib, "_train", calls.append, raising=True)
+  assert multi_worker.main([f"--train_fn={model_lib._TRAIN_FN}", f"--fn_args={spec}"]) == 0
+  assert [fn_args.train_steps for fn_args in calls] == [7]
