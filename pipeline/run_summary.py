@@ -29,6 +29,7 @@ class ComponentRun:
   state: str  # COMPLETE, CACHED, FAILED, RUNNING, ...
   seconds: float
   outputs: Dict[str, List[metadata_store_pb2.Artifact]]
+  execution_id: int = 0
 
 
 @dataclasses.dataclass
@@ -52,6 +53,9 @@ class RunSummary:
   infra_validation: Optional[Tuple[bool, str]] = None
   # The model was the version serving already: the Pusher copied nothing.
   already_pushed: bool = False
+  # Set by the runner: the run's log file and its HTML run report.
+  log_path: Optional[str] = None
+  run_report: Optional[str] = None
 
   def component(self, node_id: str) -> Optional[ComponentRun]:
     for run in self.components:
@@ -60,7 +64,8 @@ class RunSummary:
     return None
 
 
-def _latest_run_context(store, pipeline_name: str) -> metadata_store_pb2.Context:
+def _run_contexts(store, pipeline_name: str) -> List[metadata_store_pb2.Context]:
+  """The pipeline's runs, oldest first."""
   pipeline_contexts = [c for c in store.get_contexts_by_type("pipeline") if c.name == pipeline_name]
   if not pipeline_contexts:
     raise ValueError(f"ML Metadata has no pipeline named {pipeline_name!r}.")
@@ -70,9 +75,23 @@ def _latest_run_context(store, pipeline_name: str) -> metadata_store_pb2.Context
     executions = store.get_executions_by_context(context.id)
     if any(e.id in pipeline_executions for e in executions):
       runs.append(context)
+  return sorted(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+
+
+def run_ids(
+  connection_config: metadata_store_pb2.ConnectionConfig, pipeline_name: str
+) -> List[str]:
+  """The ids of every run of `pipeline_name` in ML Metadata, oldest first."""
+  return [
+    c.name for c in _run_contexts(metadata_store.MetadataStore(connection_config), pipeline_name)
+  ]
+
+
+def _latest_run_context(store, pipeline_name: str) -> metadata_store_pb2.Context:
+  runs = _run_contexts(store, pipeline_name)
   if not runs:
     raise ValueError(f"ML Metadata has no run of pipeline {pipeline_name!r}.")
-  return max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+  return runs[-1]
 
 
 def _node_id(store, node_type_id: int, execution_id: int) -> str:
@@ -142,15 +161,28 @@ def _read_slice_metrics(artifact) -> List[Tuple[str, Dict[str, float]]]:
 
 
 def summarize(
-  connection_config: metadata_store_pb2.ConnectionConfig, pipeline_name: str
+  connection_config: metadata_store_pb2.ConnectionConfig,
+  pipeline_name: str,
+  run_id: Optional[str] = None,
 ) -> RunSummary:
-  """Reads the latest run of `pipeline_name` from ML Metadata.
+  """Reads the latest run of `pipeline_name` (or its run `run_id`) from ML Metadata.
 
   Raises:
-    ValueError: if ML Metadata holds no run of the pipeline.
+    ValueError: if ML Metadata holds no run of the pipeline, or none named
+      `run_id`.
   """
   store = metadata_store.MetadataStore(connection_config)
-  run_context = _latest_run_context(store, pipeline_name)
+  if run_id is None:
+    run_context = _latest_run_context(store, pipeline_name)
+  else:
+    runs = _run_contexts(store, pipeline_name)
+    matching = [c for c in runs if c.name == run_id]
+    if not matching:
+      latest = ", ".join(c.name for c in runs[-5:]) or "none"
+      raise ValueError(
+        f"ML Metadata has no run {run_id!r} of pipeline {pipeline_name!r}; the latest: {latest}."
+      )
+    run_context = matching[0]
   node_type_id = store.get_context_type("node").id
   components = []
   for execution in sorted(
@@ -163,6 +195,7 @@ def summarize(
         state=_STATE_NAMES(execution.last_known_state),
         seconds=seconds,
         outputs=_outputs(store, execution.id),
+        execution_id=execution.id,
       )
     )
   summary = RunSummary(run_context.name, components, {}, [], None, None, None)
@@ -199,6 +232,60 @@ def summarize(
           props.get("already_pushed") and props["already_pushed"].int_value
         )
   return summary
+
+
+def gate_verdict(validation: metadata_store_pb2.Artifact) -> str:
+  """The data gate's verdict, in one line, from its `validation` artifact."""
+  props = validation.custom_properties
+  tolerated = json.loads(props["tolerated"].string_value) if "tolerated" in props else []
+  blocking = props["blocking"].int_value if "blocking" in props else 0
+  parts = [
+    f"{blocking} blocking anomalies" if blocking else "no blocking anomalies",
+  ]
+  if tolerated:
+    parts.append(f"{len(tolerated)} tolerated ({'; '.join(tolerated)[:120]})")
+  previous = props["previous_span"].int_value if "previous_span" in props else 0
+  span = validation.properties["span"].int_value if "span" in validation.properties else 0
+  if previous:
+    drift = json.loads(props["drift"].string_value) if "drift" in props else []
+    over = [m[0] for m in drift if m[2] > m[3]]
+    parts.append(
+      f"drift of span {span} against span {previous}: "
+      + (f"over the threshold for {', '.join(over)}" if over else f"{len(drift)} measures within")
+    )
+  else:
+    parts.append(f"span {span} is the first span, no drift check")
+  verdict = "STOPPED the run" if blocking else "passed"
+  return f"Data gate {verdict}: {'; '.join(parts)}"
+
+
+class ComponentStates:
+  """Reads how each component ended from ML Metadata, for the console's lines."""
+
+  def __init__(self, connection_config: metadata_store_pb2.ConnectionConfig, pipeline_name: str):
+    self._connection_config = connection_config
+    self._pipeline_name = pipeline_name
+
+  def describe_end(self, node_id: str, execution_info) -> Tuple[str, str]:
+    """The state of the execution TFX's launcher returned, and the gate's verdict for the gate.
+
+    Args:
+      node_id: the component's id.
+      execution_info: what `Launcher.launch` returned (None if not run).
+
+    Returns:
+      `(state, detail)`: e.g. ("CACHED", "").
+    """
+    execution_id = getattr(execution_info, "execution_id", None)
+    if execution_id is None:
+      return "SKIPPED", ""
+    store = metadata_store.MetadataStore(self._connection_config)
+    [execution] = store.get_executions_by_id([execution_id])
+    state = _STATE_NAMES(execution.last_known_state)
+    detail = ""
+    for artifact in _outputs(store, execution_id).get("validation", []):
+      detail = gate_verdict(artifact)
+    return state, detail
 
 
 def format_summary(summary: RunSummary) -> str:
@@ -260,4 +347,8 @@ def format_summary(summary: RunSummary) -> str:
     lines.append("Pushed: nothing")
   if summary.reports:
     lines += ["", "Reports:"] + [f"  {path}" for path in summary.reports]
+  if summary.run_report:
+    lines += ["", f"Run report: {summary.run_report}"]
+  if summary.log_path:
+    lines.append(f"Log: {summary.log_path}")
   return "\n".join(lines)

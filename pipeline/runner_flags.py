@@ -86,6 +86,12 @@ def parse_args(argv: Optional[Sequence[str]], description: str):
     default=configs.SCHEMA_PATH,
     help="The data contract: feature names, vocabularies, label and limits are read from it.",
   )
+  parser.add_argument(
+    "--verbose",
+    action="store_true",
+    help="Show every log line (Beam, absl, TensorFlow) on the terminal instead of the run's "
+    "log file OUTPUT_ROOT/logs/<run>.log.",
+  )
   add_pipeline_flags(
     parser,
     num_workers_help="Trainer workers: with no TF_CONFIG, a local MultiWorkerMirroredStrategy "

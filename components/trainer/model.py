@@ -25,6 +25,7 @@ from components.trainer import features
 from components.trainer import layers
 from components.trainer import multi_worker
 from components.trainer import presets
+from components.trainer import progress_callback
 
 # Examples buffered for shuffling; the default dataset's train split fits.
 _SHUFFLE_BUFFER = 50_000
@@ -264,12 +265,15 @@ def _train(fn_args: tfx.components.FnArgs) -> None:
     validation_data=eval_dataset,
     validation_steps=fn_args.eval_steps,
     callbacks=[
-      tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=100),
+      tf.keras.callbacks.TensorBoard(
+        log_dir=log_dir, update_freq=max(1, fn_args.train_steps // 20)
+      ),
       # A restarted worker resumes from the last backup instead of step 0.
       tf.keras.callbacks.BackupAndRestore(
         backup_dir=os.path.join(fn_args.model_run_dir, "backup"),
         save_freq=max(1, fn_args.train_steps // 4),
       ),
+      *progress_callback.callbacks(fn_args.train_steps, config.batch_size, _is_chief(strategy)),
     ],
     verbose=2,
   )

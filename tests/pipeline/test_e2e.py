@@ -8,6 +8,7 @@ status.
 
 import json
 import os
+import re
 import shutil
 import time
 
@@ -19,6 +20,7 @@ from dataset import clickstream
 from pipeline import configs
 from tests import model_checks
 from tests.pipeline import pipelines
+from tests.pipeline import report_checks
 
 pytestmark = pytest.mark.e2e
 
@@ -184,6 +186,37 @@ def test_failing_component_exits_non_zero_and_names_it(first_run):
   data_root, output_root, _ = first_run
   result = _run_pipeline(data_root, output_root, "--preset=no_such_preset")
   assert result.returncode == 1
-  last_line = result.stderr.strip().splitlines()[-1]
-  assert last_line.startswith("ERROR: pipeline next_category failed in Trainer")
-  assert "Unknown model preset 'no_such_preset'" in last_line
+  error_line, log_line = result.stderr.strip().splitlines()[-2:]
+  assert error_line.startswith("ERROR: pipeline next_category failed in Trainer")
+  assert "Unknown model preset 'no_such_preset'" in error_line
+  # The console's line of the component ends with the error too; the log is named last.
+  assert re.search(r"  Trainer +FAILED .*Unknown model preset 'no_such_preset'", result.stdout)
+  log_path = log_line[len("Log: ") :]
+  assert log_line.startswith("Log: ") and os.path.isfile(log_path)
+  assert "Traceback" in open(log_path).read() or "no_such_preset" in open(log_path).read()
+
+
+def test_console_shows_components_progress_and_the_run_report(first_run):
+  _, output_root, result = first_run
+  console, _, _ = result.stdout.partition("\nRun ")
+  lines = console.splitlines()
+  # Not a terminal: plain lines, no control characters; a short console.
+  assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", result.stdout)
+  assert len(lines) <= 30, console
+  for node in _NODES:
+    assert any(re.match(rf"\d\d:\d\d:\d\d  {node} +started$", line) for line in lines), node
+    assert any(re.match(rf"\d\d:\d\d:\d\d  {node} +COMPLETE ", line) for line in lines), node
+  # The Trainer's progress comes from its worker subprocess (--num_workers=2).
+  assert any(re.match(r"  Trainer: step \d+/60 ", line) for line in lines), console
+  assert any("Data gate passed: no blocking anomalies" in line for line in lines)
+  assert "WARNING" not in result.stdout and result.stderr == ""
+  # Other tests run the pipeline again: this run's id is in its summary.
+  run_id = re.search(r"^Run (\S+)$", result.stdout, re.MULTILINE).group(1)
+  log_path = os.path.join(output_root, "logs", f"{run_id}.log")
+  assert f"Log: {log_path}" in result.stdout
+  assert "WARNING" in open(log_path).read()
+  report = os.path.join(output_root, "reports", run_id, "index.html")
+  assert f"Run report: {report}" in result.stdout
+  images = report_checks.check_report(open(report).read())
+  for section in ("run", "evaluation", "confusion", "training", "data", "tflite"):
+    assert images[section], section

@@ -50,7 +50,7 @@ def gated_run(tmp_path_factory):
 
 
 def test_anomalies_and_drift_stop_the_run_with_every_anomaly_listed(gated_run):
-  _, _, result = gated_run
+  _, output_root, result = gated_run
   assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-5000:]
   lines = result.stderr.strip().splitlines()
   start = next(i for i, line in enumerate(lines) if line.startswith("ERROR: pipeline"))
@@ -62,7 +62,9 @@ def test_anomalies_and_drift_stop_the_run_with_every_anomaly_listed(gated_run):
     "more tolerated); fix the data, or accept known kinds with --tolerate_anomalies"
     in (lines[start])
   )
-  listed = lines[start + 1 :]
+  # The anomalies, then the run's log file.
+  listed = lines[start + 1 : -1]
+  assert lines[-1].startswith(f"Log: {output_root}/logs/")
   assert all(line.startswith("  [") for line in listed), listed
   kinds = {re.match(r"  \[(\w+)\] (\w+): (\w+):", line).groups() for line in listed}
   assert ("drift", "user_segment", "COMPARATOR_L_INFTY_HIGH") in kinds

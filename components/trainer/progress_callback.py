@@ -1,0 +1,85 @@
+"""A Keras callback that reports training progress through `components.trainer.progress`."""
+
+import time
+from typing import List
+from typing import Optional
+
+import tensorflow as tf
+
+from components.trainer import progress
+
+# Seconds between two reports (the last step is always reported).
+_INTERVAL_SECONDS = 0.5
+
+
+class ProgressReporter(tf.keras.callbacks.Callback):
+  """Appends step, loss, examples/s and time left to a progress file.
+
+  Args:
+    path: the progress file (see `progress.report_path`).
+    total_steps: the training steps of the run.
+    global_batch_size: examples per step, over all replicas.
+    interval_seconds: the least time between two reports.
+
+  Example:
+
+  ```python
+  model.fit(dataset, steps_per_epoch=400, callbacks=[ProgressReporter(path, 400, 256)])
+  ```
+  """
+
+  def __init__(
+    self,
+    path: str,
+    total_steps: int,
+    global_batch_size: int,
+    interval_seconds: float = _INTERVAL_SECONDS,
+    **kwargs,
+  ):
+    super().__init__(**kwargs)
+    self.path = path
+    self.total_steps = total_steps
+    self.global_batch_size = global_batch_size
+    self.interval_seconds = interval_seconds
+    self._first = None  # (step, time) of the first finished step
+    self._last_report = 0.0
+    self._step = 0
+
+  def on_train_batch_end(self, batch, logs=None):
+    now = time.monotonic()
+    self._step += 1
+    if self._first is None:
+      # The first step includes tracing: rates count from its end.
+      self._first = (self._step, now)
+    if self._step < self.total_steps and now - self._last_report < self.interval_seconds:
+      return
+    self._last_report = now
+    first_step, first_time = self._first
+    steps_per_second = (self._step - first_step) / (now - first_time) if now > first_time else 0
+    report = {
+      "phase": progress.TRAIN,
+      "step": self._step,
+      "total": self.total_steps,
+      "loss": float((logs or {}).get("loss", float("nan"))),
+      "examples_per_second": steps_per_second * self.global_batch_size,
+      "seconds_left": (
+        (self.total_steps - self._step) / steps_per_second if steps_per_second else None
+      ),
+    }
+    progress.write(self.path, report)
+
+  def on_test_begin(self, logs=None):
+    progress.write(self.path, {"phase": progress.VALIDATE})
+
+  def on_train_end(self, logs=None):
+    progress.write(self.path, {"phase": progress.EXPORT})
+
+
+def callbacks(
+  total_steps: int, global_batch_size: int, chief: bool = True
+) -> List[ProgressReporter]:
+  """The progress callback when the pipeline listens (and this is the chief), else none."""
+  path: Optional[str] = progress.report_path()
+  if not path or not chief:
+    return []
+  return [ProgressReporter(path, total_steps, global_batch_size)]
