@@ -78,13 +78,21 @@ def test_shipped_tflite_version_verifies_and_tampering_is_detected(tmp_path, key
   for name in (
     tflite_executor.MODEL_FILE,
     tflite_executor.LABELS_FILE,
+    tflite_executor.CONTRACT_FILE,
     tflite_executor.METRICS_FILE,
   ):
     (source / name).write_bytes(b"contents of " + name.encode())
   version_dir = tflite_executor.push(str(source), str(tmp_path / "tflite"), "7", keys["private"])
 
   manifest = model_signing.verify_directory(version_dir, keys["public"])
-  assert sorted(manifest) == ["labels.txt", "metrics.json", "model.tflite"]
+  assert sorted(manifest) == sorted(
+    [
+      tflite_executor.CONTRACT_FILE,
+      tflite_executor.LABELS_FILE,
+      tflite_executor.METRICS_FILE,
+      tflite_executor.MODEL_FILE,
+    ]
+  )
   with open(os.path.join(version_dir, "extra.tflite"), "wb") as f:
     f.write(b"added after signing")
   with pytest.raises(model_signing.VerificationError, match="not in the manifest: extra.tflite"):

@@ -43,14 +43,18 @@ def _examples(num_examples: int, seed: int = 11):
 
 
 class _ToyClassifier(tf.Module):
-  """Mean item embedding -> dense -> softmax; `dropout` is applied even at serving (a bug)."""
+  """Mean item embedding -> dense -> softmax; `noise` is added even at serving (a bug).
 
-  def __init__(self, dropout: float = 0.0):
+  Uniform noise rather than dropout: two calls give equal answers with
+  probability 0, where dropout's masks coincide now and then.
+  """
+
+  def __init__(self, noise: float = 0.0):
     super().__init__()
     rng = np.random.default_rng(3)
     self.embeddings = tf.Variable(rng.normal(size=(_NUM_ITEMS, 8)).astype(np.float32))
     self.kernel = tf.Variable(rng.normal(size=(8, _NUM_CLASSES)).astype(np.float32))
-    self.dropout = dropout
+    self.noise = noise
 
   def probabilities(self, serialized):
     parsed = tf.io.parse_example(serialized, {"item_history": tf.io.VarLenFeature(tf.int64)})
@@ -58,13 +62,13 @@ class _ToyClassifier(tf.Module):
     mask = tf.cast(history > 0, tf.float32)[..., tf.newaxis]
     embedded = tf.gather(self.embeddings, history) * mask
     pooled = tf.reduce_sum(embedded, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
-    if self.dropout:
-      pooled = tf.nn.dropout(pooled, rate=self.dropout)
+    if self.noise:
+      pooled += tf.random.uniform(tf.shape(pooled), 0.0, self.noise)
     return tf.nn.softmax(tf.matmul(pooled, self.kernel))
 
 
-def _save(path: str, dropout: float, examples) -> str:
-  module = _ToyClassifier(dropout)
+def _save(path: str, noise: float, examples) -> str:
+  module = _ToyClassifier(noise)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
   def predict(examples):
@@ -117,7 +121,7 @@ def _write_warmup_requests(saved_model_dir: str, examples) -> None:
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
-  """SavedModel directories: `good` (Predict and Classify), `corrupted`, `dropout_on`.
+  """SavedModel directories: `good` (Predict and Classify), `corrupted`, `noisy`.
 
   Returns a namespace with those paths and `examples_artifact` (an Examples
   artifact whose `eval` split holds `NUM_EXAMPLES` examples).
@@ -125,9 +129,9 @@ def models(tmp_path_factory):
   root = tmp_path_factory.mktemp("infra_validator")
   examples = _examples(NUM_EXAMPLES)
   good = _save(str(root / "good"), 0.0, examples)
-  # Dropout left on at serving: each call answers differently, a bug the
+  # Random answers at serving (like dropout left on): each call differs, a bug the
   # comparison with the in-process model must catch.
-  dropout_on = _save(str(root / "dropout_on"), 0.5, examples)
+  noisy = _save(str(root / "noisy"), 0.5, examples)
 
   # A copy whose variables file lost its second half, as an interrupted copy leaves it.
   corrupted = str(root / "corrupted")
@@ -147,7 +151,7 @@ def models(tmp_path_factory):
     for record in examples:
       writer.write(record)
   return pytypes.SimpleNamespace(
-    good=good, corrupted=corrupted, dropout_on=dropout_on, examples_artifact=examples_artifact
+    good=good, corrupted=corrupted, noisy=noisy, examples_artifact=examples_artifact
   )
 
 

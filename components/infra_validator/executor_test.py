@@ -100,8 +100,8 @@ def test_corrupted_model_is_not_blessed_and_not_pushed(models, tmp_path):
   assert not os.path.exists(destination) or not os.listdir(destination)
 
 
-def test_model_with_dropout_on_at_serving_is_not_blessed(models, tmp_path):
-  _, measurements = _run(models, models.dropout_on, tmp_path, num_examples=5)
+def test_model_with_random_answers_at_serving_is_not_blessed(models, tmp_path):
+  _, measurements = _run(models, models.noisy, tmp_path, num_examples=5)
 
   assert not measurements["blessed"]
   # Every Predict answer and the Classify scores differ; the class labels do not.
