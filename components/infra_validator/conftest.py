@@ -45,8 +45,8 @@ def _examples(num_examples: int, seed: int = 11):
 class _ToyClassifier(tf.Module):
   """Mean item embedding -> dense -> softmax; `noise` is added even at serving (a bug).
 
-  Uniform noise rather than dropout: two calls give equal answers with
-  probability 0, where dropout's masks coincide now and then.
+  Noise seeded by the clock rather than dropout: two calls (in two
+  processes) give equal answers with probability 0.
   """
 
   def __init__(self, noise: float = 0.0):
@@ -63,7 +63,12 @@ class _ToyClassifier(tf.Module):
     embedded = tf.gather(self.embeddings, history) * mask
     pooled = tf.reduce_sum(embedded, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
     if self.noise:
-      pooled += tf.random.uniform(tf.shape(pooled), 0.0, self.noise)
+      # Seeded by the clock: a stateful random op would carry the op seed
+      # fixed at tracing, so two processes replay the same sequence.
+      seed = tf.cast(tf.timestamp() * 1e9 % 2**31, tf.int64)
+      pooled += tf.random.stateless_uniform(
+        tf.shape(pooled), seed=tf.stack([seed, seed]), minval=0.0, maxval=self.noise
+      )
     return tf.nn.softmax(tf.matmul(pooled, self.kernel))
 
 
