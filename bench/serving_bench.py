@@ -26,8 +26,12 @@ that the server's request counter did not record as OK counts as an error.
 The production rows (`features`) put a server with access control, the audit
 log and the request log (sampling_rate 1.0) all on beside one with them all
 off, at the highest concurrency with one example per gRPC request, taking
-turns for `--production_rounds` rounds; then each feature alone once. The
-verdict is the loss of the median all-on rate against the median all-off rate.
+turns for `--production_rounds` rounds; then each feature alone once. Two
+estimates of the loss: the median all-on rate against the median all-off rate,
+and the median of each round's all-on/all-off ratio (the two runs of a round
+are back to back, so a machine whose speed drifts weighs on both alike). The
+target is met when both are within it; on this shared 2-core machine single
+runs vary by +-15%, so use 12 rounds or more.
 """
 
 import argparse
@@ -590,6 +594,8 @@ def run_production_comparison(
           rates[name].append(measure(servers[name], client, name).predictions_per_second)
       off, on = float(np.median(rates["off"])), float(np.median(rates["all"]))
       loss = 100.0 * (off - on) / off if off else float("nan")
+      ratios = [a / o for a, o in zip(rates["all"], rates["off"], strict=True) if o]
+      paired_loss = 100.0 * (1.0 - float(np.median(ratios))) if ratios else float("nan")
       summary[client] = {
         "concurrency": concurrency,
         "rounds": rounds,
@@ -598,8 +604,9 @@ def run_production_comparison(
         "median_off": round(off, 1),
         "median_all": round(on, 1),
         "loss_percent": round(loss, 1),
+        "paired_loss_percent": round(paired_loss, 1),
         "loss_percent_target": _TARGET_PRODUCTION_LOSS_PERCENT,
-        "loss_met": loss <= _TARGET_PRODUCTION_LOSS_PERCENT,
+        "loss_met": max(loss, paired_loss) <= _TARGET_PRODUCTION_LOSS_PERCENT,
         "request_log_sampling_rate": sampling_rate,
       }
   finally:
@@ -624,7 +631,7 @@ def run_benchmark(
   seconds: float,
   warmup_seconds: float,
   output: str,
-  production_rounds: int = 3,
+  production_rounds: int = 12,
   production_only: bool = False,
   request_log_sampling_rate: float = 1.0,
 ) -> dict:
@@ -730,7 +737,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument(
     "--production_rounds",
     type=int,
-    default=3,
+    default=12,
     help="Interleaved rounds of all production features off vs on (auth, audit log, request "
     "log), gRPC, one example, the highest concurrency; 0 skips them (default: %(default)s).",
   )
@@ -776,7 +783,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(
       f"production features, {client}: all off {verdict['median_off']:.0f} pred/s, all on "
       f"{verdict['median_all']:.0f} pred/s (medians of {verdict['rounds']} interleaved rounds): "
-      f"loss {verdict['loss_percent']:.1f}% (target <= {verdict['loss_percent_target']:g}%)"
+      f"loss {verdict['loss_percent']:.1f}%, median of paired rounds "
+      f"{verdict['paired_loss_percent']:.1f}% (target <= {verdict['loss_percent_target']:g}%, "
+      f"{'met' if verdict['loss_met'] else 'NOT met'})"
     )
   print(f"wrote {args.output}")
   return 0

@@ -15,13 +15,22 @@ A request carries `authorization: Bearer <token>` (gRPC metadata) or the
 No credentials, or credentials that do not check out: UNAUTHENTICATED (HTTP
 401). A principal not allowed for the model: PERMISSION_DENIED (HTTP 403).
 TensorFlow Serving itself has no access control; this is this server's own.
+
+Credentials that checked out are remembered by the BLAKE2b digest of the
+header value (a JWT until its `exp`), so a caller's next request costs one hash
+and one lookup instead of the comparisons or the signature check; credentials
+that fail are never remembered and take the full check every time.
 """
 
 import dataclasses
+import hashlib
 import hmac
+import time
+from typing import Dict
 from typing import FrozenSet
 from typing import List
 from typing import Optional
+from typing import Tuple
 
 import grpc
 import jwt
@@ -32,6 +41,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from serving import status
 
 _BEARER = "bearer "
+# Credentials remembered at most; beyond that the memory starts over.
+_VERIFIED_CACHE_SIZE = 4096
 # Every model (a principal with no model list).
 ALL_MODELS = None
 
@@ -120,6 +131,8 @@ class Authenticator:
     if not (tokens_file or jwt_public_key_file or jwt_secret_file):
       raise ValueError("Access control needs --auth_tokens_file or a JWT key.")
     self._tokens = parse_tokens_file(tokens_file) if tokens_file else []
+    # Digest of a header value that checked out -> (principal, expiry or None).
+    self._verified: Dict[bytes, Tuple[Principal, Optional[float]]] = {}
     self._jwt_key = None
     self._jwt_algorithms: List[str] = []
     self._audience = jwt_audience or None
@@ -149,6 +162,19 @@ class Authenticator:
     Raises:
       ServingError: UNAUTHENTICATED when missing or not valid.
     """
+    key = hashlib.blake2b((authorization or "").encode("utf-8", "replace"), digest_size=16)
+    key = key.digest()
+    verified = self._verified.get(key)
+    if verified is not None and (verified[1] is None or time.time() < verified[1]):
+      return verified[0]
+    principal, expires = self._check(authorization)
+    if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+      self._verified.clear()
+    self._verified[key] = (principal, expires)
+    return principal
+
+  def _check(self, authorization: Optional[str]) -> Tuple[Principal, Optional[float]]:
+    """The full check: (principal, when the credentials expire or None)."""
     if not authorization:
       raise unauthenticated("Missing credentials: send the header 'authorization: Bearer <token>'.")
     if authorization[: len(_BEARER)].lower() != _BEARER:
@@ -156,7 +182,7 @@ class Authenticator:
     token = authorization[len(_BEARER) :].strip()
     principal = self._static(token.encode("utf-8"))
     if principal is not None:
-      return principal
+      return principal, None
     if self._jwt_key is not None and token.count(".") == 2:
       return self._decode_jwt(token)
     raise unauthenticated("The bearer token is not valid.")
@@ -169,7 +195,7 @@ class Authenticator:
         found = principal
     return found
 
-  def _decode_jwt(self, token: str) -> Principal:
+  def _decode_jwt(self, token: str) -> Tuple[Principal, float]:
     try:
       claims = jwt.decode(
         token,
@@ -193,7 +219,10 @@ class Authenticator:
       isinstance(models, list) and all(isinstance(m, str) for m in models)
     ):
       raise unauthenticated("The JWT's 'models' claim must be a list of model names.")
-    return Principal(str(claims["sub"]), frozenset(models) if models is not None else ALL_MODELS)
+    principal = Principal(
+      str(claims["sub"]), frozenset(models) if models is not None else ALL_MODELS
+    )
+    return principal, float(claims["exp"])
 
   def authorize(self, authorization: Optional[str], model_name: str) -> Principal:
     """Authenticates, then checks the principal may use `model_name`.

@@ -1,8 +1,11 @@
 """gRPC services of TensorFlow Serving: tensorflow.serving.PredictionService and ModelService.
 
-The servicers are tensorflow-serving-api's generated base classes with async
-methods, served by a `grpc.aio` server: a request waiting for its batch holds
-no thread.
+Async methods served by a `grpc.aio` server: a request waiting for its batch
+holds no thread. ModelService is tensorflow-serving-api's generated servicer.
+PredictionService is registered by hand, with the same method names and
+messages, so that its handlers see each request's bytes as they came (the
+request log writes them as they are) and send a response serialized once, on
+the batch thread, off the event loop (the request log writes those bytes too).
 """
 
 import asyncio
@@ -14,9 +17,13 @@ from typing import Callable
 from typing import Optional
 
 import grpc
+from tensorflow_serving.apis import classification_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import inference_pb2
 from tensorflow_serving.apis import model_management_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
-from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import regression_pb2
 from tensorflow_serving.apis import status_pb2
 
 from serving import inference
@@ -24,6 +31,7 @@ from serving import request_policy
 from serving import status
 
 ENTRYPOINT = "GRPC"
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> Optional[float]:
@@ -51,10 +59,13 @@ class _Completions:
     return waiter
 
   def _done(self, waiter: asyncio.Future, future: inference.Pending) -> None:
-    # Runs on the batch thread: build the response here, off the event loop,
-    # which every request's I/O goes through.
-    future.exception()
-    self._pending.append((waiter, future))
+    # Runs on the batch thread: build and serialize the response here, off
+    # the event loop, which every request's I/O goes through.
+    if future.exception() is None:
+      response = future.result()
+      self._pending.append((waiter, (response, response.SerializeToString())))
+    else:
+      self._pending.append((waiter, future))
     with self._lock:
       if self._scheduled:
         return
@@ -65,14 +76,13 @@ class _Completions:
     with self._lock:
       self._scheduled = False
     while self._pending:
-      waiter, future = self._pending.popleft()
+      waiter, outcome = self._pending.popleft()
       if waiter.cancelled():
         continue
-      error = future.exception()
-      if error is not None:
-        waiter.set_exception(error)
+      if isinstance(outcome, tuple):
+        waiter.set_result(outcome)
       else:
-        waiter.set_result(future.result())
+        waiter.set_exception(outcome.exception())
 
 
 def _metadata_value(context, key: str):
@@ -90,25 +100,46 @@ class _Handler:
     self._completions: Optional[_Completions] = None
 
   async def __call__(
-    self, api: str, model_name: str, context, call: Callable, is_future: bool = True, request=None
+    self,
+    api: str,
+    model_name: str,
+    context,
+    call: Callable,
+    is_future: bool = True,
+    request=None,
+    request_bytes: bytes = b"",
   ):
+    """Runs `call()` and answers with its result.
+
+    Args:
+      call: returns the response, or an `inference.Pending` one if `is_future`;
+        then the answer is the response's bytes, serialized on the batch thread.
+      request: the request message, for the audit and request logs.
+      request_bytes: the request as received, for the request log.
+    """
     start, arrived = time.perf_counter(), time.time()
-    version, code, message, principal = "", grpc.StatusCode.OK, "", ""
+    version, code, message, principal, examples = "", grpc.StatusCode.OK, "", "", 0
     try:
       if self._policy.authenticator is not None:
         principal = self._policy.authorize(
           _metadata_value(context, request_policy.AUTHORIZATION), model_name
         )
       result = call()
-      if is_future:
-        if self._completions is None:
-          self._completions = _Completions(asyncio.get_running_loop())
-        result = await self._completions.wrap(result)
-      spec = getattr(result, "model_spec", None)
-      if spec is not None and spec.HasField("version"):
-        version = str(spec.version.value)
-      self._policy.log_request(model_name, api, request, result, arrived)
-      return result
+      if not is_future:
+        spec = getattr(result, "model_spec", None)
+        if spec is not None and spec.HasField("version"):
+          version = str(spec.version.value)
+        return result
+      examples = result.examples
+      if self._completions is None:
+        self._completions = _Completions(asyncio.get_running_loop())
+      response, response_bytes = await self._completions.wrap(result)
+      if response.model_spec.HasField("version"):
+        version = str(response.model_spec.version.value)
+      self._policy.log_request(
+        model_name, api, request_bytes, response, arrived, response_bytes=response_bytes
+      )
+      return response_bytes
     except status.ServingError as e:
       code, message = e.code, e.message
     except asyncio.CancelledError:
@@ -129,37 +160,59 @@ class _Handler:
         context.peer,
         principal,
         signature=request.model_spec.signature_name if request is not None else "",
-        examples=request_policy.example_count(api, request) if self._policy.audit else 0,
+        examples=examples,
       )
     await context.abort(code, status.client_message(message))
 
 
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-  """tensorflow.serving.PredictionService: Predict, Classify, Regress, GetModelMetadata."""
+def _keeping_bytes(message_class) -> Callable[[bytes], tuple]:
+  """A request deserializer that hands the handler `(message, the bytes received)`."""
+  parse = message_class.FromString
+
+  def deserialize(data: bytes) -> tuple:
+    return parse(data), data
+
+  return deserialize
+
+
+def _serialize(response) -> bytes:
+  return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+class PredictionServicer:
+  """tensorflow.serving.PredictionService: Predict, Classify, Regress, GetModelMetadata.
+
+  Each method takes `(request message, request bytes)` (see `add_services`).
+  """
 
   def __init__(self, service: inference.InferenceService, policy: request_policy.RequestPolicy):
     self._service = service
     self._handle = _Handler(policy)
 
-  async def Predict(self, request, context):
+  async def Predict(self, received, context):
+    request, data = received
     return await self._handle(
       "Predict",
       request.model_spec.name,
       context,
       lambda: self._service.predict(request, _deadline(context)),
       request=request,
+      request_bytes=data,
     )
 
-  async def Classify(self, request, context):
+  async def Classify(self, received, context):
+    request, data = received
     return await self._handle(
       "Classify",
       request.model_spec.name,
       context,
       lambda: self._service.classify(request, _deadline(context)),
       request=request,
+      request_bytes=data,
     )
 
-  async def GetModelMetadata(self, request, context):
+  async def GetModelMetadata(self, received, context):
+    request, _ = received
     return await self._handle(
       "GetModelMetadata",
       request.model_spec.name,
@@ -168,18 +221,41 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
       is_future=False,
     )
 
-  async def Regress(self, request, context):
+  async def Regress(self, received, context):
+    request, data = received
     return await self._handle(
       "Regress",
       request.model_spec.name,
       context,
       lambda: self._service.regress(request, _deadline(context)),
       request=request,
+      request_bytes=data,
     )
 
-  async def MultiInference(self, request, context):
+  async def MultiInference(self, received, context):
     await context.abort(
       grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by this server."
+    )
+
+  def handler(self) -> grpc.GenericRpcHandler:
+    """The service's handler, as prediction_service_pb2_grpc would register it."""
+    requests = {
+      "Classify": classification_pb2.ClassificationRequest,
+      "Regress": regression_pb2.RegressionRequest,
+      "Predict": predict_pb2.PredictRequest,
+      "MultiInference": inference_pb2.MultiInferenceRequest,
+      "GetModelMetadata": get_model_metadata_pb2.GetModelMetadataRequest,
+    }
+    return grpc.method_handlers_generic_handler(
+      PREDICTION_SERVICE,
+      {
+        name: grpc.unary_unary_rpc_method_handler(
+          getattr(self, name),
+          request_deserializer=_keeping_bytes(message_class),
+          response_serializer=_serialize,
+        )
+        for name, message_class in requests.items()
+      },
     )
 
 
@@ -243,7 +319,5 @@ def add_services(
   policy: request_policy.RequestPolicy,
 ) -> None:
   """Registers both TensorFlow Serving services on `server`."""
-  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-    PredictionServicer(service, policy), server
-  )
+  server.add_generic_rpc_handlers((PredictionServicer(service, policy).handler(),))
   model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service, policy), server)

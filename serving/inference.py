@@ -121,12 +121,16 @@ class Pending:
   The front end chooses that thread: a REST request thread builds its own
   response when it waits for it; the gRPC front end asks from the done
   callback, on the batch thread, to keep the work off its event loop. Has the
-  parts of `concurrent.futures.Future` the front ends use.
+  parts of `concurrent.futures.Future` the front ends use, and `examples`: the
+  number of examples in the request (for the audit log).
   """
 
-  def __init__(self, future: Union[concurrent.futures.Future, "Pending"], fn: Callable):
+  def __init__(
+    self, future: Union[concurrent.futures.Future, "Pending"], fn: Callable, examples: int = 0
+  ):
     self._future = future
     self._fn = fn
+    self.examples = examples
     self._lock = threading.Lock()
     self._resolved = False
     self._value = None
@@ -264,6 +268,7 @@ class InferenceService:
       ServingError: as `run` does, and INVALID_ARGUMENT for a malformed tensor.
     """
     inputs = {alias: tensors.to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
+    first = next(iter(inputs.values()), None)
     target, signature_name, outputs = self.run(
       request.model_spec,
       request.model_spec.signature_name,
@@ -280,7 +285,8 @@ class InferenceService:
         tensors.fill_tensor_proto(array, response.outputs[alias])
       return response
 
-    return Pending(outputs, respond)
+    # `run` checked that every input has this batch size (a scalar is one example).
+    return Pending(outputs, respond, first.shape[0] if first.ndim else 1)
 
   def classify(
     self,
@@ -371,7 +377,7 @@ class InferenceService:
       result_of(outputs, len(examples), response.result)
       return response
 
-    return Pending(outputs, respond)
+    return Pending(outputs, respond, len(examples))
 
   def get_model_metadata(
     self, request: get_model_metadata_pb2.GetModelMetadataRequest

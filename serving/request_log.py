@@ -19,6 +19,12 @@ reads them. Sampling is one random draw on the request path; building and
 writing the record happen on a background thread (serving/offload.py), and
 records that cannot be written (queue full, disk full) are dropped and counted.
 
+A record is put together from the serialized request and response rather than
+by copying them into a PredictionLog message: an embedded message is its tag,
+its length and its bytes, so the result parses to the same PredictionLog, and
+the copies (about 9 of the 11 µs a record cost) are gone. Files are compressed
+at zlib level 1, a third of level 6's CPU; any gzip reader reads either.
+
 REST requests are logged as TensorFlow Serving logs them: its HTTP handlers
 turn the JSON into the same PredictRequest or ClassificationRequest and call
 the same services as gRPC (tensorflow_serving/model_servers/http_rest_api_handler.cc,
@@ -40,6 +46,7 @@ from typing import Any
 from typing import Callable
 from typing import Dict
 from typing import List
+from typing import Optional
 from typing import Tuple
 
 import google_crc32c
@@ -57,6 +64,8 @@ DEFAULT_MAX_FILES = 100
 _CRC_MASK_DELTA = 0xA282EAD8
 # The PredictionLog field of each API logged.
 _LOG_FIELDS = {"Predict": "predict_log", "Classify": "classify_log", "Regress": "regress_log"}
+# Fast and still a third or less of the raw size on request logs.
+_COMPRESSION_LEVEL = 1
 
 
 def validate_logging_config(model_name: str, config: logging_config_pb2.LoggingConfig) -> None:
@@ -80,6 +89,83 @@ def validate_logging_config(model_name: str, config: logging_config_pb2.LoggingC
 def _masked_crc(data: bytes) -> bytes:
   crc = google_crc32c.value(data)
   return struct.pack("<I", (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF)
+
+
+_ONE_BYTE_VARINTS = tuple(bytes((value,)) for value in range(0x80))
+
+
+def _varint(value: int) -> bytes:
+  """A non-negative int as a protobuf varint."""
+  if value < 0x80:
+    return _ONE_BYTE_VARINTS[value]
+  if value < 0x4000:
+    return bytes((value & 0x7F | 0x80, value >> 7))
+  out = bytearray()
+  while value > 0x7F:
+    out.append(value & 0x7F | 0x80)
+    value >>= 7
+  out.append(value)
+  return bytes(out)
+
+
+def _tag(descriptor, field_name: str) -> bytes:
+  """The wire tag of a length-delimited field (wire type 2), from the message's descriptor."""
+  return _varint(descriptor.fields_by_name[field_name].number << 3 | 2)
+
+
+_PREDICTION_LOG = prediction_log_pb2.PredictionLog.DESCRIPTOR
+_LOG_METADATA = _PREDICTION_LOG.fields_by_name["log_metadata"].message_type
+_LOG_METADATA_TAG = _tag(_PREDICTION_LOG, "log_metadata")
+_MODEL_SPEC_TAG = _tag(_LOG_METADATA, "model_spec")
+_SAMPLING_CONFIG_TAG = _tag(_LOG_METADATA, "sampling_config")
+# timestamp_secs is a varint field (wire type 0).
+_TIMESTAMP_TAG = _varint(_LOG_METADATA.fields_by_name["timestamp_secs"].number << 3)
+# Per API: the PredictionLog field's tag, then its message's request and response tags.
+_ENTRY_TAGS = {
+  api: (
+    _tag(_PREDICTION_LOG, field),
+    _tag(_PREDICTION_LOG.fields_by_name[field].message_type, "request"),
+    _tag(_PREDICTION_LOG.fields_by_name[field].message_type, "response"),
+  )
+  for api, field in _LOG_FIELDS.items()
+}
+
+
+def prediction_log(
+  api: str,
+  request,
+  response,
+  sampling_config: bytes,
+  timestamp_secs: int,
+  response_bytes: Optional[bytes] = None,
+) -> bytes:
+  """A serialized PredictionLog of one call, put together from the serialized messages.
+
+  Args:
+    api: "Predict", "Classify" or "Regress".
+    request: the API's request, a message or its serialized bytes.
+    response: the API's response message (its model_spec goes into log_metadata).
+    sampling_config: the serialized SamplingConfig.
+    timestamp_secs: when the request arrived, in seconds since the epoch.
+    response_bytes: `response` serialized, if that was done already.
+  """
+  entry_tag, request_tag, response_tag = _ENTRY_TAGS[api]
+  spec = response.model_spec.SerializeToString()
+  metadata = [_MODEL_SPEC_TAG, _varint(len(spec)), spec]
+  metadata += (_SAMPLING_CONFIG_TAG, _varint(len(sampling_config)), sampling_config)
+  if timestamp_secs:  # proto3 leaves a zero out.
+    metadata += (_TIMESTAMP_TAG, _varint(timestamp_secs))
+  metadata = b"".join(metadata)
+  if not isinstance(request, bytes):
+    request = request.SerializeToString()
+  if response_bytes is None:
+    response_bytes = response.SerializeToString()
+  entry = [request_tag, _varint(len(request)), request]
+  entry += (response_tag, _varint(len(response_bytes)), response_bytes)
+  entry_size = sum(map(len, entry))
+  return b"".join(
+    [_LOG_METADATA_TAG, _varint(len(metadata)), metadata, entry_tag, _varint(entry_size), *entry]
+  )
 
 
 def tfrecord(record: bytes) -> bytes:
@@ -130,7 +216,7 @@ class _RotatingTFRecordFile:
     path = f"{self._prefix}-{stamp}-{os.getpid()}-{self._count:05d}{SUFFIX}"
     self._file = open(path, "wb", buffering=0)
     # wbits 31: a gzip stream, as TensorFlow's ZlibCompressionOptions::GZIP().
-    self._compressor = zlib.compressobj(wbits=31)
+    self._compressor = zlib.compressobj(_COMPRESSION_LEVEL, wbits=31)
     self._bytes = 0
     files = sorted(glob.glob(glob.escape(self._prefix) + "-*" + SUFFIX), key=os.path.getmtime)
     for old in files[: max(0, len(files) - self._max_files)]:
@@ -151,7 +237,7 @@ class _RotatingTFRecordFile:
 class _ModelLog:
   def __init__(self, model_name, config, max_file_bytes, max_files, on_drop):
     self.rate = config.sampling_config.sampling_rate
-    self._sampling_config = config.sampling_config
+    self._sampling_config = config.sampling_config.SerializeToString()
     self._file = _RotatingTFRecordFile(
       config.log_collector_config.filename_prefix, max_file_bytes, max_files
     )
@@ -161,23 +247,16 @@ class _ModelLog:
       self._file.write,
       on_drop=lambda reason: on_drop(model_name, reason),
     )
-
-  def submit(self, item: tuple) -> None:
-    self._writer.submit(item)
+    # Queues one (api, request, response, arrived, response bytes); never blocks.
+    self.submit = self._writer.submit
 
   def _encode(self, item) -> bytes:
-    api, request, response, arrived = item
+    api, request, response, arrived, response_bytes = item
     if request is None:  # Logged lazily: `response` builds both.
       request, response = response()
-    log = prediction_log_pb2.PredictionLog()
-    metadata = log.log_metadata
-    metadata.model_spec.CopyFrom(response.model_spec)
-    metadata.sampling_config.CopyFrom(self._sampling_config)
-    metadata.timestamp_secs = int(arrived)
-    entry = getattr(log, _LOG_FIELDS[api])
-    entry.request.CopyFrom(request)
-    entry.response.CopyFrom(response)
-    return tfrecord(log.SerializeToString())
+    return tfrecord(
+      prediction_log(api, request, response, self._sampling_config, int(arrived), response_bytes)
+    )
 
   def close(self) -> None:
     self._writer.close()
@@ -238,16 +317,27 @@ class RequestLogs:
           )
       self._logs = logs  # Swapped whole: `log` reads it without the lock.
 
-  def log(self, model_name: str, api: str, request, response, arrived: float) -> None:
+  def log(
+    self,
+    model_name: str,
+    api: str,
+    request,
+    response,
+    arrived: float,
+    response_bytes: Optional[bytes] = None,
+  ) -> None:
     """Samples and queues one answered request; never blocks, never raises.
 
     Args:
       api: "Predict", "Classify" or "Regress".
-      request: the API's request proto.
-      response: the API's response proto.
+      request: the API's request, a message or the bytes received.
+      response: the API's response message.
       arrived: `time.time()` when the request arrived.
+      response_bytes: `response` serialized, if that was done already.
     """
-    self._sample(model_name, (api, request, response, arrived))
+    model_log = self._logs.get(model_name)
+    if model_log is not None and random.random() < model_log.rate:
+      model_log.submit((api, request, response, arrived, response_bytes))
 
   def log_lazily(
     self, model_name: str, api: str, protos: Callable[[], Tuple[Any, Any]], arrived: float
@@ -257,13 +347,9 @@ class RequestLogs:
     It is called on the writer thread, and only when the request is sampled;
     what it raises drops the record and counts it.
     """
-    self._sample(model_name, (api, None, protos, arrived))
-
-  def _sample(self, model_name: str, item: tuple) -> None:
     model_log = self._logs.get(model_name)
-    if model_log is None or random.random() >= model_log.rate:
-      return
-    model_log.submit(item)
+    if model_log is not None and random.random() < model_log.rate:
+      model_log.submit((api, None, protos, arrived, None))
 
   def close(self) -> None:
     with self._lock:

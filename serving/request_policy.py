@@ -21,21 +21,6 @@ from serving import request_log as request_log_lib
 AUTHORIZATION = "authorization"
 
 
-def example_count(api: str, request) -> int:
-  """Examples in a Predict, Classify or Regress request (0 when unknown)."""
-  if request is None:
-    return 0
-  if api == "Predict":
-    for tensor in request.inputs.values():
-      dims = tensor.tensor_shape.dim
-      return dims[0].size if dims else 1
-    return 0
-  if api in ("Classify", "Regress"):
-    kind = request.input.WhichOneof("kind")
-    return len(getattr(request.input, kind).examples) if kind else 0
-  return 0
-
-
 class RequestPolicy:
   """Access control, metrics, audit and request logs of one server.
 
@@ -77,9 +62,12 @@ class RequestPolicy:
       return ""
     return self.authenticator.authorize_admin(authorization).name
 
-  def log_request(self, model_name: str, api: str, request, response, arrived: float) -> None:
+  def log_request(
+    self, model_name: str, api: str, request, response, arrived: float, response_bytes=None
+  ) -> None:
+    """Hands an answered request to its model's request log, if it has one (see RequestLogs.log)."""
     if self.request_logs is not None and request is not None:
-      self.request_logs.log(model_name, api, request, response, arrived)
+      self.request_logs.log(model_name, api, request, response, arrived, response_bytes)
 
   def log_request_lazily(
     self, model_name: str, api: str, protos: Callable[[], tuple], arrived: float
@@ -113,18 +101,19 @@ class RequestPolicy:
     if self.metrics is not None:
       self.metrics.record_request(model_name, version, api, entrypoint, code.name, latency)
     if self.audit is not None:
+      # A plain tuple in AuditRecord's field order: the cheapest thing to build here.
       self.audit.record(
-        audit_lib.AuditRecord(
-          time=arrived,
-          peer=peer(),
-          principal=principal,
-          model=model_name,
-          version=version,
-          api=api,
-          entrypoint=entrypoint,
-          signature=signature,
-          examples=examples,
-          status=code.name,
-          latency_ms=latency * 1e3,
+        (
+          arrived,
+          peer(),
+          principal,
+          model_name,
+          version,
+          api,
+          entrypoint,
+          signature,
+          examples,
+          code.name,
+          latency * 1e3,
         )
       )

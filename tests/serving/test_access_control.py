@@ -134,6 +134,42 @@ def test_jwt_rs256_es256_hs256(tmp_path, rsa_key):
     auth.Authenticator(jwt_secret_file=str(secret_file))
 
 
+def test_remembered_credentials_keep_every_check(tmp_path, rsa_key, monkeypatch):
+  """Remembered credentials: a JWT only until its exp, with the model list still applied.
+
+  A credential that failed is checked in full every time.
+  """
+  rsa_file = tmp_path / "rsa.pem"
+  rsa_file.write_bytes(_pem(rsa_key))
+  tokens = tmp_path / "tokens"
+  tokens.write_text(TOKENS)
+  authenticator = auth.Authenticator(tokens_file=str(tokens), jwt_public_key_file=str(rsa_file))
+  now = time.time()
+  token = _jwt(rsa_key, exp=int(now) + 30, models=[MODEL_NAME])
+  checks = []
+  full_check = authenticator._check  # pylint: disable=protected-access
+  monkeypatch.setattr(
+    authenticator, "_check", lambda value: checks.append(value) or full_check(value)
+  )
+
+  for _ in range(3):
+    assert authenticator.authorize(f"Bearer {token}", MODEL_NAME).name == "carol"
+    assert _code(lambda: authenticator.authorize(f"Bearer {token}", "other")) == (
+      grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert authenticator.authorize("Bearer alice-secret-1", MODEL_NAME).name == "alice"
+    assert _code(lambda: authenticator.authorize("Bearer wrong", MODEL_NAME)) == (
+      grpc.StatusCode.UNAUTHENTICATED
+    )
+  assert checks == [f"Bearer {token}", "Bearer alice-secret-1"] + ["Bearer wrong"] * 3
+
+  # Past its exp the JWT is no longer remembered: it goes through PyJWT again
+  # (whose own clock, not patched here, decides; test_jwt_rs256_es256_hs256 covers refusing it).
+  monkeypatch.setattr(time, "time", lambda: now + 31)
+  authenticator.authorize(f"Bearer {token}", MODEL_NAME)
+  assert checks[-1] == f"Bearer {token}" and len(checks) == 6
+
+
 def _self_signed(tmp_path):
   key = ec.generate_private_key(ec.SECP256R1())
   name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])

@@ -15,8 +15,11 @@ from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.apis import regression_pb2
+from tensorflow_serving.config import logging_config_pb2
 
 from serving import audit
+from serving import request_log
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME
@@ -68,6 +71,62 @@ def _classify(server, examples):
   with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     return stub.Classify(request, timeout=DEADLINE_SECONDS)
+
+
+def _sample_messages(api):
+  """A request and response of `api` with every field the log keeps set."""
+  if api == "Predict":
+    request, response = predict_pb2.PredictRequest(), predict_pb2.PredictResponse()
+    request.inputs["examples"].CopyFrom(tf.make_tensor_proto([b"a", b"bc"], dtype=tf.string))
+    request.output_filter.append("scores")
+    response.outputs["scores"].CopyFrom(tf.make_tensor_proto([[0.25, 0.75]] * 2))
+  elif api == "Classify":
+    request = classification_pb2.ClassificationRequest()
+    response = classification_pb2.ClassificationResponse()
+    request.input.example_list.examples.add().features.feature["x"].int64_list.value.append(3)
+    response.result.classifications.add().classes.add(label="shoes", score=0.5)
+  else:
+    request, response = regression_pb2.RegressionRequest(), regression_pb2.RegressionResponse()
+    request.input.example_list.examples.add().features.feature["x"].float_list.value.append(1.5)
+    response.result.regressions.add(value=2.5)
+  request.model_spec.name = MODEL_NAME
+  response.model_spec.name = MODEL_NAME
+  response.model_spec.version.value = 7
+  response.model_spec.signature_name = "serving_default"
+  return request, response
+
+
+@pytest.mark.parametrize("api", ["Predict", "Classify", "Regress"])
+@pytest.mark.parametrize("rate,timestamp", [(0.25, 1_790_000_000), (0.0, 0)])
+def test_prediction_log_from_bytes_equals_the_message(api, rate, timestamp):
+  """The record put together from serialized parts is the PredictionLog built field by field."""
+  request, response = _sample_messages(api)
+  sampling = logging_config_pb2.SamplingConfig(sampling_rate=rate)
+  expected = prediction_log_pb2.PredictionLog()
+  expected.log_metadata.model_spec.CopyFrom(response.model_spec)
+  expected.log_metadata.sampling_config.CopyFrom(sampling)
+  expected.log_metadata.timestamp_secs = timestamp
+  field = {"Predict": "predict_log", "Classify": "classify_log", "Regress": "regress_log"}[api]
+  entry = getattr(expected, field)
+  entry.request.CopyFrom(request)
+  entry.response.CopyFrom(response)
+
+  record = request_log.prediction_log(
+    api, request, response, sampling.SerializeToString(), timestamp
+  )
+
+  assert prediction_log_pb2.PredictionLog.FromString(record) == expected
+  assert record == expected.SerializeToString(deterministic=True)
+  # From the bytes as received and as sent (the gRPC path).
+  from_bytes = request_log.prediction_log(
+    api,
+    request.SerializeToString(),
+    response,
+    sampling.SerializeToString(),
+    timestamp,
+    response_bytes=response.SerializeToString(),
+  )
+  assert from_bytes == record
 
 
 def _example_json(serialized):
