@@ -41,9 +41,6 @@ class AuditRecord(NamedTuple):
   status: str
   latency_ms: float
 
-  def to_json(self) -> str:
-    return _json_line(self)
-
 
 def _json_line(record: tuple) -> str:
   """An AuditRecord's fields as one JSON object.

@@ -85,6 +85,14 @@ class _Completions:
         waiter.set_exception(outcome.exception())
 
 
+def _served_version(response) -> str:
+  """The version a response names in its model_spec ('' if none)."""
+  spec = getattr(response, "model_spec", None)
+  if spec is not None and spec.HasField("version"):
+    return str(spec.version.value)
+  return ""
+
+
 def _metadata_value(context, key: str):
   for item in context.invocation_metadata() or ():
     if item.key == key:
@@ -126,16 +134,13 @@ class _Handler:
         )
       result = call()
       if not is_future:
-        spec = getattr(result, "model_spec", None)
-        if spec is not None and spec.HasField("version"):
-          version = str(spec.version.value)
+        version = _served_version(result)
         return result
       examples = result.examples
       if self._completions is None:
         self._completions = _Completions(asyncio.get_running_loop())
       response, response_bytes = await self._completions.wrap(result)
-      if response.model_spec.HasField("version"):
-        version = str(response.model_spec.version.value)
+      version = _served_version(response)
       self._policy.log_request(
         model_name, api, request_bytes, response, arrived, response_bytes=response_bytes
       )
@@ -189,27 +194,26 @@ class PredictionServicer:
     self._service = service
     self._handle = _Handler(policy)
 
-  async def Predict(self, received, context):
+  async def _run(self, api: str, run: Callable, received, context):
+    """Predict, Classify or Regress: `run(request, deadline)` gives the pending response."""
     request, data = received
     return await self._handle(
-      "Predict",
+      api,
       request.model_spec.name,
       context,
-      lambda: self._service.predict(request, _deadline(context)),
+      lambda: run(request, _deadline(context)),
       request=request,
       request_bytes=data,
     )
 
+  async def Predict(self, received, context):
+    return await self._run("Predict", self._service.predict, received, context)
+
   async def Classify(self, received, context):
-    request, data = received
-    return await self._handle(
-      "Classify",
-      request.model_spec.name,
-      context,
-      lambda: self._service.classify(request, _deadline(context)),
-      request=request,
-      request_bytes=data,
-    )
+    return await self._run("Classify", self._service.classify, received, context)
+
+  async def Regress(self, received, context):
+    return await self._run("Regress", self._service.regress, received, context)
 
   async def GetModelMetadata(self, received, context):
     request, _ = received
@@ -219,17 +223,6 @@ class PredictionServicer:
       context,
       lambda: self._service.get_model_metadata(request),
       is_future=False,
-    )
-
-  async def Regress(self, received, context):
-    request, data = received
-    return await self._handle(
-      "Regress",
-      request.model_spec.name,
-      context,
-      lambda: self._service.regress(request, _deadline(context)),
-      request=request,
-      request_bytes=data,
     )
 
   async def MultiInference(self, received, context):

@@ -335,9 +335,7 @@ class RequestLogs:
       arrived: `time.time()` when the request arrived.
       response_bytes: `response` serialized, if that was done already.
     """
-    model_log = self._logs.get(model_name)
-    if model_log is not None and random.random() < model_log.rate:
-      model_log.submit((api, request, response, arrived, response_bytes))
+    self._sample(model_name, (api, request, response, arrived, response_bytes))
 
   def log_lazily(
     self, model_name: str, api: str, protos: Callable[[], Tuple[Any, Any]], arrived: float
@@ -347,9 +345,12 @@ class RequestLogs:
     It is called on the writer thread, and only when the request is sampled;
     what it raises drops the record and counts it.
     """
+    self._sample(model_name, (api, None, protos, arrived, None))
+
+  def _sample(self, model_name: str, item: tuple) -> None:
     model_log = self._logs.get(model_name)
     if model_log is not None and random.random() < model_log.rate:
-      model_log.submit((api, None, protos, arrived, None))
+      model_log.submit(item)
 
   def close(self) -> None:
     with self._lock:
