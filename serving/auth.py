@@ -16,14 +16,15 @@ No credentials, or credentials that do not check out: UNAUTHENTICATED (HTTP
 401). A principal not allowed for the model: PERMISSION_DENIED (HTTP 403).
 TensorFlow Serving itself has no access control; this is this server's own.
 
-Credentials that checked out are remembered by the BLAKE2b digest of the
-header value (a JWT until its `exp`), so a caller's next request costs one hash
-and one lookup instead of the comparisons or the signature check; credentials
-that fail are never remembered and take the full check every time.
+Credentials that checked out are remembered by their header value (a JWT
+until its `exp`), so a caller's next request costs one dictionary lookup
+instead of the comparisons or the signature check; credentials that fail are
+never remembered and take the full check every time. A lookup's time says
+nothing about what is remembered: a dict compares two strings only once their
+hashes, keyed by a secret random per process (PYTHONHASHSEED), are equal.
 """
 
 import dataclasses
-import hashlib
 import hmac
 import time
 from typing import Dict
@@ -131,8 +132,8 @@ class Authenticator:
     if not (tokens_file or jwt_public_key_file or jwt_secret_file):
       raise ValueError("Access control needs --auth_tokens_file or a JWT key.")
     self._tokens = parse_tokens_file(tokens_file) if tokens_file else []
-    # Digest of a header value that checked out -> (principal, expiry or None).
-    self._verified: Dict[bytes, Tuple[Principal, Optional[float]]] = {}
+    # A header value that checked out -> (principal, expiry or None).
+    self._verified: Dict[str, Tuple[Principal, Optional[float]]] = {}
     self._jwt_key = None
     self._jwt_algorithms: List[str] = []
     self._audience = jwt_audience or None
@@ -162,15 +163,13 @@ class Authenticator:
     Raises:
       ServingError: UNAUTHENTICATED when missing or not valid.
     """
-    key = hashlib.blake2b((authorization or "").encode("utf-8", "replace"), digest_size=16)
-    key = key.digest()
-    verified = self._verified.get(key)
+    verified = self._verified.get(authorization)
     if verified is not None and (verified[1] is None or time.time() < verified[1]):
       return verified[0]
     principal, expires = self._check(authorization)
     if len(self._verified) >= _VERIFIED_CACHE_SIZE:
       self._verified.clear()
-    self._verified[key] = (principal, expires)
+    self._verified[authorization] = (principal, expires)
     return principal
 
   def _check(self, authorization: Optional[str]) -> Tuple[Principal, Optional[float]]:

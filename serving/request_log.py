@@ -15,9 +15,10 @@ GZIP-compressed TFRecord files `<filename_prefix>-<UTC time>-<pid>-<n>.tfrecord.
 A file is closed and the next one opened once `max_file_bytes` of records
 went into it; beyond `max_files` files the oldest is deleted, so the logs stay
 bounded on disk. `make skew-report SERVING_DATA='<filename_prefix>-*.tfrecord.gz'`
-reads them. Sampling is one random draw on the request path; building and
-writing the record happen on a background thread (serving/offload.py), and
-records that cannot be written (queue full, disk full) are dropped and counted.
+reads them. Sampling is one random draw on the request path; the record is
+built and written by a log writer process (serving/offload.py,
+serving/log_writer.py), and records that cannot be written (queue full, disk
+full) are dropped and counted.
 
 A record is put together from the serialized request and response rather than
 by copying them into a PredictionLog message: an embedded message is its tag,
@@ -30,42 +31,33 @@ turn the JSON into the same PredictRequest or ClassificationRequest and call
 the same services as gRPC (tensorflow_serving/model_servers/http_rest_api_handler.cc,
 `ProcessPredictRequest` and `ProcessClassifyRequest`), so a REST call's record
 is the one the equivalent gRPC call would write. The REST Predict path decodes
-JSON straight into arrays; its protos are built on the writer thread, and only
-for the requests sampled (`RequestLogs.log_lazily`).
+JSON straight into arrays; its protos are built on the background thread, and
+only for the requests sampled (`RequestLogs.log_lazily`).
 """
 
-import glob
 import logging
 import os
 import random
-import struct
 import threading
-import time
-import zlib
 from typing import Any
 from typing import Callable
 from typing import Dict
-from typing import List
 from typing import Optional
 from typing import Tuple
 
-import google_crc32c
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import logging_config_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving import log_writer
 from serving import offload
 
 COLLECTOR_TYPE = "tfrecord"
-SUFFIX = ".tfrecord.gz"
+SUFFIX = log_writer.TFRECORD_SUFFIX
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_FILES = 100
-# tensorflow/core/lib/hash/crc32c.h, `Mask`.
-_CRC_MASK_DELTA = 0xA282EAD8
 # The PredictionLog field of each API logged.
 _LOG_FIELDS = {"Predict": "predict_log", "Classify": "classify_log", "Regress": "regress_log"}
-# Fast and still a third or less of the raw size on request logs.
-_COMPRESSION_LEVEL = 1
 
 
 def validate_logging_config(model_name: str, config: logging_config_pb2.LoggingConfig) -> None:
@@ -86,49 +78,38 @@ def validate_logging_config(model_name: str, config: logging_config_pb2.LoggingC
     raise ValueError(f"Model {model_name!r}: the request log directory {directory} does not exist.")
 
 
-def _masked_crc(data: bytes) -> bytes:
-  crc = google_crc32c.value(data)
-  return struct.pack("<I", (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF)
-
-
-_ONE_BYTE_VARINTS = tuple(bytes((value,)) for value in range(0x80))
-
-
-def _varint(value: int) -> bytes:
-  """A non-negative int as a protobuf varint."""
-  if value < 0x80:
-    return _ONE_BYTE_VARINTS[value]
-  if value < 0x4000:
-    return bytes((value & 0x7F | 0x80, value >> 7))
-  out = bytearray()
-  while value > 0x7F:
-    out.append(value & 0x7F | 0x80)
-    value >>= 7
-  out.append(value)
-  return bytes(out)
-
-
-def _tag(descriptor, field_name: str) -> bytes:
-  """The wire tag of a length-delimited field (wire type 2), from the message's descriptor."""
-  return _varint(descriptor.fields_by_name[field_name].number << 3 | 2)
+def _tag(descriptor, field_name: str) -> str:
+  """The hex wire tag of a length-delimited field (wire type 2), from the message's descriptor."""
+  return log_writer.varint(descriptor.fields_by_name[field_name].number << 3 | 2).hex()
 
 
 _PREDICTION_LOG = prediction_log_pb2.PredictionLog.DESCRIPTOR
 _LOG_METADATA = _PREDICTION_LOG.fields_by_name["log_metadata"].message_type
-_LOG_METADATA_TAG = _tag(_PREDICTION_LOG, "log_metadata")
-_MODEL_SPEC_TAG = _tag(_LOG_METADATA, "model_spec")
-_SAMPLING_CONFIG_TAG = _tag(_LOG_METADATA, "sampling_config")
-# timestamp_secs is a varint field (wire type 0).
-_TIMESTAMP_TAG = _varint(_LOG_METADATA.fields_by_name["timestamp_secs"].number << 3)
-# Per API: the PredictionLog field's tag, then its message's request and response tags.
-_ENTRY_TAGS = {
-  api: (
+# What the log writer puts a PredictionLog together with (log_writer.prediction_log),
+# read from the descriptors: the tags of log_metadata and of its model_spec,
+# sampling_config and timestamp_secs (a varint field, wire type 0) ...
+_METADATA_TAGS = [
+  _tag(_PREDICTION_LOG, "log_metadata"),
+  _tag(_LOG_METADATA, "model_spec"),
+  _tag(_LOG_METADATA, "sampling_config"),
+  log_writer.varint(_LOG_METADATA.fields_by_name["timestamp_secs"].number << 3).hex(),
+]
+
+
+def _api_tags(field: str) -> list:
+  """... and per API: the tags of the PredictionLog field and of its request and response,
+  then the number of the response's model_spec field."""
+  entry = _PREDICTION_LOG.fields_by_name[field].message_type
+  response = entry.fields_by_name["response"].message_type
+  return [
     _tag(_PREDICTION_LOG, field),
-    _tag(_PREDICTION_LOG.fields_by_name[field].message_type, "request"),
-    _tag(_PREDICTION_LOG.fields_by_name[field].message_type, "response"),
-  )
-  for api, field in _LOG_FIELDS.items()
-}
+    _tag(entry, "request"),
+    _tag(entry, "response"),
+    response.fields_by_name["model_spec"].number,
+  ]
+
+
+_API_TAGS = {api: _api_tags(field) for api, field in _LOG_FIELDS.items()}
 
 
 def prediction_log(
@@ -139,7 +120,7 @@ def prediction_log(
   timestamp_secs: int,
   response_bytes: Optional[bytes] = None,
 ) -> bytes:
-  """A serialized PredictionLog of one call, put together from the serialized messages.
+  """A serialized PredictionLog of one call, put together as the log writer does it.
 
   Args:
     api: "Predict", "Classify" or "Regress".
@@ -149,118 +130,55 @@ def prediction_log(
     timestamp_secs: when the request arrived, in seconds since the epoch.
     response_bytes: `response` serialized, if that was done already.
   """
-  entry_tag, request_tag, response_tag = _ENTRY_TAGS[api]
-  spec = response.model_spec.SerializeToString()
-  metadata = [_MODEL_SPEC_TAG, _varint(len(spec)), spec]
-  metadata += (_SAMPLING_CONFIG_TAG, _varint(len(sampling_config)), sampling_config)
-  if timestamp_secs:  # proto3 leaves a zero out.
-    metadata += (_TIMESTAMP_TAG, _varint(timestamp_secs))
-  metadata = b"".join(metadata)
+  _, request, response_bytes, _ = _serialized((api, request, response, 0.0, response_bytes))
+  *tags, model_spec_field = _API_TAGS[api]
+  return log_writer.prediction_log(
+    [bytes.fromhex(tag) for tag in _METADATA_TAGS],
+    [bytes.fromhex(tag) for tag in tags] + [model_spec_field],
+    sampling_config,
+    request,
+    response_bytes,
+    timestamp_secs,
+  )
+
+
+def _serialized(item: tuple) -> tuple:
+  """A queued request, (api, request, response, arrived, response bytes), as the log writer
+  takes it: (api, request bytes, response bytes, arrival in whole seconds)."""
+  api, request, response, arrived, response_bytes = item
+  if request is None:  # Logged lazily: `response` builds both.
+    request, response = response()
   if not isinstance(request, bytes):
     request = request.SerializeToString()
   if response_bytes is None:
     response_bytes = response.SerializeToString()
-  entry = [request_tag, _varint(len(request)), request]
-  entry += (response_tag, _varint(len(response_bytes)), response_bytes)
-  entry_size = sum(map(len, entry))
-  return b"".join(
-    [_LOG_METADATA_TAG, _varint(len(metadata)), metadata, entry_tag, _varint(entry_size), *entry]
-  )
-
-
-def tfrecord(record: bytes) -> bytes:
-  """`record` framed as a TFRecord (tensorflow/core/lib/io/record_writer.cc, `WriteRecord`)."""
-  length = struct.pack("<Q", len(record))
-  return length + _masked_crc(length) + record + _masked_crc(record)
-
-
-class _RotatingTFRecordFile:
-  """GZIP TFRecord files, as `tf.io.TFRecordWriter(path, "GZIP")` writes them.
-
-  Written from Python (zlib, a gzip stream, one compress and one write per
-  round of records) rather than through TFRecordWriter, whose every `write`
-  releases and retakes the GIL.
-  """
-
-  def __init__(self, prefix: str, max_file_bytes: int, max_files: int):
-    self._prefix = prefix
-    self._max_file_bytes = max_file_bytes
-    self._max_files = max_files
-    self._file = None
-    self._compressor = None
-    self._bytes = 0
-    self._count = 0
-
-  def write(self, records: List[bytes]) -> None:
-    """Appends framed records; what a round wrote is readable once it returns."""
-    chunk = []
-    for record in records:
-      chunk.append(record)
-      self._bytes += len(record)
-      if self._bytes >= self._max_file_bytes:
-        self._append(chunk)
-        chunk = []
-        self.close()
-    if chunk:
-      self._append(chunk)
-
-  def _append(self, chunk: List[bytes]) -> None:
-    if self._file is None:
-      self._open()
-    data = self._compressor.compress(b"".join(chunk))
-    self._file.write(data + self._compressor.flush(zlib.Z_SYNC_FLUSH))
-
-  def _open(self) -> None:
-    self._count += 1
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = f"{self._prefix}-{stamp}-{os.getpid()}-{self._count:05d}{SUFFIX}"
-    self._file = open(path, "wb", buffering=0)
-    # wbits 31: a gzip stream, as TensorFlow's ZlibCompressionOptions::GZIP().
-    self._compressor = zlib.compressobj(_COMPRESSION_LEVEL, wbits=31)
-    self._bytes = 0
-    files = sorted(glob.glob(glob.escape(self._prefix) + "-*" + SUFFIX), key=os.path.getmtime)
-    for old in files[: max(0, len(files) - self._max_files)]:
-      try:
-        os.remove(old)
-      except OSError:
-        pass
-
-  def close(self) -> None:
-    if self._file is not None:
-      file, self._file = self._file, None
-      try:
-        file.write(self._compressor.flush(zlib.Z_FINISH))
-      finally:
-        file.close()
+  return api, request, response_bytes, arrived
 
 
 class _ModelLog:
   def __init__(self, model_name, config, max_file_bytes, max_files, on_drop):
     self.rate = config.sampling_config.sampling_rate
-    self._sampling_config = config.sampling_config.SerializeToString()
-    self._file = _RotatingTFRecordFile(
-      config.log_collector_config.filename_prefix, max_file_bytes, max_files
-    )
     self._writer = offload.BackgroundWriter(
       f"request-log-{model_name}",
-      self._encode,
-      self._file.write,
+      log_writer.REQUEST_LOG,
+      {
+        "prefix": os.path.abspath(config.log_collector_config.filename_prefix),
+        "max_file_bytes": max_file_bytes,
+        "max_files": max_files,
+        "sampling_config": config.sampling_config.SerializeToString().hex(),
+        "metadata_tags": _METADATA_TAGS,
+        "apis": _API_TAGS,
+      },
+      prepare=_serialized,
       on_drop=lambda reason: on_drop(model_name, reason),
     )
-    # Queues one (api, request, response, arrived, response bytes); never blocks.
+    # Queue (api, request bytes, response bytes, arrived), or lazily
+    # (api, request, response, arrived, response bytes) for `_serialized`; never block.
     self.submit = self._writer.submit
-
-  def _encode(self, item) -> bytes:
-    api, request, response, arrived, response_bytes = item
-    if request is None:  # Logged lazily: `response` builds both.
-      request, response = response()
-    return tfrecord(
-      prediction_log(api, request, response, self._sampling_config, int(arrived), response_bytes)
-    )
+    self.submit_lazily = self._writer.submit_lazily
 
   def close(self) -> None:
     self._writer.close()
-    self._file.close()
 
 
 class RequestLogs:
@@ -335,22 +253,32 @@ class RequestLogs:
       arrived: `time.time()` when the request arrived.
       response_bytes: `response` serialized, if that was done already.
     """
-    self._sample(model_name, (api, request, response, arrived, response_bytes))
+    model_log = self._sampled(model_name)
+    if model_log is None:
+      return
+    if response_bytes is not None and request.__class__ is bytes:  # gRPC: ready as it is.
+      model_log.submit((api, request, response_bytes, arrived))
+    else:
+      model_log.submit_lazily((api, request, response, arrived, response_bytes))
 
   def log_lazily(
     self, model_name: str, api: str, protos: Callable[[], Tuple[Any, Any]], arrived: float
   ) -> None:
     """As `log`, for a request that has no protos yet: `protos()` returns (request, response).
 
-    It is called on the writer thread, and only when the request is sampled;
+    It is called on the background thread, and only when the request is sampled;
     what it raises drops the record and counts it.
     """
-    self._sample(model_name, (api, None, protos, arrived, None))
+    model_log = self._sampled(model_name)
+    if model_log is not None:
+      model_log.submit_lazily((api, None, protos, arrived, None))
 
-  def _sample(self, model_name: str, item: tuple) -> None:
+  def _sampled(self, model_name: str) -> Optional[_ModelLog]:
+    """The model's log if it has one and this request is drawn, else None."""
     model_log = self._logs.get(model_name)
     if model_log is not None and random.random() < model_log.rate:
-      model_log.submit(item)
+      return model_log
+    return None
 
   def close(self) -> None:
     with self._lock:

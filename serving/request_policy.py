@@ -98,11 +98,12 @@ class RequestPolicy:
       peer: returns the client's address (called only when auditing).
     """
     latency = time.perf_counter() - start
+    status = code.name
     if self.metrics is not None:
-      self.metrics.record_request(model_name, version, api, entrypoint, code.name, latency)
+      self.metrics.record_request(model_name, version, api, entrypoint, status, latency)
     if self.audit is not None:
       # A plain tuple in AuditRecord's field order: the cheapest thing to build here.
-      self.audit.record(
+      self.audit.submit(
         (
           arrived,
           peer(),
@@ -113,7 +114,7 @@ class RequestPolicy:
           entrypoint,
           signature,
           examples,
-          code.name,
+          status,
           latency * 1e3,
         )
       )

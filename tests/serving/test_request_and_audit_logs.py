@@ -279,7 +279,6 @@ def test_unwritable_logs_drop_and_count_without_failing_requests(canned, example
     (tmp_path / "logs").write_text("now a file")
     audit_file.unlink(missing_ok=True)
     audit_file.mkdir()
-    server.policy.audit._file.close()  # Reopened (and failing) on the next line.
     for transport in ("grpc", "grpc", "rest"):
       assert _call(server, transport, "Predict", examples[:1])
     conftest.wait_until(lambda: 'reason="write_error"' in _metrics(server), timeout=10)

@@ -1,0 +1,104 @@
+"""The log writer process (serving/log_writer.py) and the queue feeding it (serving/offload.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from tensorflow_serving.apis import predict_pb2
+
+from serving import log_writer
+from serving import offload
+from tests.serving import conftest
+
+
+def _audit_writer(path, dropped, **kwargs):
+  return offload.BackgroundWriter(
+    "audit-test",
+    log_writer.AUDIT,
+    {"path": str(path), "max_bytes": 1 << 20, "backup_count": 1},
+    on_drop=dropped.append,
+    interval_seconds=0.01,
+    **kwargs,
+  )
+
+
+def _record(n):
+  return (1764496923.5 + n, "ipv4:127.0.0.1:1", "p", "m", "1", "Predict", "GRPC", "", n, "OK", 1.5)
+
+
+def test_records_are_written_in_order_and_bad_ones_counted(tmp_path):
+  path, dropped = tmp_path / "audit.jsonl", []
+  writer = _audit_writer(path, dropped)
+  writer.submit(_record(1))
+  writer.submit((object(),))  # marshal cannot write it: counted, never raised.
+  writer.submit(("too", "short"))  # The writer cannot encode it: counted there.
+  writer.submit(_record(2))
+  writer.close()
+  lines = [json.loads(line) for line in path.read_text().splitlines()]
+  assert [line["examples"] for line in lines] == [1, 2]
+  assert lines[0]["time"] == "2025-11-30T10:02:04.500000Z"
+  assert dropped == ["write_error", "write_error"]
+
+
+def test_a_dead_writer_is_replaced(tmp_path):
+  path, dropped = tmp_path / "audit.jsonl", []
+  writer = _audit_writer(path, dropped)
+  writer.submit(_record(1))
+  conftest.wait_until(lambda: path.exists() and path.read_text(), timeout=10)
+  os.kill(writer._process.pid, signal.SIGKILL)
+  writer._process.wait()
+  writer.submit(_record(2))
+  writer.close()
+  assert [json.loads(line)["examples"] for line in path.read_text().splitlines()] == [1, 2]
+  assert dropped == []
+
+
+def test_the_writer_outlives_sigint_and_sigterm(tmp_path):
+  path, dropped = tmp_path / "audit.jsonl", []
+  writer = _audit_writer(path, dropped)
+  writer.submit(_record(1))
+  conftest.wait_until(lambda: path.exists() and path.read_text(), timeout=10)
+  # A Ctrl-C or a TERM to the server's process group reaches the writer too;
+  # it keeps going until the server closes its input.
+  process = writer._process
+  os.kill(process.pid, signal.SIGINT)
+  os.kill(process.pid, signal.SIGTERM)
+  writer.submit(_record(2))
+  conftest.wait_until(lambda: len(path.read_text().splitlines()) == 2, timeout=10)
+  assert process.poll() is None and writer._process is process
+  writer.close()
+  assert process.returncode == 0 and dropped == []
+
+
+def test_a_full_queue_drops_and_counts(tmp_path):
+  dropped = []
+  writer = _audit_writer(tmp_path / "audit.jsonl", dropped, max_queued=2)
+  writer._stop.set()  # Hold the queue still.
+  writer._thread.join()
+  for n in range(5):
+    writer.submit(_record(n))
+  assert dropped == ["queue_full"] * 3
+  writer.close()
+
+
+def test_the_writer_imports_neither_tensorflow_nor_protobuf():
+  code = "import sys, serving.log_writer; print(sorted(m.split('.')[0] for m in sys.modules))"
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+  assert out.returncode == 0, out.stderr
+  assert "tensorflow" not in out.stdout and "protobuf" not in out.stdout
+
+
+def test_embedded_field_reads_what_protobuf_wrote():
+  response = predict_pb2.PredictResponse()
+  response.model_spec.name = "m"
+  response.model_spec.version.value = 7
+  response.outputs["probabilities"].float_val.extend([0.25] * 40)
+  data = response.SerializeToString()
+  assert log_writer.embedded_field(data, 2) == response.model_spec.SerializeToString()
+  assert log_writer.embedded_field(data, 3) == b""
+  with pytest.raises(ValueError, match="ends inside a field|runs past the end"):
+    log_writer.embedded_field(data[:-1], 2)
