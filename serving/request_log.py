@@ -11,7 +11,8 @@
 A sampled Predict, Classify or Regress call, over gRPC or REST, is written as a `PredictionLog`
 (tensorflow_serving/apis/prediction_log.proto: `log_metadata` with the model
 spec, sampling config and time, then the request and the response) to
-GZIP-compressed TFRecord files `<filename_prefix>-<UTC time>-<pid>-<n>.tfrecord.gz`.
+GZIP-compressed TFRecord files
+`<filename_prefix>-<UTC time>-<writer pid>-<n>.tfrecord.gz` (the log writer's pid).
 A file is closed and the next one opened once `max_file_bytes` of records
 went into it; beyond `max_files` files the oldest is deleted, so the logs stay
 bounded on disk. `make skew-report SERVING_DATA='<filename_prefix>-*.tfrecord.gz'`
