@@ -196,7 +196,7 @@ def _serialize(response) -> bytes:
 class PredictionServicer:
   """tensorflow.serving.PredictionService: Predict, Classify, Regress, GetModelMetadata.
 
-  Each method takes `(request message, request bytes)` (see `add_services`).
+  Each method takes `(request message, request bytes)` (see `handler`).
   """
 
   def __init__(self, service: inference.InferenceService, policy: request_policy.RequestPolicy):

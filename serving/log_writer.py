@@ -23,6 +23,7 @@ pipe or dies, is its only signal to finish, so nothing queued is cut short.
 It runs only on CPU time the server leaves (SCHED_IDLE).
 """
 
+import functools
 import glob
 import io
 import json
@@ -51,7 +52,8 @@ _CRC_MASK_DELTA = 0xA282EAD8
 # Fast and still a third or less of the raw size on request logs.
 _COMPRESSION_LEVEL = 1
 _FRAME_HEADER = struct.Struct("<I")
-_MAX_ERRORS_LOGGED = 10
+# Errors logged at most per writer: a full disk must not flood the log.
+MAX_ERRORS_LOGGED = 10
 
 
 def frame(records: List[bytes]) -> bytes:
@@ -90,16 +92,11 @@ def audit_line(record: Sequence) -> bytes:
 
 
 _quote = json.encoder.encode_basestring_ascii
-_utc_seconds = {}
 
 
+@functools.lru_cache(maxsize=4)
 def _utc_second(seconds: int) -> str:
-  text = _utc_seconds.get(seconds)
-  if text is None:
-    if len(_utc_seconds) > 4:
-      _utc_seconds.clear()
-    text = _utc_seconds[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-  return text
+  return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 class RotatingFile:
@@ -323,23 +320,40 @@ class RotatingTFRecordFile:
         file.close()
 
 
+def prediction_logs(config: dict) -> Callable[[tuple], bytes]:
+  """Builds serialized PredictionLogs from records (api, request bytes, response bytes, arrived).
+
+  Args:
+    config: a request log's settings: "sampling_config", the serialized
+      SamplingConfig, and the tags `prediction_log` takes, "metadata_tags" and
+      "apis" (per API), each tag in hex (serving/request_log.py reads them from
+      the descriptors).
+  """
+  metadata_tags = [bytes.fromhex(tag) for tag in config["metadata_tags"]]
+  apis = {
+    api: [bytes.fromhex(tag) for tag in tags[:3]] + [tags[3]]
+    for api, tags in config["apis"].items()
+  }
+  sampling_config = bytes.fromhex(config["sampling_config"])
+
+  def build(record) -> bytes:
+    api, request, response, arrived = record
+    return prediction_log(
+      metadata_tags, apis[api], sampling_config, request, response, int(arrived)
+    )
+
+  return build
+
+
 def _writers(kind: str, config: dict) -> Tuple[Callable, object]:
   """(encode a record, the file the encoded records go to) for a log of `kind`."""
   if kind == AUDIT:
     return audit_line, RotatingFile(config["path"], config["max_bytes"], config["backup_count"])
   if kind == REQUEST_LOG:
-    metadata_tags = [bytes.fromhex(tag) for tag in config["metadata_tags"]]
-    apis = {
-      api: [bytes.fromhex(tag) for tag in tags[:3]] + [tags[3]]
-      for api, tags in config["apis"].items()
-    }
-    sampling_config = bytes.fromhex(config["sampling_config"])
+    build = prediction_logs(config)
 
     def encode(record) -> bytes:
-      api, request, response, arrived = record
-      return tfrecord(
-        prediction_log(metadata_tags, apis[api], sampling_config, request, response, int(arrived))
-      )
+      return tfrecord(build(record))
 
     file = RotatingTFRecordFile(config["prefix"], config["max_file_bytes"], config["max_files"])
     return encode, file
@@ -357,7 +371,7 @@ def _serve(name: str, encode: Callable, file, source, reports) -> None:
       reports.flush()
     except OSError:  # The server is gone; nobody is left to count.
       pass
-    if errors_logged < _MAX_ERRORS_LOGGED:  # Bounded: a full disk must not flood the log.
+    if errors_logged < MAX_ERRORS_LOGGED:
       errors_logged += 1
       logging.error("%s: dropped %d record(s): %s: %s", name, count, type(error).__name__, error)
 

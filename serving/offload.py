@@ -27,7 +27,6 @@ from serving import log_writer
 QUEUE_FULL = "queue_full"
 # The directory `python -m serving.log_writer` is found from.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_MAX_ERRORS_LOGGED = 10
 
 
 class BackgroundWriter:
@@ -154,7 +153,7 @@ class BackgroundWriter:
   def _drop(self, count: int, error: Exception) -> None:
     for _ in range(count):
       self._on_drop(log_writer.WRITE_ERROR)
-    if self._errors_logged < _MAX_ERRORS_LOGGED:  # Bounded: a dead writer must not flood the log.
+    if self._errors_logged < log_writer.MAX_ERRORS_LOGGED:
       self._errors_logged += 1
       logging.error(
         "%s: dropped %d record(s): %s: %s", self._name, count, type(error).__name__, error

@@ -113,6 +113,15 @@ def _api_tags(field: str) -> list:
 _API_TAGS = {api: _api_tags(field) for api, field in _LOG_FIELDS.items()}
 
 
+def _log_settings(sampling_config: bytes) -> dict:
+  """What the log writer builds a model's PredictionLogs with (log_writer.prediction_logs)."""
+  return {
+    "sampling_config": sampling_config.hex(),
+    "metadata_tags": _METADATA_TAGS,
+    "apis": _API_TAGS,
+  }
+
+
 def prediction_log(
   api: str,
   request,
@@ -131,21 +140,13 @@ def prediction_log(
     timestamp_secs: when the request arrived, in seconds since the epoch.
     response_bytes: `response` serialized, if that was done already.
   """
-  _, request, response_bytes, _ = _serialized((api, request, response, 0.0, response_bytes))
-  *tags, model_spec_field = _API_TAGS[api]
-  return log_writer.prediction_log(
-    [bytes.fromhex(tag) for tag in _METADATA_TAGS],
-    [bytes.fromhex(tag) for tag in tags] + [model_spec_field],
-    sampling_config,
-    request,
-    response_bytes,
-    timestamp_secs,
-  )
+  build = log_writer.prediction_logs(_log_settings(sampling_config))
+  return build(_serialized((api, request, response, timestamp_secs, response_bytes)))
 
 
 def _serialized(item: tuple) -> tuple:
   """A queued request, (api, request, response, arrived, response bytes), as the log writer
-  takes it: (api, request bytes, response bytes, arrival in whole seconds)."""
+  takes it: (api, request bytes, response bytes, arrived)."""
   api, request, response, arrived, response_bytes = item
   if request is None:  # Logged lazily: `response` builds both.
     request, response = response()
@@ -166,9 +167,7 @@ class _ModelLog:
         "prefix": os.path.abspath(config.log_collector_config.filename_prefix),
         "max_file_bytes": max_file_bytes,
         "max_files": max_files,
-        "sampling_config": config.sampling_config.SerializeToString().hex(),
-        "metadata_tags": _METADATA_TAGS,
-        "apis": _API_TAGS,
+        **_log_settings(config.sampling_config.SerializeToString()),
       },
       prepare=_serialized,
       on_drop=lambda reason: on_drop(model_name, reason),
