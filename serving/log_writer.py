@@ -302,7 +302,6 @@ class RotatingTFRecordFile:
     self._file = open(path, "wb", buffering=0)
     # wbits 31: a gzip stream, as TensorFlow's ZlibCompressionOptions::GZIP().
     self._compressor = zlib.compressobj(_COMPRESSION_LEVEL, wbits=31)
-    self._bytes = 0
     files = glob.glob(glob.escape(self._prefix) + "-*" + TFRECORD_SUFFIX)
     files.sort(key=os.path.getmtime)
     for old in files[: max(0, len(files) - self._max_files)]:
@@ -312,6 +311,8 @@ class RotatingTFRecordFile:
         pass
 
   def close(self) -> None:
+    # The next file starts from nothing; the records of a round that opens it are counted already.
+    self._bytes = 0
     if self._file is not None:
       file, self._file = self._file, None
       try:

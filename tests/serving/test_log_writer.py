@@ -1,5 +1,6 @@
 """The log writer process (serving/log_writer.py) and the queue feeding it (serving/offload.py)."""
 
+import glob
 import json
 import os
 import signal
@@ -102,3 +103,13 @@ def test_embedded_field_reads_what_protobuf_wrote():
   assert log_writer.embedded_field(data, 3) == b""
   with pytest.raises(ValueError, match="ends inside a field|runs past the end"):
     log_writer.embedded_field(data[:-1], 2)
+
+
+def test_request_log_files_rotate_at_their_size_whatever_the_rounds(tmp_path):
+  prefix = str(tmp_path / "m")
+  log_file = log_writer.RotatingTFRecordFile(prefix, max_file_bytes=3000, max_files=10)
+  record = log_writer.tfrecord(b"x" * 984)  # 1,000 bytes framed.
+  log_file.write([record, record])  # The round that opens the first file.
+  log_file.write([record, record])  # The third record fills it.
+  log_file.close()
+  assert len(glob.glob(prefix + "-*" + log_writer.TFRECORD_SUFFIX)) == 2
