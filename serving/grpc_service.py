@@ -10,7 +10,7 @@ the batch thread, off the event loop (the request log writes those bytes too).
 
 import asyncio
 import collections
-import functools
+import contextvars
 import logging
 import threading
 import time
@@ -53,6 +53,7 @@ class _Completions:
     self._pending = collections.deque()
     self._lock = threading.Lock()
     self._scheduled = False
+    self._after = []
 
   def wrap(self, future: inference.Pending) -> asyncio.Future:
     waiter = self._loop.create_future()
@@ -73,6 +74,25 @@ class _Completions:
       self._scheduled = True
     self._loop.call_soon_threadsafe(self._drain)
 
+  def after_response(self, function: Callable, argument) -> None:
+    """Calls `function(argument)` on the loop once the responses being sent are on their way.
+
+    A handler's response is sent after it returns; what it leaves for
+    afterwards (metrics, audit and request logs) no longer holds up the
+    responses of a batch that completed together. Runs on the loop only.
+    """
+    if not self._after:
+      self._loop.call_soon(self._run_after)
+    self._after.append((function, argument))
+
+  def _run_after(self) -> None:
+    after, self._after = self._after, []
+    for function, argument in after:
+      try:
+        function(argument)
+      except Exception:  # One record's failure must not cost the others theirs.
+        logging.exception("Recording a finished request failed")
+
   def _drain(self) -> None:
     with self._lock:
       self._scheduled = False
@@ -92,6 +112,10 @@ def _served_version(response) -> str:
   if spec is not None and spec.HasField("version"):
     return str(spec.version.value)
   return ""
+
+
+# The invocation metadata of the call the current task serves (see _MethodHandlers).
+_CALL_METADATA: contextvars.ContextVar = contextvars.ContextVar("invocation_metadata", default=None)
 
 
 def _metadata_value(metadata, key: str):
@@ -121,7 +145,6 @@ class _Handler:
     is_future: bool = True,
     request=None,
     request_bytes: bytes = b"",
-    metadata: Optional[tuple] = None,
   ):
     """Runs `call()` and answers with its result.
 
@@ -130,13 +153,14 @@ class _Handler:
         then the answer is the response's bytes, serialized on the batch thread.
       request: the request message, for the audit and request logs.
       request_bytes: the request as received, for the request log.
-      metadata: the call's invocation metadata, if at hand (`_MethodHandlers`).
     """
     start, arrived = time.perf_counter(), time.time()
     version, code, message, principal, examples = "", grpc.StatusCode.OK, "", "", 0
+    logged = None  # (request bytes, response, response bytes) for the request log.
     try:
       if self._policy.authenticator is not None:
-        if metadata is None:
+        metadata = _CALL_METADATA.get()
+        if metadata is None:  # Not looked up through _MethodHandlers.
           metadata = context.invocation_metadata()
         principal = self._policy.authorize(
           _metadata_value(metadata, request_policy.AUTHORIZATION), model_name
@@ -150,9 +174,8 @@ class _Handler:
         self._completions = _Completions(asyncio.get_running_loop())
       response, response_bytes = await self._completions.wrap(result)
       version = _served_version(response)
-      self._policy.log_request(
-        model_name, api, request_bytes, response, arrived, response_bytes=response_bytes
-      )
+      if self._policy.request_logs is not None:
+        logged = (request_bytes, response, response_bytes)
       return response_bytes
     except status.ServingError as e:
       code, message = e.code, e.message
@@ -163,20 +186,62 @@ class _Handler:
       logging.exception("%s failed", api)
       code, message = grpc.StatusCode.INTERNAL, f"{api} failed: {type(e).__name__}"
     finally:
-      self._policy.finish(
-        ENTRYPOINT,
+      outcome = (
         api,
         model_name,
         version,
         code,
         start,
+        time.perf_counter(),
         arrived,
         context.peer,
         principal,
-        signature=request.model_spec.signature_name if request is not None else "",
-        examples=examples,
+        request.model_spec.signature_name if request is not None else "",
+        examples,
+        logged,
       )
+      if code is grpc.StatusCode.OK and self._completions is not None:
+        # The response leaves first: logging it does not delay it.
+        self._completions.after_response(self._record, outcome)
+      else:
+        self._record(outcome)
     await context.abort(code, status.client_message(message))
+
+  def _record(self, outcome: tuple) -> None:
+    """The metrics, audit line and request log of a finished call (see `__call__`)."""
+    (
+      api,
+      model_name,
+      version,
+      code,
+      start,
+      end,
+      arrived,
+      peer,
+      principal,
+      signature,
+      examples,
+      logged,
+    ) = outcome
+    if logged is not None:
+      request_bytes, response, response_bytes = logged
+      self._policy.log_request(
+        model_name, api, request_bytes, response, arrived, response_bytes=response_bytes
+      )
+    self._policy.finish(
+      ENTRYPOINT,
+      api,
+      model_name,
+      version,
+      code,
+      start,
+      arrived,
+      peer,
+      principal,
+      signature=signature,
+      examples=examples,
+      end=end,
+    )
 
 
 def _keeping_bytes(message_class) -> Callable[[bytes], tuple]:
@@ -203,7 +268,7 @@ class PredictionServicer:
     self._service = service
     self._handle = _Handler(policy)
 
-  async def _run(self, api: str, run: Callable, received, context, metadata):
+  async def _run(self, api: str, run: Callable, received, context):
     """Predict, Classify or Regress: `run(request, deadline)` gives the pending response."""
     request, data = received
     return await self._handle(
@@ -213,19 +278,18 @@ class PredictionServicer:
       lambda: run(request, _deadline(context)),
       request=request,
       request_bytes=data,
-      metadata=metadata,
     )
 
-  async def Predict(self, received, context, metadata=None):
-    return await self._run("Predict", self._service.predict, received, context, metadata)
+  async def Predict(self, received, context):
+    return await self._run("Predict", self._service.predict, received, context)
 
-  async def Classify(self, received, context, metadata=None):
-    return await self._run("Classify", self._service.classify, received, context, metadata)
+  async def Classify(self, received, context):
+    return await self._run("Classify", self._service.classify, received, context)
 
-  async def Regress(self, received, context, metadata=None):
-    return await self._run("Regress", self._service.regress, received, context, metadata)
+  async def Regress(self, received, context):
+    return await self._run("Regress", self._service.regress, received, context)
 
-  async def GetModelMetadata(self, received, context, metadata=None):
+  async def GetModelMetadata(self, received, context):
     request, _ = received
     return await self._handle(
       "GetModelMetadata",
@@ -233,10 +297,9 @@ class PredictionServicer:
       context,
       lambda: self._service.get_model_metadata(request),
       is_future=False,
-      metadata=metadata,
     )
 
-  async def MultiInference(self, received, context, metadata=None):
+  async def MultiInference(self, received, context):
     await context.abort(
       grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by this server."
     )
@@ -266,28 +329,28 @@ class PredictionServicer:
 class _MethodHandlers(grpc.GenericRpcHandler):
   """Finds a method's handler, as `grpc.method_handlers_generic_handler` does.
 
-  With `pass_metadata`, the handler it gives for a call hands the method that
-  call's invocation metadata: grpc.aio builds the metadata to look the handler
-  up (`_find_method_handler`, grpc/_cython/_cygrpc/aio/server.pyx.pxi), and
-  taking it here saves building it again through `context.invocation_metadata()`,
-  which on a busy server costs more than checking the credentials themselves.
+  With `pass_metadata`, it also leaves the call's invocation metadata where the
+  handler finds it (`_CALL_METADATA`): grpc.aio builds the metadata to look the
+  handler up, and taking it here saves building it again through
+  `context.invocation_metadata()`, which on a busy server costs more than
+  checking the credentials themselves.
+
+  A context variable, because grpc.aio looks the handler up and runs it in the
+  same task, one per call (`_handle_rpc` in
+  grpc/_cython/_cygrpc/aio/server.pyx.pxi), and a task's context is its own:
+  a call never sees another's metadata. Handing the metadata over in a
+  `functools.partial` instead costs more than it saves, since grpc.aio then
+  takes the partial apart on every call to learn whether it is a coroutine.
   """
 
   def __init__(self, handlers: dict, pass_metadata: bool):
     self._handlers = handlers
     self._pass_metadata = pass_metadata
-    # grpc's handlers are namedtuples; where their unary_unary field sits.
-    self._unary_unary = type(next(iter(handlers.values())))._fields.index("unary_unary")
 
   def service(self, handler_call_details):
-    handler = self._handlers.get(handler_call_details.method)
-    if handler is None or not self._pass_metadata:
-      return handler
-    fields = list(handler)  # An RpcMethodHandler namedtuple, rebuilt without its slow _replace.
-    fields[self._unary_unary] = functools.partial(
-      handler.unary_unary, metadata=handler_call_details.invocation_metadata
-    )
-    return tuple.__new__(type(handler), fields)
+    if self._pass_metadata:
+      _CALL_METADATA.set(handler_call_details.invocation_metadata)
+    return self._handlers.get(handler_call_details.method)
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):

@@ -14,8 +14,8 @@ TensorFlow or protobuf, so the process starts in a few tens of milliseconds.
 
 KIND is "audit" (JSON lines into a rotated file) or "request_log" (GZIP
 TFRecord files of PredictionLogs). The process reads frames from stdin, each a
-4-byte little-endian length, then records one after another, each
-`marshal.dumps` of a tuple. It
+4-byte little-endian length, then `marshal.dumps` of a list of records, each
+`marshal.dumps` of a tuple (see `frame`). It
 reports the records it could not encode or write on stdout, one `REASON COUNT`
 line per round, and exits at the end of its input once its files are closed.
 It ignores SIGINT and SIGTERM: the end of its input, when the server closes the
@@ -25,7 +25,6 @@ It runs only on CPU time the server leaves (SCHED_IDLE).
 
 import functools
 import glob
-import io
 import json
 import logging
 import marshal
@@ -56,17 +55,19 @@ _FRAME_HEADER = struct.Struct("<I")
 MAX_ERRORS_LOGGED = 10
 
 
+# marshal's format 2 (no back references): the cheapest to write and read.
+MARSHAL_VERSION = 2
+
+
 def frame(records: List[bytes]) -> bytes:
-  """One frame of the writer's input from marshalled records (each `marshal.dumps` of a tuple)."""
-  data = b"".join(records)
+  """One frame of the writer's input from marshalled records (each `marshal.dumps` of a tuple).
+
+  The records go in as one marshalled list of bytes: `marshal.loads` takes
+  the list apart in C, where `marshal.load` from a stream would read each
+  record piece by piece (5 µs a record against 0.3).
+  """
+  data = marshal.dumps(records, MARSHAL_VERSION)
   return _FRAME_HEADER.pack(len(data)) + data
-
-
-def _records(data: bytes):
-  """The records of a frame's body, in order."""
-  source = io.BytesIO(data)
-  while source.tell() < len(data):
-    yield marshal.load(source)
 
 
 # The audit log: one JSON object per line.
@@ -385,15 +386,17 @@ def _serve(name: str, encode: Callable, file, source, reports) -> None:
     if len(data) < size:  # The server died mid-write: the partial frame is lost.
       return
     try:
-      records = list(_records(data))
+      records = marshal.loads(data)
+      if records.__class__ is not list:
+        raise TypeError(f"a frame holds a list of records, not a {type(records).__name__}")
     except (EOFError, ValueError, TypeError) as e:  # Not a frame the server wrote.
       drop(1, e)
       continue
     encoded = []
     for record in records:
       try:
-        encoded.append(encode(record))
-      except Exception as e:  # A record that cannot be encoded is dropped alone.
+        encoded.append(encode(marshal.loads(record)))
+      except Exception as e:  # A record that cannot be read or encoded is dropped alone.
         drop(1, e)
     if encoded:
       try:

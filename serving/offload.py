@@ -11,6 +11,7 @@ takes no time from the server's GIL (docs/serving-production.md#cost).
 """
 
 import collections
+import itertools
 import json
 import logging
 import marshal
@@ -80,7 +81,7 @@ class BackgroundWriter:
       self._on_drop(QUEUE_FULL)
       return
     try:
-      self._records.append(marshal.dumps(record))
+      self._records.append(marshal.dumps(record, log_writer.MARSHAL_VERSION))
     except ValueError as e:  # Not a plain tuple: a caller's mistake, counted, not raised.
       self._drop(1, e)
 
@@ -97,18 +98,28 @@ class BackgroundWriter:
     self._drain()
 
   def _drain(self) -> None:
-    records = []
-    while self._records:
-      record = self._records.popleft()
-      if record.__class__ is not bytes:  # Queued lazily.
+    # As many popleft calls as were queued, made from C: a round holds
+    # hundreds of records, and a Python loop over them would hold the GIL.
+    records = list(
+      itertools.starmap(self._records.popleft, itertools.repeat((), len(self._records)))
+    )
+    if set(map(type, records)) - {bytes}:  # Some were queued lazily.
+      records = self._prepared(records)
+    if records:
+      self._send(records)
+
+  def _prepared(self, records: list) -> list:
+    """`records` all marshalled, those queued lazily through `prepare`."""
+    prepared = []
+    for record in records:
+      if record.__class__ is not bytes:
         try:
-          record = marshal.dumps(self._prepare(record))
+          record = marshal.dumps(self._prepare(record), log_writer.MARSHAL_VERSION)
         except Exception as e:  # A record that cannot be prepared is dropped alone.
           self._drop(1, e)
           continue
-      records.append(record)
-    if records:
-      self._send(records)
+      prepared.append(record)
+    return prepared
 
   def _send(self, records: list) -> None:
     try:

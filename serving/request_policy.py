@@ -89,6 +89,7 @@ class RequestPolicy:
     principal: str,
     signature: str = "",
     examples: int = 0,
+    end: Optional[float] = None,
   ) -> None:
     """Records a finished request in the metrics and the audit log.
 
@@ -96,8 +97,9 @@ class RequestPolicy:
       start: `time.perf_counter()` when the request arrived.
       arrived: `time.time()` when the request arrived.
       peer: returns the client's address (called only when auditing).
+      end: `time.perf_counter()` when the response was ready; None: now.
     """
-    latency = time.perf_counter() - start
+    latency = (time.perf_counter() if end is None else end) - start
     status = code.name
     if self.metrics is not None:
       self.metrics.record_request(model_name, version, api, entrypoint, status, latency)

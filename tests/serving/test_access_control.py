@@ -1,6 +1,7 @@
 """Access control (tokens file, JWTs), TLS on both ports, and the reload RPC switch."""
 
 import base64
+import concurrent.futures
 import datetime
 import http.client
 import json
@@ -257,6 +258,22 @@ def test_grpc_over_tls_needs_a_token_for_the_model(secured, examples):
   assert _predict(channel, examples, "wrong") == grpc.StatusCode.UNAUTHENTICATED
   assert _predict(channel, examples, "bob-secret-2") == grpc.StatusCode.PERMISSION_DENIED
   assert _predict(channel, examples, "alice-secret-1") == grpc.StatusCode.OK
+
+
+def test_calls_in_flight_together_each_keep_their_own_credentials(secured, examples):
+  # Batched calls wait together on the server; each must be judged on its own
+  # metadata (grpc_service hands it to the handler through the call's task).
+  _, channel, _ = secured
+  tokens = [None, "alice-secret-1", "bob-secret-2", "wrong"] * 24
+  expected = {
+    None: grpc.StatusCode.UNAUTHENTICATED,
+    "alice-secret-1": grpc.StatusCode.OK,
+    "bob-secret-2": grpc.StatusCode.PERMISSION_DENIED,
+    "wrong": grpc.StatusCode.UNAUTHENTICATED,
+  }
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    codes = list(pool.map(lambda token: _predict(channel, examples, token), tokens))
+  assert codes == [expected[token] for token in tokens]
 
 
 def _https(secured, method, path, token=None, body=None):

@@ -2,6 +2,7 @@
 
 import glob
 import json
+import marshal
 import os
 import signal
 import subprocess
@@ -42,6 +43,27 @@ def test_records_are_written_in_order_and_bad_ones_counted(tmp_path):
   assert [line["examples"] for line in lines] == [1, 2]
   assert lines[0]["time"] == "2025-11-30T10:02:04.500000Z"
   assert dropped == ["write_error", "write_error"]
+
+
+def test_the_writer_drops_what_is_not_a_frame_of_records_and_goes_on(tmp_path):
+  path = tmp_path / "audit.jsonl"
+  config = {"path": str(path), "max_bytes": 1 << 20, "backup_count": 1}
+  good = marshal.dumps(_record(1), log_writer.MARSHAL_VERSION)
+  junk = b"\x00not marshal"
+  frames = [
+    log_writer.frame([good]),
+    len(junk).to_bytes(4, "little") + junk,  # A frame whose body is not a list of records.
+    log_writer.frame([b"\xff", good]),  # One record that is not marshal, one that is.
+  ]
+  done = subprocess.run(
+    [sys.executable, "-m", "serving.log_writer", log_writer.AUDIT, json.dumps(config)],
+    input=b"".join(frames),
+    capture_output=True,
+    timeout=30,
+  )
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.decode().split() == ["write_error", "1", "write_error", "1"]
+  assert [json.loads(line)["examples"] for line in path.read_text().splitlines()] == [1, 1]
 
 
 def test_a_dead_writer_is_replaced(tmp_path):
