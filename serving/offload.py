@@ -44,6 +44,9 @@ class BackgroundWriter:
       dropped record.
     max_queued: records waiting beyond this are dropped.
     interval_seconds: how often the thread wakes to hand over what is queued.
+      Longer rounds cost the server less (fewer wakeups of this thread and of
+      the writer, fewer and larger writes): 250 ms against 50 saved 4-30 µs
+      of CPU a request at 3,000 requests/s (docs/serving-production.md#cost).
   """
 
   def __init__(
@@ -54,7 +57,7 @@ class BackgroundWriter:
     prepare: Optional[Callable[[Any], Any]] = None,
     on_drop: Optional[Callable[[str], None]] = None,
     max_queued: int = 10_000,
-    interval_seconds: float = 0.05,
+    interval_seconds: float = 0.25,
   ):
     self._name = name
     self._command = [sys.executable, "-m", "serving.log_writer", kind, json.dumps(config)]
