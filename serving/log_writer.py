@@ -200,17 +200,25 @@ def embedded_field(message: bytes, number: int) -> bytes:
   position, end = 0, len(message)
   try:
     while position < end:
-      key, position = _read_varint(message, position)
+      key = message[position]  # Tags and lengths under 128 take one byte: read them inline.
+      if key < 0x80:
+        position += 1
+      else:
+        key, position = _read_varint(message, position)
       wire_type = key & 7
-      if wire_type == 0:
-        _, position = _read_varint(message, position)
-      elif wire_type == 1:
-        position += 8
-      elif wire_type == 2:
-        size, position = _read_varint(message, position)
+      if wire_type == 2:
+        size = message[position]
+        if size < 0x80:
+          position += 1
+        else:
+          size, position = _read_varint(message, position)
         if key >> 3 == number:
           parts.append(message[position : position + size])
         position += size
+      elif wire_type == 0:
+        _, position = _read_varint(message, position)
+      elif wire_type == 1:
+        position += 8
       elif wire_type == 5:
         position += 4
       else:
@@ -244,20 +252,32 @@ def prediction_log(
     request, response: the serialized request and response.
     timestamp_secs: when the request arrived, in seconds since the epoch.
   """
+  spec = embedded_field(response, api_tags[3])
+  return _log_metadata(metadata_tags, sampling_config, spec, timestamp_secs) + _log_entry(
+    api_tags, request, response
+  )
+
+
+def _log_metadata(
+  metadata_tags: Sequence[bytes], sampling_config: bytes, spec: bytes, timestamp_secs: int
+) -> bytes:
+  """PredictionLog's log_metadata field: its tag, its length and the LogMetadata."""
   log_metadata_tag, model_spec_tag, sampling_config_tag, timestamp_tag = metadata_tags
-  entry_tag, request_tag, response_tag, model_spec_field = api_tags
-  spec = embedded_field(response, model_spec_field)
   metadata = [model_spec_tag, varint(len(spec)), spec]
   metadata += (sampling_config_tag, varint(len(sampling_config)), sampling_config)
   if timestamp_secs:  # proto3 leaves a zero out.
     metadata += (timestamp_tag, varint(timestamp_secs))
   metadata = b"".join(metadata)
-  entry = [request_tag, varint(len(request)), request]
-  entry += (response_tag, varint(len(response)), response)
-  entry_size = sum(map(len, entry))
-  return b"".join(
-    [log_metadata_tag, varint(len(metadata)), metadata, entry_tag, varint(entry_size), *entry]
+  return log_metadata_tag + varint(len(metadata)) + metadata
+
+
+def _log_entry(api_tags: Sequence, request: bytes, response: bytes) -> bytes:
+  """PredictionLog's field for the API: its tag, its length, the request and the response."""
+  entry_tag, request_tag, response_tag, _ = api_tags
+  entry = b"".join(
+    (request_tag, varint(len(request)), request, response_tag, varint(len(response)), response)
   )
+  return entry_tag + varint(len(entry)) + entry
 
 
 class RotatingTFRecordFile:
@@ -338,11 +358,21 @@ def prediction_logs(config: dict) -> Callable[[tuple], bytes]:
   }
   sampling_config = bytes.fromhex(config["sampling_config"])
 
+  # The log_metadata of the last few (model_spec, second) pairs: every
+  # record of the same version within a second has the same one.
+  metadata_of = {}
+
   def build(record) -> bytes:
     api, request, response, arrived = record
-    return prediction_log(
-      metadata_tags, apis[api], sampling_config, request, response, int(arrived)
-    )
+    api_tags = apis[api]
+    spec = embedded_field(response, api_tags[3])
+    key = (spec, int(arrived))
+    metadata = metadata_of.get(key)
+    if metadata is None:
+      if len(metadata_of) >= 16:
+        metadata_of.clear()
+      metadata = metadata_of[key] = _log_metadata(metadata_tags, sampling_config, *key)
+    return metadata + _log_entry(api_tags, request, response)
 
   return build
 

@@ -10,9 +10,12 @@ import sys
 
 import pytest
 from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.config import logging_config_pb2
 
 from serving import log_writer
 from serving import offload
+from serving import request_log
 from tests.serving import conftest
 
 
@@ -125,6 +128,29 @@ def test_embedded_field_reads_what_protobuf_wrote():
   assert log_writer.embedded_field(data, 3) == b""
   with pytest.raises(ValueError, match="ends inside a field|runs past the end"):
     log_writer.embedded_field(data[:-1], 2)
+
+
+def test_one_builder_gives_each_record_its_own_metadata():
+  # The builder remembers log_metadata by (model_spec, second): records of
+  # other versions and seconds, in any order, must each get their own.
+  sampling = logging_config_pb2.SamplingConfig(sampling_rate=0.5)
+  build = log_writer.prediction_logs(request_log._log_settings(sampling.SerializeToString()))
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = "m"
+  request.inputs["examples"].string_val.append(b"x" * 300)  # Lengths over one varint byte.
+  for version, arrived in ((1, 100.2), (1, 100.7), (2, 100.9), (1, 101.0), (2, 0.5), (1, 100.1)):
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = "m"
+    response.model_spec.version.value = version
+    response.outputs["probabilities"].float_val.extend([0.25] * 40)
+    expected = prediction_log_pb2.PredictionLog()
+    expected.log_metadata.model_spec.CopyFrom(response.model_spec)
+    expected.log_metadata.sampling_config.CopyFrom(sampling)
+    expected.log_metadata.timestamp_secs = int(arrived)
+    expected.predict_log.request.CopyFrom(request)
+    expected.predict_log.response.CopyFrom(response)
+    record = build(("Predict", request.SerializeToString(), response.SerializeToString(), arrived))
+    assert prediction_log_pb2.PredictionLog.FromString(record) == expected, (version, arrived)
 
 
 def test_request_log_files_rotate_at_their_size_whatever_the_rounds(tmp_path):
