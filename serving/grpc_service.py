@@ -200,7 +200,7 @@ class _Handler:
         examples,
         logged,
       )
-      if code is grpc.StatusCode.OK and self._completions is not None:
+      if code is grpc.StatusCode.OK and is_future:
         # The response leaves first: logging it does not delay it.
         self._completions.after_response(self._record, outcome)
       else:

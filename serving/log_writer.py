@@ -230,34 +230,6 @@ def embedded_field(message: bytes, number: int) -> bytes:
   return b"".join(parts)
 
 
-def prediction_log(
-  metadata_tags: Sequence[bytes],
-  api_tags: Sequence,
-  sampling_config: bytes,
-  request: bytes,
-  response: bytes,
-  timestamp_secs: int,
-) -> bytes:
-  """A serialized PredictionLog, put together from the serialized request and response.
-
-  An embedded message is its tag, its length and its bytes, so the result
-  parses to the PredictionLog a parser would build field by field.
-
-  Args:
-    metadata_tags: the tags of PredictionLog.log_metadata and of LogMetadata's
-      model_spec, sampling_config and timestamp_secs.
-    api_tags: the tags of the API's PredictionLog field and of its request and
-      response, then the field number of model_spec in the response.
-    sampling_config: the serialized SamplingConfig.
-    request, response: the serialized request and response.
-    timestamp_secs: when the request arrived, in seconds since the epoch.
-  """
-  spec = embedded_field(response, api_tags[3])
-  return _log_metadata(metadata_tags, sampling_config, spec, timestamp_secs) + _log_entry(
-    api_tags, request, response
-  )
-
-
 def _log_metadata(
   metadata_tags: Sequence[bytes], sampling_config: bytes, spec: bytes, timestamp_secs: int
 ) -> bytes:
@@ -345,11 +317,17 @@ class RotatingTFRecordFile:
 def prediction_logs(config: dict) -> Callable[[tuple], bytes]:
   """Builds serialized PredictionLogs from records (api, request bytes, response bytes, arrived).
 
+  A PredictionLog is put together from the serialized request and response:
+  an embedded message is its tag, its length and its bytes, so the result
+  parses to the PredictionLog a parser would build field by field.
+
   Args:
-    config: a request log's settings: "sampling_config", the serialized
-      SamplingConfig, and the tags `prediction_log` takes, "metadata_tags" and
-      "apis" (per API), each tag in hex (serving/request_log.py reads them from
-      the descriptors).
+    config: a request log's settings, each tag in hex (serving/request_log.py
+      reads them from the descriptors): "sampling_config", the serialized
+      SamplingConfig; "metadata_tags", the tags of PredictionLog.log_metadata
+      and of LogMetadata's model_spec, sampling_config and timestamp_secs;
+      "apis", per API the tags of its PredictionLog field and of that field's
+      request and response, then the number of the response's model_spec field.
   """
   metadata_tags = [bytes.fromhex(tag) for tag in config["metadata_tags"]]
   apis = {

@@ -1,13 +1,14 @@
 """Work taken off the request path: records queued in memory, written by a log writer process.
 
-The request logs and the audit log both write through it. A request only
-marshals its record (a tuple) and appends it to a bounded deque, or drops it
-when the deque is full: no lock, no wakeup of another thread. A background thread wakes on its own
-every `interval_seconds` and hands everything queued to the log writer
-process (serving/log_writer.py) in one pipe write; that process encodes the
-records and writes the files. So a slow or full disk never delays or fails a
-request, what cannot be written is counted, never raised, and the encoding
-takes no time from the server's GIL (docs/serving-production.md#cost).
+The request logs and the audit log both write through it. A finished call
+only marshals its record (a tuple) and appends it to a bounded deque, or
+drops it when the deque is full: no lock, no wakeup of another thread. A
+background thread wakes on its own every `interval_seconds` and hands
+everything queued to the log writer process (serving/log_writer.py) in one
+pipe write; that process encodes the records and writes the files. So a slow
+or full disk never delays or fails a request, what cannot be written is
+counted, never raised, and the encoding takes no time from the server's GIL
+(docs/serving-production.md#cost).
 """
 
 import collections

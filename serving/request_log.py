@@ -86,7 +86,7 @@ def _tag(descriptor, field_name: str) -> str:
 
 _PREDICTION_LOG = prediction_log_pb2.PredictionLog.DESCRIPTOR
 _LOG_METADATA = _PREDICTION_LOG.fields_by_name["log_metadata"].message_type
-# What the log writer puts a PredictionLog together with (log_writer.prediction_log),
+# What the log writer puts a PredictionLog together with (log_writer.prediction_logs),
 # read from the descriptors: the tags of log_metadata and of its model_spec,
 # sampling_config and timestamp_secs (a varint field, wire type 0) ...
 _METADATA_TAGS = [
