@@ -31,8 +31,8 @@ estimates of the loss: the median all-on rate against the median all-off rate,
 and the median of each round's all-on/all-off ratio (the two runs of a round
 are back to back, so a machine whose speed drifts weighs on both alike). The
 target is met when both are within it; on this shared 2-core machine single
-rounds' ratios vary by +-15% (standard deviation about 6%), so use 20 rounds
-or more (the median of 20 is good to about 1.7%).
+rounds' ratios vary by +-15% (standard deviation about 6-10%), so use 20
+rounds or more (the median of 20 is good to about 2%).
 """
 
 import argparse
