@@ -49,6 +49,10 @@ VERBOSE ?=
 RUN ?=
 TENSORBOARD_PORT ?= 6006
 BENCH_RUNS ?= 3
+# `make bench-quality`: which corpora (comma-separated; default all) and at most how many
+# documents of each (default all).
+CORPORA ?=
+MAX_EXAMPLES ?=
 # `make kubeflow-schedule`: a 5-field cron (KFP's seconds field is added).
 CRON ?=
 SCHEDULE_NAME ?=
@@ -139,6 +143,13 @@ bench-tensors: install
 
 bench-tflite: install
 	$(PY) -m bench.tflite_bench --preset=$(PRESET)
+
+# The pushed model against a majority class and TF-IDF logistic regression on real
+# text corpora from npm and PyPI packages, each through its own schema (docs/quality.md).
+.PHONY: bench-quality
+bench-quality: install
+	$(PY) -m bench.quality_bench $(if $(CORPORA),--corpora=$(CORPORA)) \
+		$(if $(MAX_EXAMPLES),--max_examples=$(MAX_EXAMPLES))
 
 # Serves the pushed models over TensorFlow Serving's gRPC and REST APIs.
 serve: install
