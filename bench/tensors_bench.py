@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
-from serving import tensors
+from serving.apis import tensors
 from serving.testdata import make_canned_models
 
 RESULTS_PATH = os.path.join("bench", "results", "tensors.json")

@@ -6,7 +6,7 @@
 Flags carry tensorflow_model_server's names and defaults, and the config files
 (--model_config_file, --batching_parameters_file, --monitoring_config_file,
 --ssl_config_file) its text formats, so the same command line and files work
-with the real server (see serving/k8s/). This one runs where the real binary
+with the real server (see serving/deploy/). This one runs where the real binary
 cannot be installed, and in tests.
 """
 
@@ -31,20 +31,20 @@ import uvloop
 from tensorflow_serving.apis import model_pb2
 
 import model_signing
-from serving import audit as audit_lib
-from serving import auth as auth_lib
-from serving import batching
-from serving import grpc_service
-from serving import inference
-from serving import metrics as metrics_lib
-from serving import model_manager
-from serving import request_log
-from serving import request_policy
-from serving import rest_api
-from serving import servables
-from serving import server_config
 from serving import status
-from serving import warmup
+from serving.apis import inference
+from serving.apis.grpc import servicer as grpc_service
+from serving.apis.rest import handler as rest_api
+from serving.config import server_config
+from serving.models import batching
+from serving.models import model_manager
+from serving.models import servables
+from serving.models import warmup
+from serving.observability import audit as audit_lib
+from serving.observability import metrics as metrics_lib
+from serving.observability import request_log
+from serving.observability import request_policy
+from serving.security import auth as auth_lib
 
 # Threads that run unbatched requests; TensorFlow's own pools do the math.
 _REQUEST_THREADS = 2 * (os.cpu_count() or 1)

@@ -22,7 +22,10 @@ TFLITE_MODEL_NAME = "next_category_tflite"
 # Every RPC in the tests carries this deadline.
 DEADLINE_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 60.0
-MONITORING_CONFIG = os.path.join(os.path.dirname(server_lib.__file__), "monitoring.config")
+# serving/deploy/: the deployment files.
+MONITORING_CONFIG = os.path.join(
+  os.path.dirname(server_lib.__file__), "deploy", "monitoring.config"
+)
 
 
 @pytest.fixture(scope="session")
