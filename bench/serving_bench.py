@@ -151,10 +151,10 @@ def in_process_call_ms(
   frozen signature on NumPy inputs), so the rest of a request's time is the
   server's own overhead.
   """
-  from serving.models import servables  # pylint: disable=g-import-not-at-top
+  from serving.models import saved_model  # pylint: disable=g-import-not-at-top
 
   signature = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-  servable = servables.SavedModelServable(MODEL_NAME, 1, saved_model_dir)
+  servable = saved_model.SavedModelServable(MODEL_NAME, 1, saved_model_dir)
   calls = {
     "signature": lambda batch: signature(examples=tf.constant(batch)),
     "server": lambda batch: servable.run("serving_default", {"examples": batch}),

@@ -1,11 +1,12 @@
-"""The serving APIs (Predict, Classify, GetModelMetadata, GetModelStatus), transport-free.
+"""The data plane: Predict, Classify, Regress, GetModelMetadata, GetModelStatus, transport-free.
 
 gRPC and REST both call these, so both check requests the same way and answer
 with TensorFlow Serving's status codes and messages (see
-`tensorflow_serving/servables/tensorflow/predict_util.cc` and friends).
-Predict and Classify return `Pending` responses: with batching on, the model
-runs on batch threads, and each response is built by the first thread that
-asks for it (see `Pending`).
+`tensorflow_serving/servables/tensorflow/predict_util.cc` and friends: here
+predict_request.py and classify_regress.py). Predict, Classify and Regress
+return `Pending` responses: with batching on, the model runs on batch
+threads, and each response is built by the first thread that asks for it
+(see `Pending`).
 """
 
 import concurrent.futures
@@ -13,7 +14,6 @@ import threading
 import time
 from typing import Callable
 from typing import Dict
-from typing import List
 from typing import Optional
 from typing import Sequence
 from typing import Tuple
@@ -22,97 +22,23 @@ from typing import Union
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import text_format
-from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
-from tensorflow_serving.apis import input_pb2
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import regression_pb2
 
 from serving import status
+from serving.apis import classify_regress
+from serving.apis import predict_request
 from serving.apis import tensors
 from serving.models import batching
 from serving.models import model_manager
 from serving.models import servables
 
 SIGNATURE_DEF_FIELD = "signature_def"
-
-
-def _shape_text(info: meta_graph_pb2.TensorInfo) -> str:
-  if info.tensor_shape.unknown_rank:
-    return "<unknown rank>"
-  return "[" + ",".join(str(d.size) for d in info.tensor_shape.dim) + "]"
-
-
-def validate_inputs(
-  signature_name: str, infos: Dict[str, meta_graph_pb2.TensorInfo], inputs: Dict[str, np.ndarray]
-) -> int:
-  """Checks request inputs against a signature's, as TensorFlow Serving does.
-
-  Args:
-    signature_name: for messages.
-    infos: the signature's inputs.
-    inputs: the request's inputs.
-
-  Returns:
-    The batch size (dimension 0 shared by all inputs).
-
-  Raises:
-    ServingError: INVALID_ARGUMENT naming the input, for a missing or extra
-      input, a wrong dtype, rank or fixed dimension, inputs with different
-      batch sizes, or an empty batch.
-  """
-  if set(inputs) != set(infos):
-    sent, expected = sorted(inputs), sorted(infos)
-    extra = sorted(set(sent) - set(expected))
-    missing = sorted(set(expected) - set(sent))
-    if len(sent) != len(expected):
-      raise status.invalid_argument(
-        f"input size does not match signature: {len(sent)}!={len(expected)} "
-        f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). "
-        f"Sent extra: {{{','.join(extra)}}}. Missing but required: "
-        f"{{{','.join(missing)}}}."
-      )
-    raise status.invalid_argument(
-      f"input tensor alias not found in signature: {extra[0]}. Inputs expected "
-      f"to be in the set {{{','.join(expected)}}}."
-    )
-  batch_sizes = {}
-  for alias in sorted(inputs):
-    array, info = inputs[alias], infos[alias]
-    dtype = tensors.dtype_of(array)
-    if dtype != info.dtype:
-      raise status.invalid_argument(
-        f"Expects arg[{alias}] of signature {signature_name} to be "
-        f"{tensors.dtype_name(info.dtype)} but {tensors.dtype_name(dtype)} is provided"
-      )
-    if not info.tensor_shape.unknown_rank:
-      dims = [d.size for d in info.tensor_shape.dim]
-      if len(dims) != array.ndim or any(
-        want >= 0 and want != have for want, have in zip(dims, array.shape, strict=True)
-      ):
-        raise status.invalid_argument(
-          f"input {alias} of signature {signature_name} must have shape "
-          f"{_shape_text(info)} (-1: any size), got {list(array.shape)}"
-        )
-    if array.ndim:
-      batch_sizes[alias] = array.shape[0]
-  if len(set(batch_sizes.values())) > 1:
-    sizes = ", ".join(f"{alias}: {size}" for alias, size in batch_sizes.items())
-    raise status.invalid_argument(
-      f"inputs must have the same batch size (0th dimension), got {sizes}"
-    )
-  batch_size = next(iter(batch_sizes.values()), 1)
-  if batch_size == 0:
-    raise status.invalid_argument(
-      f"input {next(iter(batch_sizes))} has an empty batch (0th dimension is 0); "
-      "send at least one example"
-    )
-  return batch_size
 
 
 class Pending:
@@ -240,8 +166,8 @@ class InferenceService:
           grpc.StatusCode.FAILED_PRECONDITION,
           f'Serving signature key "{signature_name}" not found.',
         )
-      batch_size = validate_inputs(signature_name, dict(signature.inputs), inputs)
-      aliases = _output_aliases(signature, output_filter)
+      batch_size = predict_request.validate_inputs(signature_name, dict(signature.inputs), inputs)
+      aliases = predict_request.output_aliases(signature, output_filter)
       try:
         future = target.submit(signature_name, inputs, batch_size, deadline)
       except batching.SchedulerClosedError:
@@ -309,8 +235,8 @@ class InferenceService:
     return self._run_examples(
       request,
       classification_pb2.ClassificationResponse,
-      _classification_outputs,
-      _classification_result,
+      classify_regress.classification_outputs,
+      classify_regress.classification_result,
       deadline,
       servable,
     )
@@ -333,8 +259,8 @@ class InferenceService:
     return self._run_examples(
       request,
       regression_pb2.RegressionResponse,
-      _regression_outputs,
-      _regression_result,
+      classify_regress.regression_outputs,
+      classify_regress.regression_result,
       deadline,
       servable,
     )
@@ -357,7 +283,7 @@ class InferenceService:
     if signature is None:
       raise status.invalid_argument(f"No signature was found with the name: {signature_name}")
     output_names = outputs_of(signature, self._method_name_check)
-    examples = _serialized_examples(request.input)
+    examples = classify_regress.serialized_examples(request.input)
     if not examples:
       raise status.invalid_argument("Input is empty.")
     serialized = np.empty(len(examples), dtype=object)
@@ -425,190 +351,6 @@ def _fill_model_spec(
   model_spec.name = servable.name
   model_spec.version.value = servable.version
   model_spec.signature_name = signature_name
-
-
-def _output_aliases(
-  signature: meta_graph_pb2.SignatureDef, output_filter: Sequence[str]
-) -> Optional[Tuple[str, ...]]:
-  if not output_filter:
-    return None
-  seen = set()
-  for alias in output_filter:
-    if alias not in signature.outputs:
-      raise status.invalid_argument(
-        f"output tensor alias not found in signature: {alias} Outputs expected to "
-        f"be in the set {{{','.join(sorted(signature.outputs))}}}."
-      )
-    if alias in seen:
-      raise status.invalid_argument(f"duplicate output tensor alias: {alias}")
-    seen.add(alias)
-  return tuple(output_filter)
-
-
-def _serialized_examples(model_input: input_pb2.Input) -> List[bytes]:
-  """The serialized tf.Examples of a tensorflow.serving.Input.
-
-  As `InputToSerializedExampleTensor` (util.cc): with a context, each example
-  is the context's bytes followed by its own, which parses as the two merged
-  (the example's value wins for a feature both have).
-  """
-  kind = model_input.WhichOneof("kind")
-  if kind == "example_list":
-    return [e.SerializeToString() for e in model_input.example_list.examples]
-  if kind == "example_list_with_context":
-    listed = model_input.example_list_with_context
-    context = listed.context.SerializeToString()
-    return [context + e.SerializeToString() for e in listed.examples]
-  return []
-
-
-def _debug_string(signature: meta_graph_pb2.SignatureDef) -> str:
-  return text_format.MessageToString(signature)
-
-
-def _check_method_and_input(
-  signature: meta_graph_pb2.SignatureDef, method_name_check: bool, kind: str, method_name: str
-) -> None:
-  """The checks classifier.cc and regressor.cc share: method name (if on), one input."""
-  if method_name_check and signature.method_name != method_name:
-    raise status.invalid_argument(
-      f"Expected {kind} signature method_name to be {method_name}. Was: {signature.method_name}"
-    )
-  if len(signature.inputs) != 1:
-    raise status.invalid_argument("Expected one input Tensor.")
-
-
-def _classification_outputs(
-  signature: meta_graph_pb2.SignatureDef, method_name_check: bool
-) -> Tuple[str, ...]:
-  """The outputs Classify reads, or TensorFlow Serving's error for the signature.
-
-  tensorflow_serving/servables/tensorflow/classifier.cc,
-  `GetClassificationSignatureDef` and `PreProcessClassification`.
-  """
-  _check_method_and_input(
-    signature, method_name_check, "classification", tf.saved_model.CLASSIFY_METHOD_NAME
-  )
-  if len(signature.outputs) not in (1, 2):
-    raise status.invalid_argument(
-      f"Expected one or two output Tensors, found {len(signature.outputs)}"
-    )
-  if tf.saved_model.CLASSIFY_INPUTS not in signature.inputs:
-    raise status.invalid_argument(
-      f"No classification inputs found in SignatureDef: {_debug_string(signature)}"
-    )
-  names = tuple(
-    name
-    for name in (tf.saved_model.CLASSIFY_OUTPUT_CLASSES, tf.saved_model.CLASSIFY_OUTPUT_SCORES)
-    if name in signature.outputs
-  )
-  if not names:
-    raise status.invalid_argument(
-      "Expected classification signature outputs to contain at least one of "
-      f'"{tf.saved_model.CLASSIFY_OUTPUT_CLASSES}" or '
-      f'"{tf.saved_model.CLASSIFY_OUTPUT_SCORES}". Signature was: {_debug_string(signature)}'
-    )
-  return names
-
-
-def _shape_debug_string(array: np.ndarray) -> str:
-  return "[" + ",".join(str(size) for size in array.shape) + "]"
-
-
-def _check_class_output(array, name: str, dtype: int, num_examples: int) -> None:
-  if array.ndim != 2:
-    raise status.invalid_argument(
-      f"Expected Tensor shape: [batch_size num_classes] but got {_shape_debug_string(array)}"
-    )
-  got = tensors.dtype_of(array)
-  if got != dtype:
-    raise status.invalid_argument(
-      f"Expected {name} Tensor of {types_pb2.DataType.Name(dtype)}. Got: "
-      f"{types_pb2.DataType.Name(got)}"
-    )
-  if array.shape[0] != num_examples:
-    raise status.invalid_argument(
-      f"Expected {name} output batch size of {num_examples}. Got: {array.shape[0]}"
-    )
-
-
-def _classification_result(
-  outputs: Dict[str, np.ndarray], num_examples: int, result: classification_pb2.ClassificationResult
-) -> None:
-  """Fills `result` from `classes` and `scores`.
-
-  classifier.cc, `PostProcessClassificationResult`.
-  """
-  classes = outputs.get(tf.saved_model.CLASSIFY_OUTPUT_CLASSES)
-  scores = outputs.get(tf.saved_model.CLASSIFY_OUTPUT_SCORES)
-  if classes is not None:
-    _check_class_output(classes, "classes", types_pb2.DT_STRING, num_examples)
-  if scores is not None:
-    _check_class_output(scores, "scores", types_pb2.DT_FLOAT, num_examples)
-  if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
-    raise status.invalid_argument(
-      "Tensors class and score should match in dim_size(1). Got "
-      f"{classes.shape[1]} vs. {scores.shape[1]}"
-    )
-  num_classes = (classes if classes is not None else scores).shape[1]
-  labels = [[""] * num_classes] * num_examples
-  if classes is not None:
-    labels = [
-      [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in row]
-      for row in classes.tolist()
-    ]
-  rows = scores.tolist() if scores is not None else [[0.0] * num_classes] * num_examples
-  for row_labels, row_scores in zip(labels, rows, strict=True):
-    classes_out = result.classifications.add().classes
-    for label, score in zip(row_labels, row_scores, strict=True):
-      classes_out.add(label=label, score=score)
-
-
-def _regression_outputs(
-  signature: meta_graph_pb2.SignatureDef, method_name_check: bool
-) -> Tuple[str, ...]:
-  """The output Regress reads, or TensorFlow Serving's error for the signature.
-
-  tensorflow_serving/servables/tensorflow/regressor.cc,
-  `GetRegressionSignatureDef` and `PreProcessRegression`.
-  """
-  _check_method_and_input(
-    signature, method_name_check, "regression", tf.saved_model.REGRESS_METHOD_NAME
-  )
-  if len(signature.outputs) != 1:
-    raise status.invalid_argument("Expected one output Tensor.")
-  if tf.saved_model.REGRESS_INPUTS not in signature.inputs:
-    raise status.invalid_argument(
-      f"No regression inputs found in SignatureDef: {_debug_string(signature)}"
-    )
-  if tf.saved_model.REGRESS_OUTPUTS not in signature.outputs:
-    raise status.invalid_argument(
-      f"No regression outputs found in SignatureDef: {_debug_string(signature)}"
-    )
-  return (tf.saved_model.REGRESS_OUTPUTS,)
-
-
-def _regression_result(
-  outputs: Dict[str, np.ndarray], num_examples: int, result: regression_pb2.RegressionResult
-) -> None:
-  """Fills `result` from `outputs` (regressor.cc, `PostProcessRegressionResult`)."""
-  values = outputs[tf.saved_model.REGRESS_OUTPUTS]
-  if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
-    raise status.invalid_argument(
-      "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
-      f"{_shape_debug_string(values)}"
-    )
-  if values.shape[0] != num_examples:
-    raise status.invalid_argument(
-      f"Input batch size did not match output batch size: {num_examples} vs. {values.shape[0]}"
-    )
-  got = tensors.dtype_of(values)
-  if got != types_pb2.DT_FLOAT:
-    raise status.invalid_argument(
-      f"Expected output Tensor of DT_FLOAT.  Got: {types_pb2.DataType.Name(got)}"
-    )
-  for value in values.ravel().tolist():
-    result.regressions.add(value=value)
 
 
 def deadline_after(seconds: Optional[float]) -> Optional[float]:

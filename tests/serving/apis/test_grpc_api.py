@@ -17,6 +17,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.apis import regression_pb2
 
 from serving import status
+from serving.apis import classify_regress
 from serving.apis import inference
 from serving.testdata import make_canned_models as canned_models
 from tests.serving import conftest
@@ -257,7 +258,7 @@ def test_regress_returns_the_regression_signatures_outputs(stub, canned, example
 )
 def test_classification_result_errors(outputs, message):
   with pytest.raises(status.ServingError) as raised:
-    inference._classification_result(  # pylint: disable=protected-access
+    classify_regress.classification_result(  # pylint: disable=protected-access
       outputs, 2, classification_pb2.ClassificationResult()
     )
   assert raised.value.message == message
@@ -265,7 +266,7 @@ def test_classification_result_errors(outputs, message):
 
 def test_classification_result_with_one_output():
   result = classification_pb2.ClassificationResult()
-  inference._classification_result(  # pylint: disable=protected-access
+  classify_regress.classification_result(  # pylint: disable=protected-access
     {"scores": np.array([[0.25, 0.75]], np.float32)}, 1, result
   )
   assert [(c.label, c.score) for c in result.classifications[0].classes] == [
@@ -273,7 +274,7 @@ def test_classification_result_with_one_output():
     ("", 0.75),
   ]
   result = classification_pb2.ClassificationResult()
-  inference._classification_result(  # pylint: disable=protected-access
+  classify_regress.classification_result(  # pylint: disable=protected-access
     {"classes": np.array([[b"x", b"y"]], object)}, 1, result
   )
   assert [(c.label, c.score) for c in result.classifications[0].classes] == [

@@ -8,7 +8,9 @@ import grpc
 import pytest
 
 import model_signing
-from serving import server as server_lib
+from serving import model_server
+from serving.config import flags
+from serving.models import loader
 from tests.serving import conftest
 from tests.serving.conftest import MODEL_NAME
 
@@ -99,8 +101,8 @@ def test_a_server_with_no_verified_version_does_not_start(canned, keys, tmp_path
   base_path = str(tmp_path / MODEL_NAME)
   os.makedirs(base_path)
   conftest.push_version(canned.version_1, base_path, 1)  # Unsigned.
-  server = server_lib.ModelServer(
-    server_lib.ServerOptions(
+  server = model_server.ModelServer(
+    flags.ServerOptions(
       model_name=MODEL_NAME,
       model_base_path=base_path,
       port=0,
@@ -110,5 +112,5 @@ def test_a_server_with_no_verified_version_does_not_start(canned, keys, tmp_path
       model_load_timeout_seconds=0.5,
     )
   )
-  with pytest.raises(server_lib.NoServableVersionError, match="unsigned"):
+  with pytest.raises(loader.NoServableVersionError, match="unsigned"):
     server.start()

@@ -18,6 +18,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.apis import regression_pb2
 from tensorflow_serving.config import logging_config_pb2
 
+from serving import model_server
+from serving.config import flags
 from serving.observability import audit
 from serving.observability import request_log
 from tests.serving import conftest
@@ -332,6 +334,4 @@ def test_bad_logging_configs_are_refused(canned, tmp_path, collector, message):
     f"logging_config {{ log_collector_config {{ {collector} }} }} }} }}"
   )
   with pytest.raises(ValueError, match=message):
-    conftest.server_lib.ModelServer(
-      conftest.server_lib.ServerOptions(model_config_file=str(config))
-    )
+    model_server.ModelServer(flags.ServerOptions(model_config_file=str(config)))

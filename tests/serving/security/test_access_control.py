@@ -24,8 +24,9 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving import server as server_lib
+from serving import model_server
 from serving import status
+from serving.config import flags
 from serving.security import auth
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
@@ -210,8 +211,8 @@ def secured(canned, tmp_path_factory, rsa_key):
     f"server_key: {json.dumps(open(key_file).read())}\n"
     f"server_cert: {json.dumps(open(cert_file).read())}\n"
   )
-  server = server_lib.ModelServer(
-    server_lib.ServerOptions(
+  server = model_server.ModelServer(
+    flags.ServerOptions(
       port=portpicker.pick_unused_port(),
       rest_api_port=portpicker.pick_unused_port(),
       model_name=MODEL_NAME,
