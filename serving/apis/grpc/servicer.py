@@ -186,7 +186,8 @@ class _Handler:
       logging.exception("%s failed", api)
       code, message = grpc.StatusCode.INTERNAL, f"{api} failed: {type(e).__name__}"
     finally:
-      outcome = (
+      record = request_policy.RequestRecord(
+        ENTRYPOINT,
         api,
         model_name,
         version,
@@ -202,46 +203,10 @@ class _Handler:
       )
       if code is grpc.StatusCode.OK and is_future:
         # The response leaves first: logging it does not delay it.
-        self._completions.after_response(self._record, outcome)
+        self._completions.after_response(self._policy.finish, record)
       else:
-        self._record(outcome)
+        self._policy.finish(record)
     await context.abort(code, status.client_message(message))
-
-  def _record(self, outcome: tuple) -> None:
-    """The metrics, audit line and request log of a finished call (see `__call__`)."""
-    (
-      api,
-      model_name,
-      version,
-      code,
-      start,
-      end,
-      arrived,
-      peer,
-      principal,
-      signature,
-      examples,
-      logged,
-    ) = outcome
-    if logged is not None:
-      request_bytes, response, response_bytes = logged
-      self._policy.log_request(
-        model_name, api, request_bytes, response, arrived, response_bytes=response_bytes
-      )
-    self._policy.finish(
-      ENTRYPOINT,
-      api,
-      model_name,
-      version,
-      code,
-      start,
-      arrived,
-      peer,
-      principal,
-      signature=signature,
-      examples=examples,
-      end=end,
-    )
 
 
 def _keeping_bytes(message_class) -> Callable[[bytes], tuple]:

@@ -195,17 +195,20 @@ class RestApi:
     finally:
       if api:
         self._policy.finish(
-          ENTRYPOINT,
-          api,
-          urllib.parse.unquote(model_name or ""),
-          version,
-          code,
-          start,
-          arrived,
-          lambda: peer,
-          principal,
-          signature=signature if isinstance(signature, str) else "",
-          examples=examples,
+          request_policy.RequestRecord(
+            ENTRYPOINT,
+            api,
+            urllib.parse.unquote(model_name or ""),
+            version,
+            code,
+            start,
+            time.perf_counter(),
+            arrived,
+            lambda: peer,
+            principal,
+            signature if isinstance(signature, str) else "",
+            examples,
+          )
         )
 
   @staticmethod
