@@ -235,8 +235,12 @@ class RestApi:
     if api == "Predict":
       return self._predict(spec, body, deadline, arrived)
     if api == "Classify":
-      return self._classify(spec, body, deadline, arrived)
-    return self._regress(spec, body, deadline, arrived)
+      request = classification_pb2.ClassificationRequest(model_spec=spec)
+      run, to_json = self._service.classify, json_tensor.classification_response
+    else:
+      request = regression_pb2.RegressionRequest(model_spec=spec)
+      run, to_json = self._service.regress, json_tensor.regression_response
+    return self._classify_or_regress(api, request, run, to_json, body, deadline, arrived)
 
   def _predict(self, spec, body, deadline, arrived) -> Tuple[bytes, str]:
     signature_name = json_tensor.signature_name(body)
@@ -259,21 +263,14 @@ class RestApi:
     )
     return json_tensor.predict_response(outputs, row_format), str(servable.version)
 
-  def _classify(self, spec, body, deadline, arrived) -> Tuple[bytes, str]:
-    request = classification_pb2.ClassificationRequest(model_spec=spec)
+  def _classify_or_regress(
+    self, api, request, run, to_json, body, deadline, arrived
+  ) -> Tuple[bytes, str]:
+    """`request` filled from `body`, answered by `run`, and the answer as `to_json` writes it."""
     json_tensor.fill_classify_regress_request(request, body)
-    response = self._wait(self._service.classify(request, deadline))
-    self._policy.log_request(spec.name, "Classify", request, response, arrived)
-    version = str(response.model_spec.version.value)
-    return json_tensor.classification_response(response), version
-
-  def _regress(self, spec, body, deadline, arrived) -> Tuple[bytes, str]:
-    request = regression_pb2.RegressionRequest(model_spec=spec)
-    json_tensor.fill_classify_regress_request(request, body)
-    response = self._wait(self._service.regress(request, deadline))
-    self._policy.log_request(spec.name, "Regress", request, response, arrived)
-    version = str(response.model_spec.version.value)
-    return json_tensor.regression_response(response), version
+    response = self._wait(run(request, deadline))
+    self._policy.log_request(request.model_spec.name, api, request, response, arrived)
+    return to_json(response), str(response.model_spec.version.value)
 
   def _status(self, spec) -> bytes:
     response = self._service.get_model_status(
