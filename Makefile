@@ -155,8 +155,8 @@ bench-quality: install
 serve: install
 	$(PY) -m serving.server --port=$(SERVING_PORT) --rest_api_port=$(REST_PORT) \
 		--model_name=next_category --model_base_path=$(abspath $(OUTPUT_ROOT))/serving/next_category \
-		--enable_batching --batching_parameters_file=serving/batching_parameters.txt \
-		--monitoring_config_file=serving/monitoring.config
+		--enable_batching --batching_parameters_file=serving/deploy/batching_parameters.txt \
+		--monitoring_config_file=serving/deploy/monitoring.config
 
 # Classifies a few dataset examples on the running server (the model's
 # `classification` signature), leaving out LABEL_FEATURE: the feature your

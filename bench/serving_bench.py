@@ -72,8 +72,8 @@ from serving import client as client_lib
 MODEL_NAME = "next_category"
 RESULTS_PATH = os.path.join("bench", "results", "serving.json")
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_BATCHING_PARAMETERS = os.path.join(_REPO_ROOT, "serving", "batching_parameters.txt")
-_MONITORING_CONFIG = os.path.join(_REPO_ROOT, "serving", "monitoring.config")
+_BATCHING_PARAMETERS = os.path.join(_REPO_ROOT, "serving", "deploy", "batching_parameters.txt")
+_MONITORING_CONFIG = os.path.join(_REPO_ROOT, "serving", "deploy", "monitoring.config")
 _DEADLINE_SECONDS = 10.0
 _SERVER_START_SECONDS = 300.0
 # Targets from the serving issue, at concurrency 32 over gRPC.
@@ -151,10 +151,10 @@ def in_process_call_ms(
   frozen signature on NumPy inputs), so the rest of a request's time is the
   server's own overhead.
   """
-  from serving import servables  # pylint: disable=g-import-not-at-top
+  from serving.models import saved_model  # pylint: disable=g-import-not-at-top
 
   signature = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-  servable = servables.SavedModelServable(MODEL_NAME, 1, saved_model_dir)
+  servable = saved_model.SavedModelServable(MODEL_NAME, 1, saved_model_dir)
   calls = {
     "signature": lambda batch: signature(examples=tf.constant(batch)),
     "server": lambda batch: servable.run("serving_default", {"examples": batch}),

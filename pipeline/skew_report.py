@@ -140,7 +140,7 @@ def _records(path: str):
 
 
 def _are_prediction_logs(path: str) -> bool:
-  """Whether `path` holds the model server's PredictionLog records (serving/request_log.py).
+  """Whether `path` holds PredictionLog records (serving/observability/request_log.py).
 
   A tf.Example parsed as a PredictionLog has no log type: its only field is
   number 1, PredictionLog's `log_metadata`.

@@ -35,7 +35,7 @@ from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving import json_examples
+from serving.apis import json_tensor
 
 # Every call carries this deadline.
 DEADLINE_SECONDS = 10.0
@@ -96,7 +96,7 @@ def serialize_example(example: Example, exclude_features: Sequence[str] = ()) ->
     TypeError: for another kind of value.
   """
   if isinstance(example, dict):
-    example = json_examples.example_from_json(example)
+    example = json_tensor.example_from_json(example)
   elif isinstance(example, bytes):
     if not exclude_features:
       return example

@@ -46,7 +46,7 @@ from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from serving import warmup
+from serving.models import warmup
 
 MODEL_NAME = "next_category"
 NUM_WARMUP_EXAMPLES = 4

@@ -14,7 +14,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 
-from serving import server as server_lib
+import serving
+from serving import model_server
+from serving.config import flags
 from serving.testdata import make_canned_models
 
 MODEL_NAME = "next_category"
@@ -22,7 +24,8 @@ TFLITE_MODEL_NAME = "next_category_tflite"
 # Every RPC in the tests carries this deadline.
 DEADLINE_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 60.0
-MONITORING_CONFIG = os.path.join(os.path.dirname(server_lib.__file__), "monitoring.config")
+# serving/deploy/: the deployment files.
+MONITORING_CONFIG = os.path.join(os.path.dirname(serving.__file__), "deploy", "monitoring.config")
 
 
 @pytest.fixture(scope="session")
@@ -98,11 +101,11 @@ def wait_for_server_ready(
   wait_until(ready)
 
 
-def start_server(wait_for=(MODEL_NAME,), **options) -> server_lib.ModelServer:
+def start_server(wait_for=(MODEL_NAME,), **options) -> model_server.ModelServer:
   """Starts an in-process server on free loopback ports and waits until it serves."""
   options.setdefault("model_name", MODEL_NAME)
-  server = server_lib.ModelServer(
-    server_lib.ServerOptions(
+  server = model_server.ModelServer(
+    flags.ServerOptions(
       host="127.0.0.1",
       port=portpicker.pick_unused_port(),
       rest_api_port=portpicker.pick_unused_port(),

@@ -6,14 +6,15 @@ import pytest
 import yaml
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import batching
-from serving import server_config
+import serving
+from serving.config import server_config
+from serving.models import batching
 
-_SERVING = os.path.dirname(server_config.__file__)
+_DEPLOY = os.path.join(os.path.dirname(serving.__file__), "deploy")
 
 
 def _path(*parts):
-  return os.path.join(_SERVING, *parts)
+  return os.path.join(_DEPLOY, *parts)
 
 
 def test_models_config():

@@ -16,9 +16,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving import model_manager
-from serving import servables
-from serving import server as server_lib
+from serving.config import flags
+from serving.models import loader
+from serving.models import model_manager
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME
@@ -105,7 +105,7 @@ def test_load_errors_keep_tensorflows_status_codes(canned, tmp_path):
     (str(tmp_path / "empty"), grpc.StatusCode.NOT_FOUND),
   ):
     with pytest.raises(Exception) as raised:
-      servables.load_servable(MODEL_NAME, 1, path)
+      loader.load_servable(MODEL_NAME, 1, path)
     assert model_manager._load_error(raised.value)[0] == code, path
 
 
@@ -158,7 +158,7 @@ def _listening_addresses(port):
 
 def test_default_bind_is_loopback(process):
   _, grpc_port, rest_port = process
-  assert server_lib.ServerOptions().host == "127.0.0.1"
+  assert flags.ServerOptions().host == "127.0.0.1"
   for port in (rest_port, grpc_port):
     addresses = _listening_addresses(port)
     assert addresses and addresses <= _LOOPBACK, addresses

@@ -8,14 +8,14 @@ import portpicker
 import pytest
 import tensorflow as tf
 
-from serving import server as server_lib
+from serving.config import flags
 from tests.serving import conftest
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_flags_have_tf_serving_names_and_defaults():
-  options = server_lib.parse_flags(
+  options = flags.parse_flags(
     [
       "--model_base_path=/m",
       "--enable_batching",
@@ -27,11 +27,11 @@ def test_flags_have_tf_serving_names_and_defaults():
   assert options.enable_batching and not options.prefer_tflite_model
   assert options.file_system_poll_wait_seconds == 1
   assert not options.enable_signature_method_name_check
-  assert server_lib.parse_flags(
+  assert flags.parse_flags(
     ["--model_base_path=/m", "--enable_signature_method_name_check=true"]
   ).enable_signature_method_name_check
   with pytest.raises(SystemExit):
-    server_lib.parse_flags([])  # Neither a base path nor a config file.
+    flags.parse_flags([])  # Neither a base path nor a config file.
 
 
 @pytest.mark.e2e

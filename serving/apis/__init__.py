@@ -1,0 +1,1 @@
+"""TensorFlow Serving's APIs: the transport-free data plane, wire formats, gRPC and REST."""

@@ -1,0 +1,1 @@
+"""The gRPC front end: tensorflow.serving.PredictionService and ModelService."""

@@ -1,0 +1,1 @@
+"""The HTTP/REST front end: TensorFlow Serving's URLs, JSON and status codes."""

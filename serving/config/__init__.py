@@ -1,0 +1,1 @@
+"""The server's settings: flags and config files, in TensorFlow Serving's formats."""

@@ -1,0 +1,169 @@
+"""Loading versions: a directory's model format, one version as the server loads it, the first wait.
+
+`VersionLoader` is the `ModelManager`'s loader: for each version the manager
+decides to load, the signature check (verification.py), the model
+(saved_model.py or tflite.py), where it runs (a batch scheduler or the
+request threads) and its warmup requests (warmup.py), in that order, as
+TensorFlow Serving's loader harness does them before a version is AVAILABLE.
+"""
+
+import concurrent.futures
+import logging
+import os
+import time
+from typing import Any
+from typing import Callable
+from typing import Optional
+
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2
+
+from serving import status
+from serving.models import batching
+from serving.models import model_manager
+from serving.models import saved_model
+from serving.models import servables
+from serving.models import tflite
+from serving.models import verification
+from serving.models import warmup
+
+
+class NoServableVersionError(RuntimeError):
+  """A configured model has no version available: none can load, or none did in time."""
+
+
+def find_model_file(path: str, prefer_tflite: bool = False) -> Optional[str]:
+  """Which kind of model a version directory holds: "tensorflow", "tflite" or None."""
+  has_saved_model = any(
+    tf.io.gfile.exists(os.path.join(path, name)) for name in saved_model.SAVED_MODEL_FILENAMES
+  )
+  has_tflite = tf.io.gfile.exists(os.path.join(path, tflite.TFLITE_FILENAME))
+  if has_tflite and (prefer_tflite or not has_saved_model):
+    return "tflite"
+  if has_saved_model:
+    return "tensorflow"
+  return None
+
+
+def load_servable(
+  name: str, version: int, path: str, prefer_tflite: bool = False
+) -> servables.Servable:
+  """Loads the model in a version directory.
+
+  A directory with `model.tflite` and no SavedModel is served with TFLite, as
+  is one with both when `prefer_tflite` (TensorFlow Serving's
+  `--prefer_tflite_model`).
+
+  Raises:
+    FileNotFoundError: if the directory holds neither kind of model.
+    Exception: whatever loading the model raises.
+  """
+  kind = find_model_file(path, prefer_tflite)
+  if kind is None:
+    raise FileNotFoundError(
+      f"No {' or '.join(saved_model.SAVED_MODEL_FILENAMES)} or {tflite.TFLITE_FILENAME} in {path}."
+    )
+  logging.info("Loading %s model %s version %d from %s", kind, name, version, path)
+  if kind == "tflite":
+    return tflite.TfLiteServable(name, version, path)
+  return saved_model.SavedModelServable(name, version, path)
+
+
+class VersionLoader:
+  """Loads one version as the server serves it: `(name, version, path) -> Servable`.
+
+  Args:
+    prefer_tflite: `--prefer_tflite_model`.
+    verification_key_file: `--model_verification_key_file`; empty: no check.
+    batching_options: batch every version's requests so; None: no batching.
+    batch_observer: `(name, version)` -> the version's batch observer (metrics).
+    on_verification_failure: called with the model name when a check fails.
+
+  Attributes:
+    executor: runs unbatched requests; set by the server when it starts.
+    service: replays the warmup requests (the `InferenceService`); set by the
+      server once it is built.
+  """
+
+  def __init__(
+    self,
+    prefer_tflite: bool = False,
+    verification_key_file: str = "",
+    batching_options: Optional[batching.BatchingOptions] = None,
+    batch_observer: Optional[Callable[[str, int], Optional[batching.BatchObserver]]] = None,
+    on_verification_failure: Optional[Callable[[str], None]] = None,
+  ):
+    self._prefer_tflite = prefer_tflite
+    self._verification_key_file = verification_key_file
+    self._batching_options = batching_options
+    self._batch_observer = batch_observer or (lambda name, version: None)
+    self._on_verification_failure = on_verification_failure
+    self.executor: Optional[concurrent.futures.Executor] = None
+    self.service: Any = None
+
+  def __call__(self, name: str, version: int, path: str) -> servables.Servable:
+    """Loads, sets up and warms up one version.
+
+    Raises:
+      ServingError: FAILED_PRECONDITION if the signature check fails.
+      Exception: whatever loading or warming up raises (the version is closed).
+    """
+    if self._verification_key_file:
+      verification.verify_version(
+        name, path, self._verification_key_file, self._on_verification_failure
+      )
+    servable = load_servable(name, version, path, prefer_tflite=self._prefer_tflite)
+    servable.attach(self.executor, self._batching_options, self._batch_observer(name, version))
+    try:
+      warmup.replay_warmup_requests(servable, self.service)
+    except BaseException:
+      servable.close()
+      raise
+    return servable
+
+
+def wait_for_versions(manager: model_manager.ModelManager, timeout_seconds: float) -> None:
+  """Waits until every model has a version, as TensorFlow Serving does before it serves.
+
+  Gives up at once when every model still without a version has none that
+  can load (each failed with no retry left), as TensorFlow Serving's
+  start-up does (`ConnectSourcesWithFastInitialLoad`,
+  tensorflow_serving/core/load_servables_fast.cc); a model still loading, or
+  with retries left, is waited for up to `timeout_seconds`. Stops the manager
+  when it gives up.
+
+  Raises:
+    NoServableVersionError: if no version of a model can load, or one has
+      none after `timeout_seconds` (--model_load_timeout_seconds).
+  """
+  deadline = time.monotonic() + timeout_seconds
+  while missing := manager.models_without_versions():
+    failures = manager.load_failures()
+    if all(name in failures for name in missing):
+      manager.stop()
+      unavailable = [
+        f"{{{{name: {name} version: {version}}} due to error: {error.message}}}"
+        for name in missing
+        for version, error in failures[name]
+      ]
+      # TensorFlow Serving's words (load_servables_fast.cc).
+      raise NoServableVersionError(
+        f"{len(unavailable)} servable(s) did not become available: {{"
+        + "".join(f"{item}, " for item in unavailable)
+        + "}"
+      )
+    if time.monotonic() >= deadline:
+      manager.stop()
+      errors = []
+      for name in missing:
+        try:
+          statuses = manager.version_statuses(model_pb2.ModelSpec(name=name))
+        except status.ServingError:
+          statuses = []
+        reasons = [e.message for _, _, e in statuses if e is not None]
+        errors.append(f"{name}: " + (reasons[0] if reasons else "no version found"))
+      raise NoServableVersionError(
+        f"No servable version after {timeout_seconds:g} s "
+        "(--model_load_timeout_seconds): " + "; ".join(errors)
+      )
+    time.sleep(0.1)

@@ -1,0 +1,93 @@
+"""A loaded model version (a servable), whatever its format.
+
+A servable knows its signatures (`SignatureDef`s, exactly as TensorFlow Serving
+reports them) and runs them on NumPy inputs, either directly or through a
+`BatchScheduler` when batching is on, as TensorFlow Serving wraps a session in
+a BatchingSession at load time. Each model format subclasses `Servable` in a
+module of its own (saved_model.py, tflite.py); loader.py picks the format.
+"""
+
+import concurrent.futures
+from typing import Callable
+from typing import Dict
+from typing import Optional
+
+import numpy as np
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving.models import batching
+
+DEFAULT_SIGNATURE_NAME = "serving_default"
+
+BatchObserverFactory = Callable[[str, int], Optional[batching.BatchObserver]]
+
+
+class Servable:
+  """One loaded version of a model.
+
+  Attributes:
+    name: the model name.
+    version: the version number.
+    path: the version directory.
+    platform: "tensorflow" or "tflite".
+    signature_defs: every SignatureDef of the model, by key.
+  """
+
+  platform = ""
+
+  def __init__(self, name: str, version: int, path: str):
+    self.name = name
+    self.version = version
+    self.path = path
+    self.signature_defs: Dict[str, meta_graph_pb2.SignatureDef] = {}
+    self._scheduler: Optional[batching.BatchScheduler] = None
+    self._executor: Optional[concurrent.futures.Executor] = None
+
+  def run(self, signature_name: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Runs a signature on validated inputs, on the calling thread.
+
+    Raises:
+      ServingError: with TensorFlow's status if the model fails.
+    """
+    raise NotImplementedError
+
+  def attach(
+    self,
+    executor: concurrent.futures.Executor,
+    batching_options: Optional[batching.BatchingOptions] = None,
+    observer: Optional[batching.BatchObserver] = None,
+  ) -> None:
+    """Sets where `submit` runs requests: a batch scheduler, or `executor`."""
+    self._executor = executor
+    if batching_options is not None:
+      self._scheduler = batching.BatchScheduler(
+        self.run, batching_options, name=f"{self.name}-{self.version}", observer=observer
+      )
+
+  def submit(
+    self,
+    signature_name: str,
+    inputs: Dict[str, np.ndarray],
+    batch_size: int,
+    deadline: Optional[float] = None,
+  ) -> concurrent.futures.Future:
+    """Runs a signature asynchronously, batched with other requests if batching is on.
+
+    Raises:
+      ServingError: if the batch queue refuses the request.
+      SchedulerClosedError: if this servable is being unloaded.
+    """
+    if self._scheduler is not None:
+      return self._scheduler.schedule(signature_name, inputs, batch_size, deadline)
+    if self._executor is None:
+      raise batching.SchedulerClosedError(self.name)
+    try:
+      return self._executor.submit(self.run, signature_name, inputs)
+    except RuntimeError:  # The executor is shut down: the server is stopping.
+      raise batching.SchedulerClosedError(self.name) from None
+
+  def close(self) -> None:
+    """Finishes queued requests and stops taking new ones."""
+    if self._scheduler is not None:
+      self._scheduler.close()
+    self._executor = None

@@ -1,0 +1,1 @@
+"""What the server records of each request: metrics, audit log, request logs."""

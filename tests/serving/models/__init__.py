@@ -1,0 +1,1 @@
+"""Tests of serving/models: lifecycle, loading, batching, warmup, signed versions."""

@@ -1,0 +1,1 @@
+"""Tests of serving/observability: request and audit logs, the log writer."""

@@ -1,0 +1,1 @@
+"""Tests of serving/security: access control and TLS."""
