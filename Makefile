@@ -170,9 +170,10 @@ query: install
 skew-report: install
 	$(PY) -m pipeline.skew_report --serving_data='$(SERVING_DATA)' --output_root=$(OUTPUT_ROOT)
 
-# Writes an Ed25519 key pair for signing pushed models (README "Serving in production").
+# Writes an ECDSA P-256 key pair (PEM) for signing pushed models in the OpenSSF model
+# signing format (docs/serving-production.md "Signed models").
 keygen: install
-	$(PY) -m model_signing.keygen --key_dir=$(KEY_DIR)
+	$(PY) -m components.version_signing keygen --key_dir=$(KEY_DIR)
 
 # Builds the image every Kubeflow component runs in (needs a container engine).
 image:

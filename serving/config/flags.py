@@ -177,7 +177,8 @@ def parse_flags(argv: Optional[Sequence[str]] = None) -> ServerOptions:
   flag(
     "model_verification_key_file",
     str,
-    "Ed25519 public key: load only versions signed with it (model_signing).",
+    "ECDSA public key (PEM, `make keygen`): load only versions signed with it for their model "
+    "name and version (OpenSSF model signing), verified and loaded from a private copy.",
   )
   args = parser.parse_args(argv)
   options = ServerOptions(**vars(args))

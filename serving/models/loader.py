@@ -93,6 +93,8 @@ class VersionLoader:
     batch_observer: Optional[Callable[[str, int], Optional[batching.BatchObserver]]] = None,
     on_verification_failure: Optional[Callable[[str], None]] = None,
   ):
+    if verification_key_file:
+      verification.load_public_key(verification_key_file)
     self._prefer_tflite = prefer_tflite
     self._verification_key_file = verification_key_file
     self._batching_options = batching_options
@@ -104,15 +106,27 @@ class VersionLoader:
   def __call__(self, name: str, version: int, path: str) -> servables.Servable:
     """Loads, sets up and warms up one version.
 
+    With a verification key, the version is copied into a private directory,
+    verified there and loaded from there (verification.py); the copy goes
+    when the version is closed.
+
     Raises:
       ServingError: FAILED_PRECONDITION if the signature check fails.
       Exception: whatever loading or warming up raises (the version is closed).
     """
+    load_path = path
     if self._verification_key_file:
-      verification.verify_version(
-        name, path, self._verification_key_file, self._on_verification_failure
+      load_path = verification.verified_copy(
+        name, version, path, self._verification_key_file, self._on_verification_failure
       )
-    servable = load_servable(name, version, path, prefer_tflite=self._prefer_tflite)
+    try:
+      servable = load_servable(name, version, load_path, prefer_tflite=self._prefer_tflite)
+    except BaseException:
+      if load_path != path:
+        verification.remove_copy(load_path)
+      raise
+    if load_path != path:
+      servable.call_when_closed(lambda: verification.remove_copy(load_path))
     servable.attach(self.executor, self._batching_options, self._batch_observer(name, version))
     try:
       warmup.replay_warmup_requests(servable, self.service)

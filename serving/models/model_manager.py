@@ -56,7 +56,14 @@ def _versions_on_disk(base_path: str) -> Dict[int, str]:
   """Numeric version directories; none if the base path cannot be listed.
 
   An unreadable base path unloads nothing: versions are only unloaded once a
-  version the policy wants is available.
+  version the policy wants is available. One directory per number: when
+  several names stand for one number (`42`, `042`, `0042`), the last in
+  sorted order is the version and the others are ignored with TensorFlow
+  Serving's warning (`IndexChildrenByVersion`,
+  tensorflow_serving/sources/storage_path/file_system_storage_path_source.cc,
+  which walks the children as a sorted std::set). That is the plain `42`
+  beside any zero-padded name; a zero-padded name alone (TensorFlow Serving's
+  own test models are `00000123`) still serves.
   """
   try:
     children = tf.io.gfile.listdir(base_path)
@@ -66,10 +73,18 @@ def _versions_on_disk(base_path: str) -> Dict[int, str]:
     logging.error("Could not list base path %s: %s", base_path, e)
     return {}
   versions = {}
-  for child in children:
-    child = child.rstrip("/")
+  for child in sorted(child.rstrip("/") for child in children):
     if child.isascii() and child.isdigit() and int(child) < 2**63:
-      versions[int(child)] = os.path.join(base_path, child)
+      number = int(child)
+      if number in versions:
+        logging.warning(
+          "Duplicate version directories detected. Version %d will be loaded from %s, %s will "
+          "be ignored.",
+          number,
+          child,
+          os.path.basename(versions[number]),
+        )
+      versions[number] = os.path.join(base_path, child)
   return versions
 
 

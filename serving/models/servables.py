@@ -10,6 +10,7 @@ module of its own (saved_model.py, tflite.py); loader.py picks the format.
 import concurrent.futures
 from typing import Callable
 from typing import Dict
+from typing import List
 from typing import Optional
 
 import numpy as np
@@ -42,6 +43,7 @@ class Servable:
     self.signature_defs: Dict[str, meta_graph_pb2.SignatureDef] = {}
     self._scheduler: Optional[batching.BatchScheduler] = None
     self._executor: Optional[concurrent.futures.Executor] = None
+    self._close_callbacks: List[Callable[[], None]] = []
 
   def run(self, signature_name: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Runs a signature on validated inputs, on the calling thread.
@@ -86,8 +88,15 @@ class Servable:
     except RuntimeError:  # The executor is shut down: the server is stopping.
       raise batching.SchedulerClosedError(self.name) from None
 
+  def call_when_closed(self, callback: Callable[[], None]) -> None:
+    """Runs `callback` after `close` (the loader removes the version's private copy so)."""
+    self._close_callbacks.append(callback)
+
   def close(self) -> None:
     """Finishes queued requests and stops taking new ones."""
     if self._scheduler is not None:
       self._scheduler.close()
     self._executor = None
+    callbacks, self._close_callbacks = self._close_callbacks, []
+    for callback in callbacks:
+      callback()
