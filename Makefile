@@ -67,7 +67,7 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
 	kubeflow-submit kubeflow-schedule skew-report keygen \
 	serve query bench-serving bench-tensors bench-tflite bench-multi-worker report tensorboard \
-	bench-run
+	bench-run bench-verification
 
 install: $(STAMP)
 
