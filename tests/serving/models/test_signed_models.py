@@ -16,6 +16,7 @@ import grpc
 import model_signing
 import numpy as np
 import pytest
+import tensorflow as tf
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -25,6 +26,7 @@ from tensorflow_serving.apis import model_pb2
 from components import version_signing
 from serving import client
 from serving import model_server
+from serving import status
 from serving.config import flags
 from serving.models import loader
 from serving.models import model_manager
@@ -331,6 +333,38 @@ def test_a_signed_tflite_version_loads_from_its_private_copy(canned, keys, tmp_p
   finally:
     servable.close()
   assert not os.path.exists(servable.path)
+
+
+def _upload(local, remote):
+  for root, _, files in os.walk(local):
+    target = remote + ("/" + os.path.relpath(root, local) if root != local else "")
+    # Only folders with files: TensorFlow's in-memory file system lists by name prefix, so an
+    # empty `assets/` beside `assets.extra/` would show a file `assets/.extra` that is not there.
+    if files:
+      tf.io.gfile.makedirs(target)
+    for name in files:
+      tf.io.gfile.copy(os.path.join(root, name), f"{target}/{name}")
+
+
+def test_a_signed_version_on_a_remote_file_system_is_copied_down_and_verified(
+  canned, keys, tmp_path
+):
+  # TensorFlow's ram:// file system stands in for gs:// and s3:// (tf.io.gfile, no links).
+  (good_private, good_public), _ = keys
+  local = _push_signed(canned.version_2, str(tmp_path), 1, good_private)
+  remote = f"ram://{tmp_path.name}/{MODEL_NAME}"
+  _upload(local, f"{remote}/1")
+  version_loader = loader.VersionLoader(verification_key_file=good_public)
+  servable = version_loader(MODEL_NAME, 1, f"{remote}/1")
+  try:
+    assert os.path.basename(servable.path).startswith("model-server-version-")
+    assert "serving_default" in servable.signature_defs
+  finally:
+    servable.close()
+  _flip_a_byte(local)
+  _upload(local, f"{remote}/2")
+  with pytest.raises(status.ServingError, match=f"files changed since signing: {DATA_FILE}"):
+    version_loader(MODEL_NAME, 2, f"{remote}/2")
 
 
 def test_without_a_key_a_version_loads_in_place_and_is_not_read_again(canned, tmp_path, examples):
