@@ -5,6 +5,7 @@ import os
 import shutil
 
 import grpc
+import portpicker
 import pytest
 
 import model_signing
@@ -82,8 +83,10 @@ def test_tampered_unsigned_and_foreign_versions_are_refused(canned, keys, tmp_pa
       assert reason in refused.status.error_message
       # The signed version 1 keeps serving.
       assert conftest.version_states(hostport)[1] == "AVAILABLE"
-    failures = f'model_verification_failure_count_total{{model_name="{MODEL_NAME}"}} 4.0'
-    assert failures in server.metrics.exposition().decode()
+    failures = (
+      f':tensorflow:serving:model_verification_failure_count{{model_name="{MODEL_NAME}"}} 4'
+    )
+    assert failures in server.metrics.exposition().decode().splitlines()
 
     # The same model signed again, untouched: it loads and takes over.
     shutil.rmtree(os.path.join(base_path, "2"))
@@ -105,8 +108,7 @@ def test_a_server_with_no_verified_version_does_not_start(canned, keys, tmp_path
     flags.ServerOptions(
       model_name=MODEL_NAME,
       model_base_path=base_path,
-      port=0,
-      rest_api_port=0,
+      port=portpicker.pick_unused_port(),
       file_system_poll_wait_seconds=0,
       model_verification_key_file=good_public,
       model_load_timeout_seconds=0.5,
