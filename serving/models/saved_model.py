@@ -1,12 +1,14 @@
 """TensorFlow 2 SavedModels, served through their signature functions.
 
-Loaded with `tf.saved_model.load` (the `serve` MetaGraph); each signature runs
-as a frozen graph when it can be frozen (see `_SignatureRunner`).
+Loaded with `tf.saved_model.load` (the MetaGraph of `--saved_model_tags`,
+`serve` by default); each signature runs as a frozen graph when it can be
+frozen (see `_SignatureRunner`).
 """
 
 import logging
 import os
 from typing import Dict
+from typing import Sequence
 
 import grpc
 import numpy as np
@@ -23,7 +25,9 @@ SAVED_MODEL_FILENAMES = ("saved_model.pb", "saved_model.pbtxt")
 SERVE_TAG = "serve"
 
 
-def _read_signature_defs(path: str) -> Dict[str, meta_graph_pb2.SignatureDef]:
+def _read_signature_defs(
+  path: str, tags: Sequence[str] = (SERVE_TAG,)
+) -> Dict[str, meta_graph_pb2.SignatureDef]:
   # Read here rather than with TensorFlow's parse_saved_model, which turns a
   # corrupt file's DecodeError into an OSError: TF Serving answers DATA_LOSS
   # for it (model_manager._load_error), so the error type must survive.
@@ -35,10 +39,17 @@ def _read_signature_defs(path: str) -> Dict[str, meta_graph_pb2.SignatureDef]:
   else:
     with tf.io.gfile.GFile(os.path.join(path, SAVED_MODEL_FILENAMES[1]), "r") as f:
       text_format.Parse(f.read(), saved_model)
+  # The MetaGraph whose tag set is exactly `tags`, as TensorFlow's
+  # ReadMetaGraphDefFromSavedModel (tensorflow/cc/saved_model/reader.cc) finds it.
   for meta_graph in saved_model.meta_graphs:
-    if SERVE_TAG in meta_graph.meta_info_def.tags:
+    if set(meta_graph.meta_info_def.tags) == set(tags):
       return dict(meta_graph.signature_def)
-  raise ValueError(f"The SavedModel at {path} has no MetaGraph tagged {SERVE_TAG!r}.")
+  raise status.ServingError(
+    grpc.StatusCode.NOT_FOUND,
+    f"Could not find meta graph def matching supplied tags: {{ {' '.join(sorted(set(tags)))} }}. "
+    "To inspect available tag-sets in the SavedModel, please use the SavedModel CLI: "
+    "`saved_model_cli`",
+  )
 
 
 class _SignatureRunner:
@@ -88,10 +99,10 @@ class SavedModelServable(servables.Servable):
 
   platform = "tensorflow"
 
-  def __init__(self, name: str, version: int, path: str):
+  def __init__(self, name: str, version: int, path: str, tags: Sequence[str] = (SERVE_TAG,)):
     super().__init__(name, version, path)
-    self.signature_defs = _read_signature_defs(path)
-    self._model = tf.saved_model.load(path, tags=[SERVE_TAG])
+    self.signature_defs = _read_signature_defs(path, tags)
+    self._model = tf.saved_model.load(path, tags=list(tags))
     self._runners = {
       key: _SignatureRunner(function) for key, function in self._model.signatures.items()
     }

@@ -193,7 +193,7 @@ def test_tampered_unsigned_foreign_and_linked_versions_are_refused(
     # The signed version 1 keeps serving, unchanged.
     assert conftest.version_states(hostport)[1] == "AVAILABLE"
     np.testing.assert_array_equal(_probabilities(hostport, examples), serving_before)
-  failures = f'model_verification_failure_count_total{{model_name="{MODEL_NAME}"}} {len(cases)}.0'
+  failures = f':tensorflow:serving:model_verification_failure_count{{model_name="{MODEL_NAME}"}} {len(cases)}'
   assert failures in server.metrics.exposition().decode()
   # Refused versions leave no private copy behind.
   assert _private_copies() == copies_before
