@@ -15,6 +15,7 @@ import tempfile
 import grpc
 import model_signing
 import numpy as np
+import portpicker
 import pytest
 import tensorflow as tf
 from cryptography.hazmat.primitives import serialization
@@ -193,7 +194,10 @@ def test_tampered_unsigned_foreign_and_linked_versions_are_refused(
     # The signed version 1 keeps serving, unchanged.
     assert conftest.version_states(hostport)[1] == "AVAILABLE"
     np.testing.assert_array_equal(_probabilities(hostport, examples), serving_before)
-  failures = f':tensorflow:serving:model_verification_failure_count{{model_name="{MODEL_NAME}"}} {len(cases)}'
+  failures = (
+    f':tensorflow:serving:model_verification_failure_count{{model_name="{MODEL_NAME}"}} '
+    f"{len(cases)}"
+  )
   assert failures in server.metrics.exposition().decode()
   # Refused versions leave no private copy behind.
   assert _private_copies() == copies_before
@@ -248,13 +252,13 @@ def test_a_file_swapped_after_verification_is_not_what_loads(
   real_load_servable = loader.load_servable
   loaded_from = []
 
-  def swap_then_load(name, version, path, prefer_tflite=False):
+  def swap_then_load(name, version, path, **options):
     # The attacker's moment: the version was verified and is not loaded yet.
     if version == 2:
       for relative, swapped_in in evil.items():
         os.replace(swapped_in, os.path.join(source, relative))
       loaded_from.append(path)
-    return real_load_servable(name, version, path, prefer_tflite)
+    return real_load_servable(name, version, path, **options)
 
   monkeypatch.setattr(loader, "load_servable", swap_then_load)
   version_1_copy = _loaded_from(server, 1)
@@ -442,7 +446,7 @@ def test_a_key_openssf_cannot_verify_with_stops_the_server_naming_the_problem(
       flags.ServerOptions(
         model_name=MODEL_NAME,
         model_base_path=canned.base_path,
-        port=0,
+        port=portpicker.pick_unused_port(),
         rest_api_port=0,
         model_verification_key_file=key_file,
       )
@@ -458,7 +462,7 @@ def test_a_server_with_no_verified_version_does_not_start(canned, keys, tmp_path
     flags.ServerOptions(
       model_name=MODEL_NAME,
       model_base_path=base_path,
-      port=0,
+      port=portpicker.pick_unused_port(),
       rest_api_port=0,
       file_system_poll_wait_seconds=0,
       model_verification_key_file=good_public,
