@@ -14,12 +14,14 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 from typing import Optional
 
 import grpc
 import tensorflow as tf
 import uvloop
 
+from serving import status
 from serving.apis import inference
 from serving.apis.grpc import server as grpc_server
 from serving.apis.rest import handler as rest_handler
@@ -38,6 +40,8 @@ from serving.security import auth as auth_lib
 
 # Threads that run unbatched requests; TensorFlow's own pools do the math.
 _REQUEST_THREADS = 2 * (os.cpu_count() or 1)
+# The audit log's entrypoint for reloads of --model_config_file found by polling.
+CONFIG_FILE_ENTRYPOINT = "CONFIG_FILE"
 
 
 class ModelServer:
@@ -170,12 +174,15 @@ class ModelServer:
     )
     self._loader.service = self.service
 
-  def reload_config(self, config) -> None:
+  def reload_config(self, config) -> dict:
     """Switches to a new ModelServerConfig: models, versions and request logs.
 
     As `ServerCore::ReloadConfig` (server_core.cc:437-507): the first config
     may be anything, later ones only a model_config_list after a
     model_config_list; an empty one leaves everything as it is.
+
+    Returns:
+      the models added, removed and changed (audit.config_changes), for the audit log.
 
     Raises:
       ConfigError: if the config is refused (nothing changes then).
@@ -192,16 +199,19 @@ class ModelServer:
       )
     if config.WhichOneof("config") is None:
       logging.info("Taking no action for empty config.")
-      return
+      return {}
     server_config.validate_model_server_config(config, self._settings.platforms)
     for model in config.model_config_list.config:
       if model.HasField("logging_config"):
         request_log.validate_logging_config(model.name, model.logging_config)
+    request_log.validate_prefixes(config)
+    changes = audit_lib.config_changes(self.manager.config, config)
     names = frozenset(m.name for m in config.model_config_list.config)
     self.metrics.known_models = self.metrics.known_models | names
     self.manager.reload_config(config)
     self.metrics.known_models = names
     self.request_logs.configure(config)
+    return changes
 
   def _configure_tensorflow(self) -> None:
     """TensorFlow's thread pools, as a SessionBundleConfig's session_config sizes them.
@@ -332,16 +342,34 @@ class ModelServer:
         continue
       if config == last:
         continue
+      # Audited as the RPC is: from the file (whoever wrote it), what changed, the result.
+      start, arrived = time.perf_counter(), time.time()
+      code, error, changes = grpc.StatusCode.OK, "", None
       try:
-        self.reload_config(config)
+        changes = self.reload_config(config)
       except (server_config.ConfigError, ValueError) as e:
+        code = e.code if isinstance(e, status.ServingError) else grpc.StatusCode.INVALID_ARGUMENT
+        error = str(e)
         logging.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", e)
         continue
-      except Exception:  # A bad edit must not stop the server.
+      except Exception as e:  # A bad edit must not stop the server.
+        code, error = grpc.StatusCode.UNKNOWN, f"{type(e).__name__}: {e}"
         logging.exception("PollFilesystemAndReloadConfig failed to ReloadConfig")
         continue
+      finally:
+        self.policy.record_reload(
+          CONFIG_FILE_ENTRYPOINT, f"file:{path}", "", False, code, start, arrived, changes, error
+        )
       last = config
       logging.info("Reloaded the model config from %s", path)
+
+  def request_stop(self) -> None:
+    """Makes a `start` still waiting for the first versions give up at once.
+
+    Safe in a signal handler: it only sets an event (serving/server.py calls
+    it on SIGTERM, which must end the process promptly at any time).
+    """
+    self._stop_requested.set()
 
   def stop(self, grace_seconds: float = 5.0) -> None:
     """Stops taking requests, lets in-flight ones finish, and unloads the models."""

@@ -1,27 +1,42 @@
 """The audit log: one JSON line per request, written off the request path.
 
     {"time": "2026-11-30T10:02:03.123456Z", "peer": "ipv4:127.0.0.1:51234",
-     "principal": "alice", "model": "next_category", "version": "3",
-     "api": "Predict", "entrypoint": "GRPC", "signature": "serving_default",
-     "examples": 1, "status": "OK", "latency_ms": 2.41}
+     "principal": "alice", "authenticated": true, "model": "next_category",
+     "version": "3", "api": "Predict", "entrypoint": "GRPC",
+     "signature": "serving_default", "examples": 1, "status": "OK",
+     "latency_ms": 2.41}
 
-Never the payload. The file is rotated at `max_bytes` into PATH.1 ... PATH.N
-(the oldest dropped), as logging.handlers.RotatingFileHandler names them.
-Lines are formatted and written by a log writer process (serving/observability/offload.py,
-serving/observability/log_writer.py): a slow or full disk drops lines, counted in the
-server's metrics, and never fails a request.
+Never the payload. Every string is cut to 256 characters, its end marked
+`...[cut from N characters]`, so no request can grow its line (and rotate the
+others away). A refused caller's line names the principal it claimed, with
+`"authenticated": false` (never a token); a config reload's line adds the
+models it `added`, `removed` and `changed`, and the `error` of a refused one.
+The file is rotated at `max_bytes` into PATH.1 ... PATH.N (the oldest
+dropped), as logging.handlers.RotatingFileHandler names them; a file deleted,
+replaced or truncated under the server is opened again, and the next line
+says how many lines were lost (serving/observability/log_writer.py,
+RotatingFile). Lines are formatted and written by a log writer process
+(serving/observability/offload.py, serving/observability/log_writer.py): a slow or full
+disk drops lines, counted in the server's metrics, and never fails a request.
 """
 
 import os
 from typing import Callable
+from typing import Dict
+from typing import List
 from typing import NamedTuple
 from typing import Optional
+
+from tensorflow_serving.config import model_server_config_pb2
 
 from serving.observability import log_writer
 from serving.observability import offload
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_BACKUP_COUNT = 5
+MAX_FIELD_CHARS = log_writer.MAX_FIELD_CHARS
+# `text` cut to MAX_FIELD_CHARS characters, marked as cut (the log writer caps again).
+cap = log_writer.cap
 
 
 class AuditRecord(NamedTuple):
@@ -29,7 +44,8 @@ class AuditRecord(NamedTuple):
 
   time: float  # Seconds since the epoch, when the request arrived.
   peer: str
-  principal: str
+  principal: str  # Who called, or who the caller claimed to be when refused.
+  authenticated: bool  # Whether `principal` checked out.
   model: str
   version: str
   api: str
@@ -38,6 +54,22 @@ class AuditRecord(NamedTuple):
   examples: int
   status: str
   latency_ms: float
+  # More fields of the line (a config reload's changes), or None.
+  details: Optional[Dict[str, object]] = None
+
+
+def config_changes(
+  old: model_server_config_pb2.ModelServerConfig,
+  new: model_server_config_pb2.ModelServerConfig,
+) -> Dict[str, List[str]]:
+  """The models a switch from `old` to `new` adds, removes and changes, by name."""
+  before = {model.name: model for model in old.model_config_list.config}
+  after = {model.name: model for model in new.model_config_list.config}
+  return {
+    "added": sorted(after.keys() - before.keys()),
+    "removed": sorted(before.keys() - after.keys()),
+    "changed": sorted(name for name in after.keys() & before.keys() if after[name] != before[name]),
+  }
 
 
 class AuditLog:
@@ -47,7 +79,8 @@ class AuditLog:
     path: the log file.
     max_bytes: rotate when the file would grow past this.
     backup_count: rotated files kept.
-    on_drop: called with a reason for each line that could not be written.
+    on_drop: called with a reason for each line that could not be written or
+      was lost ("file_deleted": in a file deleted under the server).
 
   Raises:
     ValueError: if the file's directory does not exist or the sizes are not positive.

@@ -17,7 +17,8 @@ TFRecord files of PredictionLogs). The process reads frames from stdin, each a
 4-byte little-endian length, then `marshal.dumps` of a list of records, each
 `marshal.dumps` of a tuple (see `frame`). It
 reports the records it could not encode or write on stdout, one `REASON COUNT`
-line per round, and exits at the end of its input once its files are closed.
+line per round (and the audit lines lost with a file deleted under it,
+`RotatingFile`), and exits at the end of its input once its files are closed.
 It ignores SIGINT and SIGTERM: the end of its input, when the server closes the
 pipe or dies, is its only signal to finish, so nothing queued is cut short.
 It runs only on CPU time the server leaves (SCHED_IDLE).
@@ -29,6 +30,7 @@ import json
 import logging
 import marshal
 import os
+import re
 import signal
 import struct
 import sys
@@ -36,6 +38,7 @@ import time
 import zlib
 from typing import Callable
 from typing import List
+from typing import Optional
 from typing import Sequence
 from typing import Tuple
 
@@ -72,27 +75,92 @@ def frame(records: List[bytes]) -> bytes:
 
 # The audit log: one JSON object per line.
 
+# Every string an audit line holds is cut to this many characters, its end
+# replaced by CUT_MARK: whatever a request names, its line stays small, and
+# a few requests cannot rotate the legitimate lines away.
+MAX_FIELD_CHARS = 256
+CUT_MARK = "...[cut from {} characters]"
+# A list in a line's details (the models a config reload changed) keeps this many items.
+MAX_LIST_ITEMS = 64
+
+
+def cap(text: str) -> str:
+  """`text` if it has at most MAX_FIELD_CHARS characters, else its start marked as cut.
+
+  The result has at most MAX_FIELD_CHARS characters, so capping twice
+  changes nothing.
+  """
+  if len(text) <= MAX_FIELD_CHARS:
+    return text
+  mark = CUT_MARK.format(len(text))
+  return text[: MAX_FIELD_CHARS - len(mark)] + mark
+
 
 def audit_line(record: Sequence) -> bytes:
   """An audit record's fields (serving/observability/audit.py, AuditRecord) as one JSON line.
 
   Formatted by hand (json.dumps of a dict costs about twice as much): strings
-  through json's own escaping, numbers as json writes them.
+  through json's own escaping, each capped (`cap`), numbers as json writes
+  them; the record's details, if any, after the fixed fields.
   """
-  arrived, peer, principal, model, version, api, entrypoint, signature, examples, status, ms = (
-    record
+  (
+    arrived,
+    peer,
+    principal,
+    authenticated,
+    model,
+    version,
+    api,
+    entrypoint,
+    signature,
+    examples,
+    status,
+    ms,
+    details,
+  ) = record
+  line = (
+    f'{{"time":{_time(arrived)},'
+    f'"peer":{_field(peer)},"principal":{_field(principal)},'
+    f'"authenticated":{"true" if authenticated else "false"},"model":{_field(model)},'
+    f'"version":{_field(version)},"api":{_field(api)},"entrypoint":{_field(entrypoint)},'
+    f'"signature":{_field(signature)},"examples":{int(examples)},"status":{_field(status)},'
+    f'"latency_ms":{float(round(ms, 3))!r}'
   )
-  seconds = int(arrived)
-  return (
-    f'{{"time":"{_utc_second(seconds)}.{int((arrived - seconds) * 1e6):06d}Z",'
-    f'"peer":{_quote(peer)},"principal":{_quote(principal)},"model":{_quote(model)},'
-    f'"version":{_quote(version)},"api":{_quote(api)},"entrypoint":{_quote(entrypoint)},'
-    f'"signature":{_quote(signature)},"examples":{int(examples)},"status":{_quote(status)},'
-    f'"latency_ms":{float(round(ms, 3))!r}}}\n'
-  ).encode("utf-8")
+  if details:
+    line += "".join(f",{_field(key)}:{_detail(value)}" for key, value in details.items())
+  return (line + "}\n").encode("utf-8")
+
+
+def notice_line(event: str, **fields) -> bytes:
+  """A line about the log itself rather than a request: its time, `event` and `fields`."""
+  details = "".join(f",{_field(key)}:{_detail(value)}" for key, value in fields.items())
+  return f'{{"time":{_time(time.time())},"event":{_field(event)}{details}}}\n'.encode("utf-8")
 
 
 _quote = json.encoder.encode_basestring_ascii
+
+
+def _field(text: str) -> str:
+  return _quote(text if len(text) <= MAX_FIELD_CHARS else cap(text))
+
+
+def _detail(value) -> str:
+  """A detail's value as JSON: a string capped, a list of strings capped to MAX_LIST_ITEMS."""
+  if isinstance(value, str):
+    return _field(value)
+  if isinstance(value, list):
+    items = [_field(item) for item in value[:MAX_LIST_ITEMS]]
+    if len(value) > MAX_LIST_ITEMS:
+      items.append(_quote(f"...[{len(value) - MAX_LIST_ITEMS} more]"))
+    return f"[{','.join(items)}]"
+  if isinstance(value, (bool, int, float)) or value is None:
+    return json.dumps(value)
+  raise TypeError(f"an audit detail is a string, a number or a list, not a {type(value).__name__}")
+
+
+def _time(arrived: float) -> str:
+  seconds = int(arrived)
+  return f'"{_utc_second(seconds)}.{int((arrived - seconds) * 1e6):06d}Z"'
 
 
 @functools.lru_cache(maxsize=4)
@@ -100,30 +168,111 @@ def _utc_second(seconds: int) -> str:
   return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
-class RotatingFile:
-  """A file rotated at `max_bytes` into PATH.1 ... PATH.N, as RotatingFileHandler names them."""
+# Why the audit file was opened again (`RotatingFile`): the reason in the
+# notice line; the lines lost are counted under "file_<reason>".
+DELETED = "deleted"
+REPLACED = "replaced"
+MOVED = "moved"
+TRUNCATED = "truncated"
+REOPENED = "audit_log_reopened"
 
-  def __init__(self, path: str, max_bytes: int, backup_count: int):
+
+class RotatingFile:
+  """A file rotated at `max_bytes` into PATH.1 ... PATH.N, as RotatingFileHandler names them.
+
+  Before each round it checks that PATH is still the file it writes: when
+  the file was deleted, replaced or moved away, it opens PATH again; when it
+  was truncated, it goes on at its new end. The first line it then writes is
+  a notice (`notice_line`) with the reason and the lines this writer had put
+  in the file that are gone, which `on_lost(reason, count)` also reports: a
+  deleted audit log neither swallows every later line nor vanishes unnoticed.
+
+  Args:
+    path: the file.
+    max_bytes: rotate when the file would grow past this.
+    backup_count: rotated files kept.
+    on_lost: called with ("file_<reason>", lines) when lines written were lost.
+  """
+
+  def __init__(
+    self,
+    path: str,
+    max_bytes: int,
+    backup_count: int,
+    on_lost: Callable[[str, int], None] = lambda reason, count: None,
+  ):
     self._path = path
     self._max_bytes = max_bytes
     self._backup_count = backup_count
+    self._on_lost = on_lost
     self._file = None
     self._size = 0
+    self._opened_at = 0  # The file's size when it was opened (earlier runs' lines).
+    self._lines = 0  # Lines this writer put into the open file.
+    self._notice: Optional[bytes] = None  # Waits for the next line written.
 
   def write(self, lines: List[bytes]) -> None:
     """Appends encoded lines, with one write per file (unbuffered: nothing waits in memory)."""
+    if self._file is not None:
+      self._check()
     if self._file is None:
-      self._file = open(self._path, "ab", buffering=0)
-      self._size = self._file.tell()
+      self._open()
+    if self._notice is not None:
+      lines = [self._notice, *lines]
+      self._notice = None
     chunk = []
     for data in lines:
       if self._size and self._size + len(data) > self._max_bytes:
-        self._file.write(b"".join(chunk))
+        self._append(chunk)
         chunk = []
         self._rotate()
       chunk.append(data)
       self._size += len(data)
+    self._append(chunk)
+
+  def _append(self, chunk: List[bytes]) -> None:
     self._file.write(b"".join(chunk))
+    self._lines += len(chunk)
+
+  def _open(self) -> None:
+    self._file = open(self._path, "ab", buffering=0)
+    self._size = self._opened_at = self._file.tell()
+    self._lines = 0
+
+  def _check(self) -> None:
+    """Opens PATH again if it no longer is the open file; notes the lines lost."""
+    own = os.fstat(self._file.fileno())
+    try:
+      named = os.stat(self._path)
+    except FileNotFoundError:
+      named = None
+    if named is not None and (named.st_dev, named.st_ino) == (own.st_dev, own.st_ino):
+      if own.st_size >= self._size:
+        return
+      # Truncated in place: what is left of this writer's lines stays.
+      kept = self._lines_between(self._opened_at, own.st_size)
+      self._lost(TRUNCATED, self._lines - kept)
+      self._size = self._opened_at = own.st_size
+      self._lines = 0
+      return
+    if own.st_nlink == 0:  # No name left: its lines are gone with it.
+      self._lost(DELETED if named is None else REPLACED, self._lines)
+    else:  # Renamed (log rotation by another tool): its lines are kept there.
+      self._lost(MOVED, 0)
+    self._file.close()
+    self._file = None
+
+  def _lines_between(self, start: int, end: int) -> int:
+    if end <= start:
+      return 0
+    with open(self._path, "rb") as f:
+      f.seek(start)
+      return f.read(end - start).count(b"\n")
+
+  def _lost(self, reason: str, count: int) -> None:
+    self._notice = notice_line(REOPENED, reason=reason, lines_lost=count)
+    if count:
+      self._on_lost(f"file_{reason}", count)
 
   def _rotate(self) -> None:
     self._file.close()
@@ -136,8 +285,7 @@ class RotatingFile:
       os.replace(self._path, f"{self._path}.1")
     else:
       os.remove(self._path)
-    self._file = open(self._path, "ab", buffering=0)
-    self._size = 0
+    self._open()
 
   def close(self) -> None:
     if self._file is not None:
@@ -257,11 +405,17 @@ class RotatingTFRecordFile:
 
   `<prefix>-<UTC time>-<pid>-<n>.tfrecord.gz`, the pid of the writing process:
   a file is closed and the next one opened once `max_file_bytes` of records
-  went into it, and beyond `max_files` files the oldest is deleted.
+  went into it, and beyond `max_files` files the oldest is deleted. Only
+  files named exactly so count: the files of a model whose prefix starts
+  with this one's (`next_category-canary` beside `next_category`) are never
+  touched.
   """
 
   def __init__(self, prefix: str, max_file_bytes: int, max_files: int):
     self._prefix = prefix
+    self._own_name = re.compile(
+      re.escape(os.path.basename(prefix)) + r"-\d{8}T\d{6}Z-\d+-\d{5,}" + re.escape(TFRECORD_SUFFIX)
+    )
     self._max_file_bytes = max_file_bytes
     self._max_files = max_files
     self._file = None
@@ -295,7 +449,11 @@ class RotatingTFRecordFile:
     self._file = open(path, "wb", buffering=0)
     # wbits 31: a gzip stream, as TensorFlow's ZlibCompressionOptions::GZIP().
     self._compressor = zlib.compressobj(_COMPRESSION_LEVEL, wbits=31)
-    files = glob.glob(glob.escape(self._prefix) + "-*" + TFRECORD_SUFFIX)
+    files = [
+      name
+      for name in glob.glob(glob.escape(self._prefix) + "-*" + TFRECORD_SUFFIX)
+      if self._own_name.fullmatch(os.path.basename(name))
+    ]
     files.sort(key=os.path.getmtime)
     for old in files[: max(0, len(files) - self._max_files)]:
       try:
@@ -355,10 +513,18 @@ def prediction_logs(config: dict) -> Callable[[tuple], bytes]:
   return build
 
 
-def _writers(kind: str, config: dict) -> Tuple[Callable, object]:
-  """(encode a record, the file the encoded records go to) for a log of `kind`."""
+def _writers(
+  kind: str, config: dict, report: Callable[[str, int], None]
+) -> Tuple[Callable, object]:
+  """(encode a record, the file the encoded records go to) for a log of `kind`.
+
+  `report(reason, count)` is told of records lost after they were written.
+  """
   if kind == AUDIT:
-    return audit_line, RotatingFile(config["path"], config["max_bytes"], config["backup_count"])
+    audit_file = RotatingFile(
+      config["path"], config["max_bytes"], config["backup_count"], on_lost=report
+    )
+    return audit_line, audit_file
   if kind == REQUEST_LOG:
     build = prediction_logs(config)
 
@@ -370,17 +536,27 @@ def _writers(kind: str, config: dict) -> Tuple[Callable, object]:
   raise ValueError(f"Unknown log kind {kind!r}; expected {AUDIT!r} or {REQUEST_LOG!r}.")
 
 
-def _serve(name: str, encode: Callable, file, source, reports) -> None:
-  """Encodes and writes every frame from `source` until it ends; reports drops to `reports`."""
-  errors_logged = 0
+def _reporter(reports) -> Callable[[str, int], None]:
+  """Tells the server of `count` records lost for `reason`, one `REASON COUNT` line."""
 
-  def drop(count: int, error: Exception) -> None:
-    nonlocal errors_logged
+  def report(reason: str, count: int) -> None:
     try:
-      reports.write(f"{WRITE_ERROR} {count}\n")
+      reports.write(f"{reason} {count}\n")
       reports.flush()
     except OSError:  # The server is gone; nobody is left to count.
       pass
+
+  return report
+
+
+def _serve(name: str, encode: Callable, file, source, reports) -> None:
+  """Encodes and writes every frame from `source` until it ends; reports drops to `reports`."""
+  errors_logged = 0
+  report = _reporter(reports)
+
+  def drop(count: int, error: Exception) -> None:
+    nonlocal errors_logged
+    report(WRITE_ERROR, count)
     if errors_logged < MAX_ERRORS_LOGGED:
       errors_logged += 1
       logging.error("%s: dropped %d record(s): %s: %s", name, count, type(error).__name__, error)
@@ -437,7 +613,7 @@ def main(argv: List[str]) -> int:
   _yield_to_the_server()
   logging.basicConfig(format="%(asctime)s %(levelname)s log_writer: %(message)s")
   kind, config = argv[1], json.loads(argv[2])
-  encode, file = _writers(kind, config)
+  encode, file = _writers(kind, config, _reporter(sys.stdout))
   try:
     _serve(config.get("name", kind), encode, file, sys.stdin.buffer, sys.stdout)
   finally:

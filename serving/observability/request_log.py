@@ -15,11 +15,13 @@ GZIP-compressed TFRecord files
 `<filename_prefix>-<UTC time>-<writer pid>-<n>.tfrecord.gz` (the log writer's pid).
 A file is closed and the next one opened once `max_file_bytes` of records
 went into it; beyond `max_files` files the oldest is deleted, so the logs stay
-bounded on disk. `make skew-report SERVING_DATA='<filename_prefix>-*.tfrecord.gz'`
-reads them. Sampling is one random draw on the request path; the record is
-built and written by a log writer process (serving/observability/offload.py,
-serving/observability/log_writer.py), and records that cannot be written (queue full, disk
-full) are dropped and counted.
+bounded on disk (only files named as above: a model whose prefix extends this
+one's keeps its files, and two models may not share a prefix).
+`make skew-report SERVING_DATA='<filename_prefix>-*.tfrecord.gz'` reads them.
+Sampling is one random draw on the request path; the record is built and
+written by a log writer process (serving/observability/offload.py,
+serving/observability/log_writer.py), and records that cannot be written
+(queue full, disk full) are dropped and counted.
 
 A record is put together from the serialized request and response rather than
 by copying them into a PredictionLog message: an embedded message is its tag,
@@ -77,6 +79,26 @@ def validate_logging_config(model_name: str, config: logging_config_pb2.LoggingC
   directory = os.path.dirname(os.path.abspath(collector.filename_prefix))
   if not os.path.isdir(directory):
     raise ValueError(f"Model {model_name!r}: the request log directory {directory} does not exist.")
+
+
+def validate_prefixes(config: model_server_config_pb2.ModelServerConfig) -> None:
+  """Raises ValueError when two models log to one filename_prefix.
+
+  Each model's writer deletes its oldest files beyond `max_files`; sharing a
+  prefix, two models would delete each other's. (A prefix that merely starts
+  with another, `next_category-canary` beside `next_category`, is safe: a
+  writer deletes only files named exactly as it names them.)
+  """
+  owners: Dict[str, str] = {}
+  for model in config.model_config_list.config:
+    if model.HasField("logging_config"):
+      prefix = os.path.abspath(model.logging_config.log_collector_config.filename_prefix)
+      if prefix in owners:
+        raise ValueError(
+          f"Models {owners[prefix]!r} and {model.name!r} log to the same filename_prefix "
+          f"{prefix}; give each model its own."
+        )
+      owners[prefix] = model.name
 
 
 def _tag(descriptor, field_name: str) -> str:
@@ -214,6 +236,7 @@ class RequestLogs:
       if model.HasField("logging_config"):
         validate_logging_config(model.name, model.logging_config)
         wanted[model.name] = model.logging_config
+    validate_prefixes(config)
     with self._lock:
       logs = dict(self._logs)
       for name in list(logs):

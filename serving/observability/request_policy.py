@@ -8,6 +8,7 @@ configured a request pays a few attribute checks.
 """
 
 import dataclasses
+import time
 from typing import Callable
 from typing import Optional
 
@@ -20,6 +21,10 @@ from serving.observability import request_log as request_log_lib
 from serving.security import auth as auth_lib
 
 AUTHORIZATION = "authorization"
+# What `RequestPolicy.authorize` raises: a ServingError naming the refused principal.
+AccessDenied = auth_lib.AccessDenied
+# The API name of config reloads in the audit log (the RPC's, also for the file polled).
+RELOAD_API = "HandleReloadConfigRequest"
 
 
 @dataclasses.dataclass(slots=True)
@@ -42,13 +47,15 @@ class RequestRecord:
     end: `time.perf_counter()` when the response was ready.
     arrived: `time.time()` when the request arrived.
     peer: returns the client's address (called only when auditing).
-    principal: who called ('' with access control off).
+    principal: who called ('' with access control off); on a refusal, who the
+      caller claimed to be (`auth.AccessDenied.principal`).
     signature: the signature the request named.
     examples: examples in the request (0 when unknown).
     logged: `(request bytes, response, response bytes)` for the request log
       (gRPC; REST logs its requests itself), or None.
     runtime: seconds from handing the request to the model to its outputs
       (0 if the model did not run); set after construction.
+    authenticated: whether `principal` checked out; set after construction.
   """
 
   entrypoint: str
@@ -65,6 +72,7 @@ class RequestRecord:
   examples: int = 0
   logged: Optional[tuple] = None
   runtime: float = 0.0
+  authenticated: bool = False
 
 
 class RequestPolicy:
@@ -75,8 +83,9 @@ class RequestPolicy:
     authenticator: checks credentials; None: access is open.
     audit: the audit log, or None.
     request_logs: the models' request logs, or None.
-    reload_config: switches the server to a new ModelServerConfig; None: the
-      reload RPC is refused.
+    reload_config: switches the server to a new ModelServerConfig and returns
+      the models it added, removed and changed (audit.config_changes); None:
+      the reload RPC is refused.
   """
 
   def __init__(
@@ -85,7 +94,9 @@ class RequestPolicy:
     authenticator: Optional[auth_lib.Authenticator] = None,
     audit: Optional[audit_lib.AuditLog] = None,
     request_logs: Optional[request_log_lib.RequestLogs] = None,
-    reload_config: Optional[Callable[[model_server_config_pb2.ModelServerConfig], None]] = None,
+    reload_config: Optional[
+      Callable[[model_server_config_pb2.ModelServerConfig], Optional[dict]]
+    ] = None,
   ):
     self.metrics = metrics
     self.authenticator = authenticator
@@ -97,7 +108,8 @@ class RequestPolicy:
     """The principal's name ('' with access control off).
 
     Raises:
-      ServingError: UNAUTHENTICATED or PERMISSION_DENIED.
+      AccessDenied: UNAUTHENTICATED or PERMISSION_DENIED, with the principal
+        refused (or claimed) for the audit line.
     """
     if self.authenticator is None:
       return ""
@@ -153,19 +165,78 @@ class RequestPolicy:
         record.model, record.api, record.entrypoint, status, latency, record.runtime
       )
     if self.audit is not None:
+      # What a caller sends is capped here, before it is queued: the log
+      # writer caps every field again, but a 1 MB model name should not wait
+      # in the queue or cross the pipe.
+      model, signature, principal = record.model, record.signature, record.principal
+      if len(model) > audit_lib.MAX_FIELD_CHARS:
+        model = audit_lib.cap(model)
+      if len(signature) > audit_lib.MAX_FIELD_CHARS:
+        signature = audit_lib.cap(signature)
+      if len(principal) > audit_lib.MAX_FIELD_CHARS:
+        principal = audit_lib.cap(principal)
       # A plain tuple in AuditRecord's field order: the cheapest thing to build here.
       self.audit.submit(
         (
           record.arrived,
           record.peer(),
-          record.principal,
-          record.model,
+          principal,
+          record.authenticated,
+          model,
           record.version,
           record.api,
           record.entrypoint,
-          record.signature,
+          signature,
           record.examples,
           status,
           latency * 1e3,
+          None,
         )
       )
+
+  def record_reload(
+    self,
+    entrypoint: str,
+    peer: str,
+    principal: str,
+    authenticated: bool,
+    code: grpc.StatusCode,
+    start: float,
+    arrived: float,
+    changes: Optional[dict] = None,
+    error: str = "",
+  ) -> None:
+    """Audits a config reload, done or refused: who, from where, what it changed, the result.
+
+    Args:
+      entrypoint: "GRPC" (HandleReloadConfigRequest) or "CONFIG_FILE" (the file polled).
+      peer: the caller's address, or the config file polled.
+      code: how it ended.
+      start: `time.perf_counter()` when it was asked for.
+      arrived: `time.time()` when it was asked for.
+      changes: the models it added, removed and changed (audit.config_changes),
+        or None when it was refused before the config was looked at.
+      error: why it failed.
+    """
+    if self.audit is None:
+      return
+    details = dict(changes or {})
+    if error:
+      details["error"] = error
+    self.audit.record(
+      audit_lib.AuditRecord(
+        arrived,
+        peer,
+        audit_lib.cap(principal),
+        authenticated,
+        "",
+        "",
+        RELOAD_API,
+        entrypoint,
+        "",
+        0,
+        code.name,
+        (time.perf_counter() - start) * 1e3,
+        details or None,
+      )
+    )

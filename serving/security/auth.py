@@ -13,7 +13,10 @@ A request carries `authorization: Bearer <token>` (gRPC metadata) or the
   to those models.
 
 No credentials, or credentials that do not check out: UNAUTHENTICATED (HTTP
-401). A principal not allowed for the model: PERMISSION_DENIED (HTTP 403).
+401); so is a JWT whose `sub` is empty or whose `models` is not a list (`null`
+included). A principal not allowed for the model: PERMISSION_DENIED (HTTP 403).
+Both are `AccessDenied`, which names the principal for the audit log: the one
+refused, or the one a JWT claims when it does not check out (never a token).
 TensorFlow Serving itself has no access control; this is this server's own.
 
 Credentials that checked out are remembered by their header value (a JWT
@@ -62,12 +65,42 @@ class Principal:
 ANONYMOUS = Principal("")
 
 
-def unauthenticated(message: str) -> status.ServingError:
-  return status.ServingError(grpc.StatusCode.UNAUTHENTICATED, message)
+class AccessDenied(status.ServingError):
+  """A refused caller (UNAUTHENTICATED or PERMISSION_DENIED) and who it was, for the audit log.
+
+  Attributes:
+    principal: PERMISSION_DENIED: the authenticated principal. UNAUTHENTICATED:
+      the name the credentials claim, unchecked: a JWT's `sub` as it reads
+      before its signature is checked; '' when they claim none (no
+      credentials, a token that matches no line of the tokens file). Never
+      the token itself.
+    authenticated: whether `principal` checked out.
+  """
+
+  def __init__(
+    self, code: grpc.StatusCode, message: str, principal: str = "", authenticated: bool = False
+  ):
+    super().__init__(code, message)
+    self.principal = principal
+    self.authenticated = authenticated
 
 
-def permission_denied(message: str) -> status.ServingError:
-  return status.ServingError(grpc.StatusCode.PERMISSION_DENIED, message)
+def unauthenticated(message: str, claimed: str = "") -> AccessDenied:
+  return AccessDenied(grpc.StatusCode.UNAUTHENTICATED, message, claimed)
+
+
+def permission_denied(message: str, principal: str) -> AccessDenied:
+  return AccessDenied(grpc.StatusCode.PERMISSION_DENIED, message, principal, authenticated=True)
+
+
+def _claimed_subject(token: str) -> str:
+  """A JWT's `sub` as it reads without any check ('' if it has none that is a string)."""
+  try:
+    claims = jwt.decode(token, options={"verify_signature": False})
+  except Exception:  # Not a JWT at all: it claims nobody.
+    return ""
+  subject = claims.get("sub") if isinstance(claims, dict) else None
+  return subject if isinstance(subject, str) else ""
 
 
 def _read(path: str, what: str) -> bytes:
@@ -204,23 +237,35 @@ class Authenticator:
         options={"require": ["exp", "sub"]},
       )
     except jwt.ExpiredSignatureError:
-      raise unauthenticated("The JWT has expired.") from None
+      raise unauthenticated("The JWT has expired.", _claimed_subject(token)) from None
     except jwt.InvalidAudienceError:
-      raise unauthenticated("The JWT's audience is not this server's.") from None
+      raise unauthenticated(
+        "The JWT's audience is not this server's.", _claimed_subject(token)
+      ) from None
     except jwt.MissingRequiredClaimError as e:
-      raise unauthenticated(f"The JWT lacks the {e.claim!r} claim.") from None
+      raise unauthenticated(
+        f"The JWT lacks the {e.claim!r} claim.", _claimed_subject(token)
+      ) from None
     except jwt.InvalidTokenError:
-      raise unauthenticated("The JWT is not valid (bad signature, algorithm or format).") from None
-    models = claims.get("models")
+      raise unauthenticated(
+        "The JWT is not valid (bad signature, algorithm or format).", _claimed_subject(token)
+      ) from None
+    subject = claims["sub"]
+    if not isinstance(subject, str) or not subject.strip():
+      raise unauthenticated("The JWT's 'sub' claim must name a principal; it is empty.")
+    # A `models` claim that is there limits the principal, whatever its value:
+    # `null` is refused, never read as "every model".
+    models = claims.get("models", ALL_MODELS)
     if isinstance(models, str):
       models = models.split()
-    if models is not None and not (
+    if "models" in claims and not (
       isinstance(models, list) and all(isinstance(m, str) for m in models)
     ):
-      raise unauthenticated("The JWT's 'models' claim must be a list of model names.")
-    principal = Principal(
-      str(claims["sub"]), frozenset(models) if models is not None else ALL_MODELS
-    )
+      raise unauthenticated(
+        "The JWT's 'models' claim must be a list of model names (or leave it out for every model).",
+        subject,
+      )
+    principal = Principal(subject, frozenset(models) if models is not None else ALL_MODELS)
     return principal, float(claims["exp"])
 
   def authorize(self, authorization: Optional[str], model_name: str) -> Principal:
@@ -231,7 +276,9 @@ class Authenticator:
     """
     principal = self.authenticate(authorization)
     if not principal.may_use(model_name):
-      raise permission_denied(f"Principal {principal.name!r} may not use model {model_name!r}.")
+      raise permission_denied(
+        f"Principal {principal.name!r} may not use model {model_name!r}.", principal.name
+      )
     return principal
 
   def authorize_admin(self, authorization: Optional[str]) -> Principal:
@@ -240,6 +287,7 @@ class Authenticator:
     if principal.models is not ALL_MODELS:
       raise permission_denied(
         f"Principal {principal.name!r} may not reload the model config: it is limited to "
-        "some models."
+        "some models.",
+        principal.name,
       )
     return principal

@@ -158,6 +158,7 @@ class _Handler:
     """
     start, arrived = time.perf_counter(), time.time()
     version, code, message, principal, examples = "", grpc.StatusCode.OK, "", "", 0
+    authenticated = False
     runtime = 0.0
     logged = None  # (request bytes, response, response bytes) for the request log.
     try:
@@ -168,6 +169,7 @@ class _Handler:
         principal = self._policy.authorize(
           _metadata_value(metadata, request_policy.AUTHORIZATION), model_name
         )
+        authenticated = True
       result = call()
       if not is_future:
         version = _served_version(result)
@@ -182,6 +184,8 @@ class _Handler:
       if self._policy.request_logs is not None:
         logged = (request_bytes, response, response_bytes)
       return response_bytes
+    except request_policy.AccessDenied as e:  # The audit line names who was refused.
+      code, message, principal, authenticated = e.code, e.message, e.principal, e.authenticated
     except status.ServingError as e:
       code, message = e.code, e.message
     except asyncio.CancelledError:
@@ -207,6 +211,7 @@ class _Handler:
         logged,
       )
       record.runtime = runtime
+      record.authenticated = authenticated
       if code is grpc.StatusCode.OK and is_future:
         # The response leaves first: logging it does not delay it.
         self._completions.after_response(self._policy.finish, record)
@@ -347,35 +352,52 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     )
 
   async def HandleReloadConfigRequest(self, request, context):
-    if self._policy.reload_config is None:
-      await context.abort(
-        grpc.StatusCode.UNIMPLEMENTED,
-        "Reloading the model config is disabled; start the server with "
-        "--enable_model_config_reload to allow it.",
-      )
+    # Every attempt is audited (who, what it changed, how it ended), refused ones too.
+    start, arrived = time.perf_counter(), time.time()
+    code, message, principal, authenticated, changes = grpc.StatusCode.OK, "", "", False, None
     try:
-      principal = self._policy.authorize_admin(
-        _metadata_value(context.invocation_metadata(), request_policy.AUTHORIZATION)
-      )
-    except status.ServingError as e:
-      await context.abort(e.code, e.message)
-    response = model_management_pb2.ReloadConfigResponse()
-    try:
-      # Loading takes a while: keep it off the event loop.
-      await asyncio.get_running_loop().run_in_executor(
-        None, self._policy.reload_config, request.config
-      )
-      logging.info("Model config reloaded by %r", principal or "an anonymous caller")
-    except ValueError as e:
-      message = status.client_message(str(e))
-      response.status.CopyFrom(
-        status_pb2.StatusProto(
-          error_code=grpc.StatusCode.INVALID_ARGUMENT.value[0], error_message=message
+      if self._policy.reload_config is None:
+        code = grpc.StatusCode.UNIMPLEMENTED
+        message = (
+          "Reloading the model config is disabled; start the server with "
+          "--enable_model_config_reload to allow it."
         )
+        await context.abort(code, message)
+      try:
+        principal = self._policy.authorize_admin(
+          _metadata_value(context.invocation_metadata(), request_policy.AUTHORIZATION)
+        )
+        authenticated = self._policy.authenticator is not None
+      except request_policy.AccessDenied as e:
+        code, message, principal, authenticated = e.code, e.message, e.principal, e.authenticated
+        await context.abort(e.code, e.message)
+      response = model_management_pb2.ReloadConfigResponse()
+      try:
+        # Loading takes a while: keep it off the event loop.
+        changes = await asyncio.get_running_loop().run_in_executor(
+          None, self._policy.reload_config, request.config
+        )
+        logging.info("Model config reloaded by %r", principal or "an anonymous caller")
+      except ValueError as e:
+        code, message = grpc.StatusCode.INVALID_ARGUMENT, status.client_message(str(e))
+        response.status.CopyFrom(
+          status_pb2.StatusProto(error_code=code.value[0], error_message=message)
+        )
+        context.set_code(code)
+        context.set_details(message)
+      return response
+    except grpc.aio.AbortError:
+      raise
+    except asyncio.CancelledError:
+      code = grpc.StatusCode.CANCELLED
+      raise
+    except Exception as e:  # grpc.aio answers it UNKNOWN.
+      code, message = grpc.StatusCode.UNKNOWN, f"Reloading failed: {type(e).__name__}"
+      raise
+    finally:
+      self._policy.record_reload(
+        ENTRYPOINT, context.peer(), principal, authenticated, code, start, arrived, changes, message
       )
-      context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-      context.set_details(message)
-    return response
 
 
 def add_services(

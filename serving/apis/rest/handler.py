@@ -170,6 +170,7 @@ class RestApi:
       return self._error(status.not_found(f"No handler for {method} {path}."))
     start, arrived = time.perf_counter(), time.time()
     api, model_name, version, principal, signature, examples = "", "", "", "", "", 0
+    authenticated = False
     self._runtime.seconds = 0.0
     try:
       if method == "OPTIONS":
@@ -185,6 +186,7 @@ class RestApi:
         api = _API_NAMES[verb.lower()]
         spec = _model_spec(model_name, number, label)
         principal = self._policy.authorize(authorization, spec.name)
+        authenticated = self._policy.authenticator is not None
         parsed = json_tensor.parse_body(body)
         signature = parsed.get("signature_name", "")
         examples = _body_examples(api, parsed)
@@ -196,6 +198,7 @@ class RestApi:
         spec = _model_spec(model_name, number, label)
         api = "GetModelMetadata" if metadata else "GetModelStatus"
         principal = self._policy.authorize(authorization, spec.name)
+        authenticated = self._policy.authenticator is not None
         if metadata:
           result, version = self._metadata(spec)
         else:
@@ -204,6 +207,9 @@ class RestApi:
         raise status.invalid_argument(f"Malformed request: {method} {path}")
       code = grpc.StatusCode.OK
       return http.HTTPStatus.OK, "application/json", result
+    except request_policy.AccessDenied as e:  # The audit line names who was refused.
+      code, principal, authenticated = e.code, e.principal, e.authenticated
+      return self._error(e)
     except status.ServingError as e:
       code = e.code
       return self._error(e)
@@ -232,6 +238,7 @@ class RestApi:
         examples,
       )
       record.runtime = self._runtime.seconds
+      record.authenticated = authenticated
       if api:
         self._policy.finish(record)
       elif self._metrics is not None:

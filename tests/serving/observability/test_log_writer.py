@@ -14,6 +14,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import logging_config_pb2
 
 import serving
+from serving.observability import audit
 from serving.observability import log_writer
 from serving.observability import offload
 from serving.observability import request_log
@@ -32,7 +33,11 @@ def _audit_writer(path, dropped, **kwargs):
 
 
 def _record(n):
-  return (1764496923.5 + n, "ipv4:127.0.0.1:1", "p", "m", "1", "Predict", "GRPC", "", n, "OK", 1.5)
+  return tuple(
+    audit.AuditRecord(
+      1764496923.5 + n, "ipv4:127.0.0.1:1", "p", True, "m", "1", "Predict", "GRPC", "", n, "OK", 1.5
+    )
+  )
 
 
 def test_records_are_written_in_order_and_bad_ones_counted(tmp_path):
@@ -171,3 +176,94 @@ def test_request_log_files_rotate_at_their_size_whatever_the_rounds(tmp_path):
   log_file.write([record, record])  # The third record fills it.
   log_file.close()
   assert len(glob.glob(prefix + "-*" + log_writer.TFRECORD_SUFFIX)) == 2
+
+
+def _audit_lines(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _lines_of(n):
+  return [log_writer.audit_line(_record(i)) for i in range(n)]
+
+
+def _record_with(**fields):
+  return tuple(
+    audit.AuditRecord(1.0, "", "", False, "", "", "", "", "", 0, "OK", 0.0)._replace(**fields)
+  )
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced", "moved", "truncated"])
+def test_an_audit_file_deleted_replaced_moved_or_truncated_is_written_again(tmp_path, how):
+  path = tmp_path / "audit.jsonl"
+  lost = []
+  audit_file = log_writer.RotatingFile(
+    str(path), 1 << 20, 2, on_lost=lambda reason, count: lost.append((reason, count))
+  )
+  audit_file.write(_lines_of(3))
+  audit_file.write(_lines_of(2))
+  if how == "deleted":
+    path.unlink()
+  elif how == "replaced":
+    (tmp_path / "other").write_text('{"forged": 1}\n')
+    os.replace(tmp_path / "other", path)
+  elif how == "moved":
+    os.replace(path, tmp_path / "audit.jsonl.rotated-by-logrotate")
+  else:
+    with open(path, "r+b") as f:  # Keeps the first 2 lines.
+      f.truncate(len(b"".join(_lines_of(2))))
+  audit_file.write(_lines_of(1))
+  audit_file.write(_lines_of(1))
+  audit_file.close()
+
+  lines = _audit_lines(path)
+  kept = {"deleted": 0, "replaced": 1, "moved": 0, "truncated": 2}[how]
+  notice = lines[kept]
+  expected_lost = {"deleted": 5, "replaced": 5, "moved": 0, "truncated": 3}[how]
+  assert notice["event"] == "audit_log_reopened"
+  assert (notice["reason"], notice["lines_lost"]) == (how, expected_lost)
+  assert notice["time"].endswith("Z")
+  assert len(lines) == kept + 3  # The notice, then the two lines written since.
+  assert lost == ([(f"file_{how}", expected_lost)] if expected_lost else [])
+  if how == "moved":
+    assert len(_audit_lines(tmp_path / "audit.jsonl.rotated-by-logrotate")) == 5
+
+
+def test_audit_fields_are_capped_and_marked_however_long(tmp_path):
+  line = json.loads(
+    log_writer.audit_line(
+      _record_with(
+        peer="p" * 300,
+        principal="\u00e9" * 10_000,
+        model="m" * 257,
+        version="1" * 256,
+        signature="s" * (1 << 20),
+        status="x" * 1000,
+        details={"removed": ["r" * 300] * 100, "error": "e" * 5000},
+      )
+    )
+  )
+  for key in ("peer", "principal", "model", "signature", "status", "error"):
+    assert len(line[key]) == log_writer.MAX_FIELD_CHARS, key
+    assert line[key].endswith(" characters]"), key
+  assert line["model"].endswith("...[cut from 257 characters]")
+  assert line["version"] == "1" * 256  # At the limit: whole.
+  assert len(line["removed"]) == log_writer.MAX_LIST_ITEMS + 1
+  assert line["removed"][-1] == f"...[{100 - log_writer.MAX_LIST_ITEMS} more]"
+  assert log_writer.cap(line["model"]) == line["model"]  # Capping twice changes nothing.
+
+
+def test_request_log_files_of_a_model_whose_prefix_extends_anothers_are_never_deleted(tmp_path):
+  # Issue 21: clearing next_category's old files deleted next_category-canary's.
+  canary = log_writer.RotatingTFRecordFile(str(tmp_path / "next_category-canary"), 1000, 10)
+  for _ in range(3):
+    canary.write([log_writer.tfrecord(b"c" * 1000)])
+  canary.close()
+  canary_files = sorted(glob.glob(str(tmp_path / "next_category-canary-*")))
+  assert len(canary_files) == 3
+  main = log_writer.RotatingTFRecordFile(str(tmp_path / "next_category"), 1000, 2)
+  for _ in range(4):
+    main.write([log_writer.tfrecord(b"m" * 1000)])
+  main.close()
+  assert sorted(glob.glob(str(tmp_path / "next_category-canary-*"))) == canary_files
+  own = set(glob.glob(str(tmp_path / "next_category-*"))) - set(canary_files)
+  assert len(own) == 2

@@ -231,6 +231,7 @@ def test_sampled_requests_become_prediction_logs_and_audit_lines(canned, example
   assert lines[0]["peer"].startswith(("ipv4:127.0.0.1:", "ipv6:")) and lines[0]["latency_ms"] > 0
   assert lines[0]["time"].endswith("Z")
   assert lines[6]["status"] == "UNAUTHENTICATED" and lines[6]["principal"] == ""
+  assert lines[0]["authenticated"] and not lines[6]["authenticated"]
   assert lines[7]["entrypoint"] == "REST" and lines[7]["examples"] == 1
   assert lines[7]["peer"].startswith("127.0.0.1:")
   text = audit_file.read_text()
@@ -300,6 +301,7 @@ def test_audit_log_rotates(tmp_path):
     time=time.time(),
     peer="ipv4:127.0.0.1:1",
     principal="p",
+    authenticated=True,
     model="m",
     version="1",
     api="Predict",
@@ -335,4 +337,26 @@ def test_bad_logging_configs_are_refused(canned, tmp_path, collector, message):
     f"logging_config {{ log_collector_config {{ {collector} }} }} }} }}"
   )
   with pytest.raises(ValueError, match=message):
+    model_server.ModelServer(flags.ServerOptions(model_config_file=str(config)))
+
+
+def test_two_models_logging_to_one_prefix_are_refused(canned, tmp_path):
+  # Each model's writer deletes its oldest files: sharing a prefix, they would delete each other's.
+  config = tmp_path / "models.config"
+  logging_config = (
+    'logging_config { sampling_config { sampling_rate: 1 } log_collector_config { type: "tfrecord" '
+    f'filename_prefix: "{tmp_path}/logs" }} }}'
+  )
+  config.write_text(
+    "model_config_list { "
+    + "".join(
+      f'config {{ name: "{name}" base_path: "{canned.base_path}" model_platform: "tensorflow" '
+      f"{logging_config} }} "
+      for name in ("next_category", "next_category_canary")
+    )
+    + "}"
+  )
+  with pytest.raises(
+    ValueError, match="'next_category' and 'next_category_canary' log to the same"
+  ):
     model_server.ModelServer(flags.ServerOptions(model_config_file=str(config)))

@@ -338,3 +338,54 @@ def test_reload_rpc_is_off_by_default(canned):
     assert conftest.version_states(f"127.0.0.1:{server.grpc_port}") == {1: "AVAILABLE"}
   finally:
     server.stop()
+
+
+def _refusal(authenticator, authorization, model=MODEL_NAME):
+  with pytest.raises(auth.AccessDenied) as raised:
+    authenticator.authorize(authorization, model)
+  return raised.value.code, raised.value.principal, raised.value.authenticated
+
+
+def test_a_refusal_names_the_principal_refused_or_claimed_never_the_token(tmp_path):
+  tokens, secret = tmp_path / "tokens", tmp_path / "secret"
+  tokens.write_text(TOKENS)
+  secret.write_text("s" * 40)
+  authenticator = auth.Authenticator(tokens_file=str(tokens), jwt_secret_file=str(secret))
+  denied, unauthenticated = grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED
+  forged = _jwt("f" * 40, "HS256", sub="mallory")
+  assert _refusal(authenticator, "Bearer bob-secret-2") == (denied, "bob", True)
+  assert _refusal(authenticator, f"Bearer {forged}") == (unauthenticated, "mallory", False)
+  expired = _jwt("s" * 40, "HS256", sub="carol", exp=int(time.time()) - 5)
+  assert _refusal(authenticator, f"Bearer {expired}") == (unauthenticated, "carol", False)
+  # A token that matches no line, or no JWT at all, claims nobody: nothing of it is kept.
+  for nothing in (None, "", "Basic YWxpY2U=", "Bearer alice-secret-", "Bearer a.b.c"):
+    assert _refusal(authenticator, nothing) == (unauthenticated, "", False)
+  no_sub = jwt.encode({"exp": int(time.time()) + 60}, "s" * 40, algorithm="HS256")
+  assert _refusal(authenticator, f"Bearer {no_sub}") == (unauthenticated, "", False)
+
+
+@pytest.mark.parametrize(
+  "claims, message",
+  [
+    ({"models": None}, "'models' claim must be a list"),
+    ({"models": {"next_category": True}}, "'models' claim must be a list"),
+    ({"sub": ""}, "'sub' claim must name a principal"),
+    ({"sub": " \t"}, "'sub' claim must name a principal"),
+  ],
+)
+def test_a_jwt_with_null_models_or_an_empty_sub_is_refused(tmp_path, claims, message):
+  secret = tmp_path / "secret"
+  secret.write_text("s" * 40)
+  authenticator = auth.Authenticator(jwt_secret_file=str(secret))
+  token = f"Bearer {_jwt('s' * 40, 'HS256', **claims)}"
+  for check in (
+    lambda: authenticator.authorize(token, MODEL_NAME),
+    lambda: authenticator.authorize_admin(token),
+  ):
+    with pytest.raises(auth.AccessDenied, match=message) as raised:
+      check()
+    assert raised.value.code == grpc.StatusCode.UNAUTHENTICATED
+  # Left out, `models` still means every model; an empty list, none.
+  assert authenticator.authorize_admin(f"Bearer {_jwt('s' * 40, 'HS256')}").name == "carol"
+  empty = f"Bearer {_jwt('s' * 40, 'HS256', models=[])}"
+  assert _refusal(authenticator, empty)[0] == grpc.StatusCode.PERMISSION_DENIED
