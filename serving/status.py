@@ -103,3 +103,23 @@ def client_message(message: str) -> str:
     cut = len(text) - MAX_CLIENT_MESSAGE_CHARS
     text = f"{text[:MAX_CLIENT_MESSAGE_CHARS]}... ({cut} more characters not shown)"
   return text
+
+
+# Stand-ins for the base path while other paths are replaced (no path holds a NUL).
+_UNDER_BASE_PATH = "\0base_path/\0"
+_BASE_PATH = "\0base_path\0"
+
+
+def without_paths(message: str, base_path: str = "") -> str:
+  """`message` with no absolute file path: under `base_path` as `<base_path>/...`, else `<path>`.
+
+  TensorFlow Serving's model status carries its loader's message, file paths
+  and all (`Specified file path: /models/m/3`); this server's shows where
+  under the model's base path, and nothing of the server's own directories.
+  """
+  if base_path:
+    base_path = base_path.rstrip("/")
+    message = message.replace(base_path + "/", _UNDER_BASE_PATH)
+    message = re.sub(re.escape(base_path) + r"(?![\w@+-]|\.[\w.])", _BASE_PATH, message)
+  message = _PATH.sub("<path>", message)
+  return message.replace(_UNDER_BASE_PATH, "<base_path>/").replace(_BASE_PATH, "<base_path>")

@@ -131,6 +131,14 @@ def _load_error(error: Exception) -> Tuple[grpc.StatusCode, str]:
   return grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}"
 
 
+def _without_paths(
+  error: Optional[status.ServingError], base_path: str
+) -> Optional[status.ServingError]:
+  if error is None:
+    return None
+  return status.ServingError(error.code, status.without_paths(error.message, base_path))
+
+
 class ModelManager:
   """Keeps the configured models' versions loaded and answers which one serves.
 
@@ -422,6 +430,10 @@ class ModelManager:
   ) -> List[Tuple[int, int, Optional[status.ServingError]]]:
     """`(version, state, error)` of a model's versions, newest first.
 
+    An error shows no file path of the server's: a path under the model's
+    base path as `<base_path>/...`, any other as `<path>` (the server's log
+    keeps them whole).
+
     Raises:
       ServingError: NOT_FOUND if the model or the asked version is unknown;
         INVALID_ARGUMENT for an unknown label.
@@ -447,4 +459,11 @@ class ModelManager:
       versions = [v for v in versions if v[0] == requested]
       if not versions:
         raise status.not_found(f"Could not find version {requested} of model {name}")
-    return sorted(versions, reverse=True)
+    base_path = next(
+      (m.base_path for m in self._config.model_config_list.config if m.name == name), ""
+    )
+    return sorted(
+      ((number, state, _without_paths(error, base_path)) for number, state, error in versions),
+      key=lambda version: version[0],
+      reverse=True,
+    )

@@ -1,5 +1,7 @@
 """Model version lifecycle on a real server: pushes, broken versions, policies and labels."""
 
+import http.client
+import json
 import os
 import shutil
 import threading
@@ -242,3 +244,48 @@ def test_reference_of_versions_differ(canned, examples):
     conftest.reference(canned.version_1, examples=examples),
     conftest.reference(canned.version_2, examples=examples),
   )
+
+
+def _rest_get(port, path):
+  connection = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE_SECONDS)
+  try:
+    connection.request("GET", path)
+    response = connection.getresponse()
+    assert response.status == 200
+    return response.read()
+  finally:
+    connection.close()
+
+
+@pytest.mark.parametrize("version", ["empty", "no_variables"])
+def test_model_status_shows_no_file_path_of_the_server(canned, base_path, version, tmp_path):
+  # Issue 21: GetModelStatus showed full file paths. TensorFlow Serving shows its
+  # loader's message, paths and all; this server shows where under the base path.
+  server = conftest.start_server(
+    model_base_path=base_path, file_system_poll_wait_seconds=0.1, max_num_load_retries=0
+  )
+  hostport = f"127.0.0.1:{server.grpc_port}"
+  try:
+    if version == "empty":
+      os.makedirs(os.path.join(base_path, "2"))
+    else:  # TensorFlow's own error names the checkpoint's path.
+      shutil.copytree(canned.version_1, tmp_path / "staging")
+      shutil.rmtree(tmp_path / "staging" / "variables")
+      os.rename(tmp_path / "staging", os.path.join(base_path, "2"))
+    conftest.wait_until(lambda: conftest.version_states(hostport).get(2) == "END")
+    [grpc_status] = [
+      s for s in conftest.model_status(hostport).model_version_status if s.version == 2
+    ]
+    rest_status = _rest_get(server.rest_port, f"/v1/models/{MODEL_NAME}/versions/2")
+  finally:
+    server.stop()
+  grpc_message = grpc_status.status.error_message
+  [rest_version] = json.loads(rest_status)["model_version_status"]
+  assert rest_version["status"]["error_message"] == grpc_message
+  assert grpc_message.startswith("Loading servable: {name: next_category version: 2} failed: ")
+  assert base_path not in grpc_message and str(tmp_path) not in grpc_message
+  assert "/tmp/" not in grpc_message and "/work/" not in grpc_message
+  if version == "empty":
+    assert grpc_message.endswith("model.tflite in <base_path>/2.")
+  else:
+    assert "matching files for <base_path>/2/variables/variables" in grpc_message
