@@ -99,6 +99,7 @@ class ModelServer:
         raise _invalid(f"Invalid BatchingParameters: {e}") from None
     self.metrics = metrics_lib.ServingMetrics()
     self._stopped = threading.Event()
+    self._stop_requested = threading.Event()
     self._loop: Optional[asyncio.AbstractEventLoop] = None
     self._loop_thread: Optional[threading.Thread] = None
     self._grpc_server: Optional[grpc.aio.Server] = None
@@ -232,6 +233,7 @@ class ModelServer:
 
     Raises:
       NoServableVersionError: if a model has no version to serve.
+      StartCancelled: if `request_stop` was called while it waited for them.
       ConfigError: if the monitoring config does not parse.
       RuntimeError: if the gRPC port or socket cannot be bound.
     """
@@ -243,7 +245,9 @@ class ModelServer:
     # The first loads on the poller, so that --model_load_timeout_seconds can
     # end the wait even while a load is being retried.
     self.manager.start(background=True)
-    loader.wait_for_versions(self.manager, self._options.model_load_timeout_seconds)
+    loader.wait_for_versions(
+      self.manager, self._options.model_load_timeout_seconds, self._stop_requested
+    )
     if self._options.model_config_file and self._options.model_config_file_poll_wait_seconds > 0:
       # server.cc:330-343: after the first load, so that a reload never races it.
       self._config_thread = threading.Thread(

@@ -15,7 +15,9 @@ serving/deploy/). This one runs where the real binary cannot be installed,
 and in tests.
 
 This module only reads the command line (config/flags.py), builds the server
-(model_server.py), runs it until SIGINT or SIGTERM, and stops it.
+(model_server.py), runs it until SIGINT or SIGTERM, and stops it. A signal
+that comes while it still waits for the first versions ends that wait at
+once (exit status 0); TensorFlow Serving has no handler and dies of it.
 """
 
 import logging
@@ -64,18 +66,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stdout.write(f"unknown argument: {command_line.unknown[0]}\n{flags.usage(PROGRAM)}")
     sys.stdout.flush()
   server = None
+  stop_requested = threading.Event()
   try:
     server = model_server.ModelServer(options)
-    stop_requested = threading.Event()
+
+    def request_stop(*_) -> None:
+      # Also while `start` waits for the first versions (up to
+      # --model_load_timeout_seconds, 60 s): Kubernetes kills after 30 s.
+      stop_requested.set()
+      server.request_stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-      signal.signal(sig, lambda *_: stop_requested.set())
+      signal.signal(sig, request_stop)
     server.start()
   except (status.ServingError, ValueError, RuntimeError, OSError) as e:
-    # main.cc:333-337: on stdout, exit status 255.
-    print(f"Failed to start server. Error: {_failure(e)}", flush=True)
+    stopped = stop_requested.is_set()
+    if stopped:
+      logging.info("Stopped before serving: %s", e)
+    else:
+      # main.cc:333-337: on stdout, exit status 255.
+      print(f"Failed to start server. Error: {_failure(e)}", flush=True)
     if server is not None:
       server.stop()
-    return _FAILURE_EXIT_STATUS
+    return 0 if stopped else _FAILURE_EXIT_STATUS
   stop_requested.wait()
   logging.info("Shutting down")
   server.stop()

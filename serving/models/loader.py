@@ -10,6 +10,7 @@ TensorFlow Serving's loader harness does them before a version is AVAILABLE.
 import concurrent.futures
 import logging
 import os
+import threading
 import time
 from typing import Any
 from typing import Callable
@@ -31,6 +32,10 @@ from serving.models import warmup
 
 class NoServableVersionError(status.ServingError, RuntimeError):
   """A configured model has no version available: none can load, or none did in time."""
+
+
+class StartCancelled(status.ServingError, RuntimeError):
+  """The server was asked to stop while it waited for its first versions."""
 
 
 def find_model_file(path: str, prefer_tflite: bool = False) -> Optional[str]:
@@ -182,7 +187,11 @@ class VersionLoader:
     return servable
 
 
-def wait_for_versions(manager: model_manager.ModelManager, timeout_seconds: float) -> None:
+def wait_for_versions(
+  manager: model_manager.ModelManager,
+  timeout_seconds: float,
+  stop_requested: Optional[threading.Event] = None,
+) -> None:
   """Waits until every model has a version, as TensorFlow Serving does before it serves.
 
   Gives up at once when every model still without a version has none that
@@ -192,12 +201,23 @@ def wait_for_versions(manager: model_manager.ModelManager, timeout_seconds: floa
   with retries left, is waited for up to `timeout_seconds`. Stops the manager
   when it gives up.
 
+  Args:
+    stop_requested: once set (SIGTERM), the wait ends within a tenth of a second.
+
   Raises:
     NoServableVersionError: if no version of a model can load, or one has
       none after `timeout_seconds` (--model_load_timeout_seconds).
+    StartCancelled: if `stop_requested` was set first.
   """
   deadline = time.monotonic() + timeout_seconds
+  stop_requested = stop_requested or threading.Event()
   while missing := manager.models_without_versions():
+    if stop_requested.is_set():
+      manager.stop()
+      raise StartCancelled(
+        grpc.StatusCode.CANCELLED,
+        "Stopped while waiting for a servable version of: " + ", ".join(missing),
+      )
     failures = manager.load_failures()
     if all(name in failures for name in missing):
       manager.stop()
@@ -226,4 +246,4 @@ def wait_for_versions(manager: model_manager.ModelManager, timeout_seconds: floa
         f"No servable version after {timeout_seconds:g} s "
         "(--model_load_timeout_seconds): " + "; ".join(errors),
       )
-    time.sleep(0.1)
+    stop_requested.wait(0.1)

@@ -109,3 +109,40 @@ def test_help():
     "--file_system_poll_wait_seconds",
   ):
     assert flag in result.stdout
+
+
+def test_sigterm_ends_the_wait_for_a_first_version_at_once(tmp_path):
+  # Issue 21: SIGTERM was ignored while the server waited for a first version
+  # (60 s by default, longer than Kubernetes' 30 s grace).
+  base_path = tmp_path / conftest.MODEL_NAME
+  base_path.mkdir()  # No version yet.
+  log_path = tmp_path / "server.log"
+  with open(log_path, "w") as log:
+    server = subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "serving.server",
+        f"--port={portpicker.pick_unused_port()}",
+        f"--model_name={conftest.MODEL_NAME}",
+        f"--model_base_path={base_path}",
+        "--model_load_timeout_seconds=600",
+      ],
+      cwd=_REPO_ROOT,
+      env=dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2"),
+      stdout=log,
+      stderr=subprocess.STDOUT,
+    )
+  try:
+    # The first poll found nothing: the server waits, its signal handlers in place.
+    conftest.wait_until(
+      lambda: "No versions of servable next_category found" in log_path.read_text()
+    )
+    server.terminate()
+    assert server.wait(5) == 0
+  finally:
+    if server.poll() is None:
+      server.kill()
+      server.wait()
+  text = log_path.read_text()
+  assert "Stopped before serving" in text and "Failed to start server" not in text
