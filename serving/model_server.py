@@ -103,6 +103,7 @@ class ModelServer:
       )
     self._loader = loader.VersionLoader(
       prefer_tflite=options.prefer_tflite_model,
+      saved_model_tags=options.saved_model_tags,
       verification_key_file=options.model_verification_key_file,
       batching_options=batching_options,
       batch_observer=self.metrics.batch_observer,

@@ -13,7 +13,7 @@ server has them:
   both;
 - bodies: Predict's row (`instances` -> `predictions`) and columnar (`inputs`
   -> `outputs`) formats (`FillPredictRequestFromJson`), Classify and Regress
-  requests (`FillClassifyRegressRequestFromJson`) and their `result`.
+  requests (`FillClassifyRegressRequestFromJson`) and their `results`.
 
 The URLs, status and metadata answers and errors are rest/handler.py's.
 """
@@ -433,16 +433,21 @@ def fill_classify_regress_request(request, body: Dict[str, Any]) -> None:
     raise status.invalid_argument(str(e)) from None
 
 
+# json_tensor.cc:76-78 kClassifyRegressResponseKey (g3doc/api_rest.md's prose
+# says "result"; its examples, the code and its tests say "results").
+CLASSIFY_REGRESS_RESPONSE_KEY = "results"
+
+
 def classification_response(response) -> bytes:
-  """The body answering a Classify: `[label, score]` pairs per example."""
-  result = [
+  """The body answering a Classify: `[label, score]` pairs per example (json_tensor.cc:1014)."""
+  results = [
     [[c.label, c.score] for c in classifications.classes]
     for classifications in response.result.classifications
   ]
-  return json.dumps({"result": result}).encode("utf-8")
+  return json.dumps({CLASSIFY_REGRESS_RESPONSE_KEY: results}).encode("utf-8")
 
 
 def regression_response(response) -> bytes:
-  """The body answering a Regress: one value per example."""
-  result = [regression.value for regression in response.result.regressions]
-  return json.dumps({"result": result}).encode("utf-8")
+  """The body answering a Regress: one value per example (json_tensor.cc:1050-1073)."""
+  results = [regression.value for regression in response.result.regressions]
+  return json.dumps({CLASSIFY_REGRESS_RESPONSE_KEY: results}).encode("utf-8")

@@ -46,6 +46,7 @@ class ServerOptions:
   max_num_load_retries: int = 5
   load_retry_interval_micros: int = 60_000_000
   prefer_tflite_model: bool = False
+  saved_model_tags: str = "serve"
   enable_signature_method_name_check: bool = False
   rest_api_num_threads: int = 64
   rest_api_timeout_in_ms: int = 30_000
@@ -136,6 +137,7 @@ def parse_flags(argv: Optional[Sequence[str]] = None) -> ServerOptions:
   flag(
     "prefer_tflite_model", bool, "Serve model.tflite when a version holds it next to a SavedModel."
   )
+  flag("saved_model_tags", str, "Comma-separated tags of the MetaGraphDef to load.")
   flag(
     "enable_signature_method_name_check",
     bool,

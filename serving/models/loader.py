@@ -13,6 +13,7 @@ import os
 import time
 from typing import Any
 from typing import Callable
+from typing import FrozenSet
 from typing import Optional
 
 import tensorflow as tf
@@ -46,27 +47,36 @@ def find_model_file(path: str, prefer_tflite: bool = False) -> Optional[str]:
 
 
 def load_servable(
-  name: str, version: int, path: str, prefer_tflite: bool = False
+  name: str,
+  version: int,
+  path: str,
+  prefer_tflite: bool = False,
+  saved_model_tags: FrozenSet[str] = frozenset({saved_model.SERVE_TAG}),
 ) -> servables.Servable:
   """Loads the model in a version directory.
 
   A directory with `model.tflite` and no SavedModel is served with TFLite, as
   is one with both when `prefer_tflite` (TensorFlow Serving's
-  `--prefer_tflite_model`).
+  `--prefer_tflite_model`; TensorFlow Serving itself serves a TFLite-only
+  directory only with that flag). A SavedModel is loaded as a
+  SavedModelBundle with the MetaGraphDef tagged `saved_model_tags`.
 
   Raises:
-    FileNotFoundError: if the directory holds neither kind of model.
+    ServingError: NOT_FOUND with TensorFlow Serving's message if the
+      directory holds neither kind of model, or no MetaGraphDef has the tags.
     Exception: whatever loading the model raises.
   """
   kind = find_model_file(path, prefer_tflite)
   if kind is None:
-    raise FileNotFoundError(
-      f"No {' or '.join(saved_model.SAVED_MODEL_FILENAMES)} or {tflite.TFLITE_FILENAME} in {path}."
+    # LoadSessionBundleOrSavedModelBundle (session_bundle/oss/session_bundle_util.cc).
+    raise status.not_found(
+      "Specified file path does not appear to contain a SavedModel bundle (should have a "
+      f"file called `saved_model.pb`)\nSpecified file path: {path}"
     )
   logging.info("Loading %s model %s version %d from %s", kind, name, version, path)
   if kind == "tflite":
     return tflite.TfLiteServable(name, version, path)
-  return saved_model.SavedModelServable(name, version, path)
+  return saved_model.SavedModelServable(name, version, path, tags=saved_model_tags)
 
 
 class VersionLoader:
@@ -74,6 +84,7 @@ class VersionLoader:
 
   Args:
     prefer_tflite: `--prefer_tflite_model`.
+    saved_model_tags: `--saved_model_tags` (comma-separated).
     verification_key_file: `--model_verification_key_file`; empty: no check.
     batching_options: batch every version's requests so; None: no batching.
     batch_observer: `(name, version)` -> the version's batch observer (metrics).
@@ -88,12 +99,14 @@ class VersionLoader:
   def __init__(
     self,
     prefer_tflite: bool = False,
+    saved_model_tags: str = saved_model.SERVE_TAG,
     verification_key_file: str = "",
     batching_options: Optional[batching.BatchingOptions] = None,
     batch_observer: Optional[Callable[[str, int], Optional[batching.BatchObserver]]] = None,
     on_verification_failure: Optional[Callable[[str], None]] = None,
   ):
     self._prefer_tflite = prefer_tflite
+    self._saved_model_tags = saved_model.parse_tags(saved_model_tags)
     self._verification_key_file = verification_key_file
     self._batching_options = batching_options
     self._batch_observer = batch_observer or (lambda name, version: None)
@@ -112,7 +125,13 @@ class VersionLoader:
       verification.verify_version(
         name, path, self._verification_key_file, self._on_verification_failure
       )
-    servable = load_servable(name, version, path, prefer_tflite=self._prefer_tflite)
+    servable = load_servable(
+      name,
+      version,
+      path,
+      prefer_tflite=self._prefer_tflite,
+      saved_model_tags=self._saved_model_tags,
+    )
     servable.attach(self.executor, self._batching_options, self._batch_observer(name, version))
     try:
       warmup.replay_warmup_requests(servable, self.service)
