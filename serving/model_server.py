@@ -221,6 +221,7 @@ class ModelServer:
       max_request_bytes=self._options.max_request_bytes,
       max_concurrent_rpcs=self._options.grpc_max_concurrent_rpcs,
       grpc_channel_arguments=self._options.grpc_channel_arguments,
+      enable_profiler=self._options.enable_profiler,
     )
     address = f"{self._options.host}:{self._options.port}"
     return await grpc_server.bind_and_start(self._grpc_server, address, self._ssl)

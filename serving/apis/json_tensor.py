@@ -282,8 +282,16 @@ def parse_body(body: bytes) -> Dict[str, Any]:
   Raises:
     ServingError: INVALID_ARGUMENT if it is not JSON or not an object.
   """
+  # TensorFlow Serving's words (json_tensor.cc:419-448, rapidjson's
+  # GetParseError_En) for an empty document and for a value that is not JSON;
+  # other errors keep Python's description, after the same prefix.
+  if not body.strip():
+    raise status.invalid_argument("JSON Parse error: The document is empty")
   try:
     value = json.loads(body)
+  except json.JSONDecodeError as e:
+    reason = "Invalid value." if e.msg == "Expecting value" else e.msg
+    raise status.invalid_argument(f"JSON Parse error: {reason} at offset: {e.pos}") from None
   except (ValueError, UnicodeDecodeError) as e:
     raise status.invalid_argument(f"JSON Parse error: {e}") from None
   if not isinstance(value, dict):

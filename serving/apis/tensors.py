@@ -133,6 +133,7 @@ def fill_tensor_proto(array: np.ndarray, proto: tensor_pb2.TensorProto) -> None:
   """Writes `array` into `proto` in the typed value field, as `AsProtoField` does."""
   dtype = dtype_of(array)
   proto.dtype = dtype
+  proto.tensor_shape.SetInParent()  # AsProtoField writes a shape, empty for a scalar.
   for size in array.shape:
     proto.tensor_shape.dim.add().size = size
   flat = array.ravel()

@@ -47,6 +47,9 @@ class ServerOptions:
   load_retry_interval_micros: int = 60_000_000
   prefer_tflite_model: bool = False
   saved_model_tags: str = "serve"
+  # TensorFlow Serving's default is true; off here: Profile writes files
+  # where the client says (serving/apis/grpc/profiler.py).
+  enable_profiler: bool = False
   enable_signature_method_name_check: bool = False
   rest_api_num_threads: int = 64
   rest_api_timeout_in_ms: int = 30_000
@@ -138,6 +141,11 @@ def parse_flags(argv: Optional[Sequence[str]] = None) -> ServerOptions:
     "prefer_tflite_model", bool, "Serve model.tflite when a version holds it next to a SavedModel."
   )
   flag("saved_model_tags", str, "Comma-separated tags of the MetaGraphDef to load.")
+  flag(
+    "enable_profiler",
+    bool,
+    "Serve tensorflow.ProfilerService on the gRPC port (off by default here; see README).",
+  )
   flag(
     "enable_signature_method_name_check",
     bool,

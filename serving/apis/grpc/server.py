@@ -10,6 +10,7 @@ from typing import List
 import grpc
 
 from serving.apis import inference
+from serving.apis.grpc import profiler
 from serving.apis.grpc import servicer
 from serving.observability import request_policy
 
@@ -38,6 +39,7 @@ def create(
   max_request_bytes: int,
   max_concurrent_rpcs: int,
   grpc_channel_arguments: str = "",
+  enable_profiler: bool = False,
 ) -> grpc.aio.Server:
   """A gRPC server of both TensorFlow Serving services; call it on the server's event loop.
 
@@ -47,6 +49,7 @@ def create(
     max_request_bytes: larger request messages are refused.
     max_concurrent_rpcs: requests in progress before RESOURCE_EXHAUSTED.
     grpc_channel_arguments: `--grpc_channel_arguments`.
+    enable_profiler: `--enable_profiler`: also serve tensorflow.ProfilerService.
 
   Raises:
     ValueError: if `grpc_channel_arguments` is malformed.
@@ -57,6 +60,8 @@ def create(
   ] + channel_arguments(grpc_channel_arguments)
   server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
   servicer.add_services(server, service, policy)
+  if enable_profiler:
+    profiler.add_service(server, policy)
   return server
 
 
