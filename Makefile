@@ -67,7 +67,7 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
 	kubeflow-submit kubeflow-schedule skew-report keygen \
 	serve query bench-serving bench-tensors bench-tflite bench-multi-worker report tensorboard \
-	bench-run
+	bench-run bench-verification
 
 install: $(STAMP)
 
@@ -170,9 +170,10 @@ query: install
 skew-report: install
 	$(PY) -m pipeline.skew_report --serving_data='$(SERVING_DATA)' --output_root=$(OUTPUT_ROOT)
 
-# Writes an Ed25519 key pair for signing pushed models (README "Serving in production").
+# Writes an ECDSA P-256 key pair (PEM) for signing pushed models in the OpenSSF model
+# signing format (docs/serving-production.md "Signed models").
 keygen: install
-	$(PY) -m model_signing.keygen --key_dir=$(KEY_DIR)
+	$(PY) -m components.version_signing keygen --key_dir=$(KEY_DIR)
 
 # Builds the image every Kubeflow component runs in (needs a container engine).
 image:

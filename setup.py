@@ -24,7 +24,6 @@ setuptools.setup(
       "contract.*",
       "serving",
       "serving.*",
-      "model_signing",
     ]
   ),
   package_data={"": ["*.pbtxt", "*.json", "*.yaml", "*.config", "*.txt"]},

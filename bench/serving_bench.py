@@ -305,7 +305,7 @@ class _Server:
     """Requests answered so far by status (OK, INVALID_ARGUMENT, ...), from the server's metrics."""
     counts: Dict[str, float] = {}
     for match in re.finditer(
-      r'^:tensorflow:serving:request_count_total\{[^}]*status="(\w+)"[^}]*\} (\S+)$',
+      r'^:tensorflow:serving:request_count\{[^}]*status="(\w+)"[^}]*\} (\S+)$',
       self._metrics_text(),
       re.MULTILINE,
     ):

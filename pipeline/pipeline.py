@@ -173,9 +173,10 @@ def create_pipeline(
       TFLite conversion out of the pipeline.
     tflite_max_accuracy_drop: largest top-1 accuracy drop (points) of the
       int8 model against the SavedModel for it to be shipped.
-    model_signing_key: an Ed25519 private key file the Pusher and the
-      TFLiteConverter sign every version they push with (in staging, before
-      it is visible); None pushes unsigned versions.
+    model_signing_key: an ECDSA private key file the Pusher and the
+      TFLiteConverter sign every version they push with (OpenSSF model
+      signing, in staging, before it is visible); None pushes unsigned
+      versions.
     train_hash_buckets: hash buckets of the train split.
     eval_hash_buckets: hash buckets of the eval split.
     slice_features: features the Evaluator slices by (each, and all crossed);

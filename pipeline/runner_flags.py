@@ -9,7 +9,6 @@ the flags.
 import argparse
 import dataclasses
 import os
-import tempfile
 from typing import Any
 from typing import Dict
 from typing import List
@@ -20,7 +19,7 @@ from typing import Tuple
 from tfx import v1 as tfx
 
 import contract
-import model_signing
+from components import version_signing
 from components.anomaly_gate import anomalies
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
@@ -143,8 +142,9 @@ def add_pipeline_flags(
     "--model_signing_key",
     default=None,
     metavar="PATH",
-    help="Ed25519 private key (`make keygen`) that signs every pushed version, SavedModel and "
-    "TFLite; on Kubeflow, a path inside the components' container (e.g. a mounted Secret).",
+    help="ECDSA private key (`make keygen`) that signs every pushed version, SavedModel and "
+    "TFLite (OpenSSF model signing); on Kubeflow, a path inside the components' container "
+    "(e.g. a mounted Secret).",
   )
   parser.add_argument(
     "--label_feature",
@@ -229,7 +229,7 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
 
 
 def _checked_signing_key(path: Optional[str]) -> Optional[str]:
-  """The key's absolute path, once it has signed a scratch directory (so a bad key fails now)."""
+  """The key's absolute path, once it is known to sign (so a bad key fails now, not at the push)."""
   if not path:
     return None
   path = os.path.abspath(path)
@@ -238,8 +238,7 @@ def _checked_signing_key(path: Optional[str]) -> Optional[str]:
       f"Model signing key {path} does not exist; run `make keygen` and pass "
       "MODEL_SIGNING_KEY=keys/model_signing_key.pem."
     )
-  with tempfile.TemporaryDirectory() as scratch:
-    model_signing.sign_directory(scratch, path)
+  version_signing.load_private_key(path)
   return path
 
 

@@ -9,12 +9,12 @@ def test_log_excerpt_quotes_the_servers_errors_not_tensorflows_noise(tmp_path):
     "2026-11-30 10:03:37.626861: E external/local_xla/xla/stream_executor/cuda_fft.cc:479] noise\n"
     "2026-11-30 10:03:45,929 INFO Loading tensorflow model m version 1 from /tmp/m/1\n"
     "2026-11-30 10:03:47,384 ERROR Loading servable: {name: m version: 1} failed: truncated\n"
-    "Failed to start server. Error: No servable version after 60 s\n"
+    "Failed to start server. Error: DEADLINE_EXCEEDED: No servable version after 60 s\n"
   )
   server = model_server.ModelServer("m", str(tmp_path / "m"), str(log))
   assert server.log_excerpt() == (
     "2026-11-30 10:03:47,384 ERROR Loading servable: {name: m version: 1} failed: truncated\n"
-    "Failed to start server. Error: No servable version after 60 s"
+    "Failed to start server. Error: DEADLINE_EXCEEDED: No servable version after 60 s"
   )
   # Without error lines, the end of the log.
   log.write_text("one\ntwo\nthree\nfour\n")

@@ -42,9 +42,10 @@ class Pusher(tfx.components.Pusher):
         where TensorFlow Serving looks for versions).
       infra_blessing: InfraValidator's blessing; a model it did not bless is
         not pushed.
-      model_signing_key: an Ed25519 private key file (`make keygen`); every
-        version pushed is signed with it before it becomes visible. It must
-        be readable where the executor runs.
+      model_signing_key: an ECDSA private key file (`make keygen`); every
+        version pushed is signed with it (OpenSSF model signing, for the
+        base directory's name as model name) before it becomes visible. It
+        must be readable where the executor runs.
 
     Raises:
       ValueError: for a destination other than a filesystem base directory.

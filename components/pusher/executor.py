@@ -101,7 +101,10 @@ class Executor(tfx_pusher_executor.Executor):
       version = str(serving_versions.next_version(base_path))
       # Signed in staging (with a key), so the version is never visible unsigned.
       write = version_signing.signing_writer(
-        lambda staging: io_utils.copy_dir(model_path, staging), _signing_key(exec_properties)
+        lambda staging: io_utils.copy_dir(model_path, staging),
+        _signing_key(exec_properties),
+        model_name=version_signing.model_name_for(base_path),
+        version=version,
       )
       destination = serving_versions.publish(base_path, version, write)
       logging.info("Model pushed to %s.", destination)

@@ -102,8 +102,9 @@ class TFLiteConverter(base_component.BaseComponent):
       max_eval_examples: eval examples to compare accuracy on.
       num_latency_examples: eval examples each model predicts one at a time
         (five times over) to measure latency.
-      model_signing_key: an Ed25519 private key file (`make keygen`); every
-        version shipped is signed with it before it becomes visible.
+      model_signing_key: an ECDSA private key file (`make keygen`); every
+        version shipped is signed with it (OpenSSF model signing) before it
+        becomes visible.
 
     Raises:
       ValueError: for a bound that is not a number, a count below 1, or an

@@ -286,9 +286,10 @@ def push(
     for name in _SHIPPED_FILES:
       tf.io.gfile.copy(os.path.join(source_dir, name), os.path.join(staging, name))
 
-  return serving_versions.publish(
-    base_directory, version, version_signing.signing_writer(write, model_signing_key)
+  write_and_sign = version_signing.signing_writer(
+    write, model_signing_key, version_signing.model_name_for(base_directory), version
   )
+  return serving_versions.publish(base_directory, version, write_and_sign)
 
 
 def _push_version(pushed_models: Optional[List[types.Artifact]]) -> Optional[str]:

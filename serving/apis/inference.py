@@ -224,10 +224,7 @@ class InferenceService:
 
     target, run, future = self._submit(model_spec, servable, prepare, deadline)
 
-    def by_alias(fetched: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-      return {alias: fetched[name] for alias, name in zip(run.aliases, run.fetches, strict=True)}
-
-    return target, signature_name, Pending(future, by_alias, _examples(run.feeds))
+    return target, signature_name, Pending(future, run.by_alias, _examples(run.feeds))
 
   def predict(
     self,
@@ -346,8 +343,7 @@ class InferenceService:
     def respond(fetched: Dict[str, np.ndarray]):
       response = response_class()
       _fill_model_spec(response.model_spec, target, signature_name)
-      outputs = {alias: fetched[name] for alias, name in zip(run.aliases, run.fetches, strict=True)}
-      result_of(outputs, len(serialized), response.result)
+      result_of(run.by_alias(fetched), len(serialized), response.result)
       return response
 
     return Pending(future, respond, len(serialized))
@@ -442,6 +438,10 @@ class _Run:
   fetches: Tuple[str, ...]
   aliases: Tuple[str, ...]
   plan: Optional[multi_inference.Plan] = None
+
+  def by_alias(self, fetched: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The fetched arrays by the alias each answers."""
+    return {alias: fetched[name] for alias, name in zip(self.aliases, self.fetches, strict=True)}
 
 
 def _examples(feeds: Dict[str, np.ndarray]) -> int:

@@ -13,11 +13,11 @@ import os
 import time
 from typing import Any
 from typing import Callable
-from typing import FrozenSet
 from typing import Optional
+from typing import Sequence
 
+import grpc
 import tensorflow as tf
-from tensorflow_serving.apis import model_pb2
 
 from serving import status
 from serving.models import batching
@@ -29,7 +29,7 @@ from serving.models import verification
 from serving.models import warmup
 
 
-class NoServableVersionError(RuntimeError):
+class NoServableVersionError(status.ServingError, RuntimeError):
   """A configured model has no version available: none can load, or none did in time."""
 
 
@@ -51,19 +51,23 @@ def load_servable(
   version: int,
   path: str,
   prefer_tflite: bool = False,
-  saved_model_tags: FrozenSet[str] = frozenset({saved_model.SERVE_TAG}),
+  saved_model_tags: Sequence[str] = (saved_model.SERVE_TAG,),
+  on_saved_model_load: Optional[Callable[[str, bool, float], None]] = None,
 ) -> servables.Servable:
   """Loads the model in a version directory.
 
   A directory with `model.tflite` and no SavedModel is served with TFLite, as
   is one with both when `prefer_tflite` (TensorFlow Serving's
-  `--prefer_tflite_model`; TensorFlow Serving itself serves a TFLite-only
-  directory only with that flag). A SavedModel is loaded as a
-  SavedModelBundle with the MetaGraphDef tagged `saved_model_tags`.
+  `--prefer_tflite_model`). A SavedModel's MetaGraph is the one tagged
+  `saved_model_tags` (`--saved_model_tags`).
+
+  Args:
+    on_saved_model_load: called with `(path, succeeded, seconds)` after each
+      SavedModel load, as TensorFlow's LoadSavedModel counts its loads.
 
   Raises:
     ServingError: NOT_FOUND with TensorFlow Serving's message if the
-      directory holds neither kind of model, or no MetaGraphDef has the tags.
+      directory holds neither kind of model, or no MetaGraph has the tags.
     Exception: whatever loading the model raises.
   """
   kind = find_model_file(path, prefer_tflite)
@@ -76,7 +80,16 @@ def load_servable(
   logging.info("Loading %s model %s version %d from %s", kind, name, version, path)
   if kind == "tflite":
     return tflite.TfLiteServable(name, version, path)
-  return saved_model.SavedModelServable(name, version, path, tags=saved_model_tags)
+  start = time.perf_counter()
+  try:
+    servable = saved_model.SavedModelServable(name, version, path, tags=saved_model_tags)
+  except BaseException:
+    if on_saved_model_load is not None:
+      on_saved_model_load(path, False, time.perf_counter() - start)
+    raise
+  if on_saved_model_load is not None:
+    on_saved_model_load(path, True, time.perf_counter() - start)
+  return servable
 
 
 class VersionLoader:
@@ -84,11 +97,15 @@ class VersionLoader:
 
   Args:
     prefer_tflite: `--prefer_tflite_model`.
-    saved_model_tags: `--saved_model_tags` (comma-separated).
     verification_key_file: `--model_verification_key_file`; empty: no check.
     batching_options: batch every version's requests so; None: no batching.
     batch_observer: `(name, version)` -> the version's batch observer (metrics).
     on_verification_failure: called with the model name when a check fails.
+    saved_model_tags: `--saved_model_tags`, as a tuple.
+    enable_warmup: `--enable_model_warmup`.
+    num_request_iterations_for_warmup: `--num_request_iterations_for_warmup`.
+    on_saved_model_load: see `load_servable` (metrics).
+    on_warmed_up: see `warmup.replay_warmup_requests` (metrics).
 
   Attributes:
     executor: runs unbatched requests; set by the server when it starts.
@@ -99,14 +116,24 @@ class VersionLoader:
   def __init__(
     self,
     prefer_tflite: bool = False,
-    saved_model_tags: str = saved_model.SERVE_TAG,
     verification_key_file: str = "",
     batching_options: Optional[batching.BatchingOptions] = None,
     batch_observer: Optional[Callable[[str, int], Optional[batching.BatchObserver]]] = None,
     on_verification_failure: Optional[Callable[[str], None]] = None,
+    saved_model_tags: Sequence[str] = (saved_model.SERVE_TAG,),
+    enable_warmup: bool = True,
+    num_request_iterations_for_warmup: int = 0,
+    on_saved_model_load: Optional[Callable[[str, bool, float], None]] = None,
+    on_warmed_up: Optional[Callable[[str, str, float], None]] = None,
   ):
+    if verification_key_file:
+      verification.load_public_key(verification_key_file)
+    self._saved_model_tags = tuple(saved_model_tags)
+    self._enable_warmup = enable_warmup
+    self._warmup_iterations = num_request_iterations_for_warmup
+    self._on_saved_model_load = on_saved_model_load
+    self._on_warmed_up = on_warmed_up
     self._prefer_tflite = prefer_tflite
-    self._saved_model_tags = saved_model.parse_tags(saved_model_tags)
     self._verification_key_file = verification_key_file
     self._batching_options = batching_options
     self._batch_observer = batch_observer or (lambda name, version: None)
@@ -117,24 +144,41 @@ class VersionLoader:
   def __call__(self, name: str, version: int, path: str) -> servables.Servable:
     """Loads, sets up and warms up one version.
 
+    With a verification key, the version is copied into a private directory,
+    verified there and loaded from there (verification.py); the copy goes
+    when the version is closed.
+
     Raises:
       ServingError: FAILED_PRECONDITION if the signature check fails.
       Exception: whatever loading or warming up raises (the version is closed).
     """
+    load_path = path
     if self._verification_key_file:
-      verification.verify_version(
-        name, path, self._verification_key_file, self._on_verification_failure
+      load_path = verification.verified_copy(
+        name, version, path, self._verification_key_file, self._on_verification_failure
       )
-    servable = load_servable(
-      name,
-      version,
-      path,
-      prefer_tflite=self._prefer_tflite,
-      saved_model_tags=self._saved_model_tags,
-    )
-    servable.attach(self.executor, self._batching_options, self._batch_observer(name, version))
     try:
-      warmup.replay_warmup_requests(servable, self.service)
+      servable = load_servable(
+        name,
+        version,
+        load_path,
+        prefer_tflite=self._prefer_tflite,
+        saved_model_tags=self._saved_model_tags,
+        on_saved_model_load=self._on_saved_model_load,
+      )
+    except BaseException:
+      if load_path != path:
+        verification.remove_copy(load_path)
+      raise
+    if load_path != path:
+      servable.call_when_closed(lambda: verification.remove_copy(load_path))
+    servable.attach(self.executor, self._batching_options, self._batch_observer(name, version))
+    if not self._enable_warmup:
+      return servable
+    try:
+      warmup.replay_warmup_requests(
+        servable, self.service, self._warmup_iterations, self._on_warmed_up
+      )
     except BaseException:
       servable.close()
       raise
@@ -160,29 +204,29 @@ def wait_for_versions(manager: model_manager.ModelManager, timeout_seconds: floa
     failures = manager.load_failures()
     if all(name in failures for name in missing):
       manager.stop()
+      # TensorFlow Serving's words (core/load_servables_fast.cc:90-118): each
+      # version's id and its loader's status, `CODE: message`.
       unavailable = [
-        f"{{{{name: {name} version: {version}}} due to error: {error.message}}}"
+        f"{{{{name: {name} version: {version}}} due to error: {error.code.name}: "
+        f"{error.message.split(' failed: ', 1)[-1]}}}"
         for name in missing
         for version, error in failures[name]
       ]
-      # TensorFlow Serving's words (load_servables_fast.cc).
       raise NoServableVersionError(
+        grpc.StatusCode.UNKNOWN,
         f"{len(unavailable)} servable(s) did not become available: {{"
         + "".join(f"{item}, " for item in unavailable)
-        + "}"
+        + "}",
       )
     if time.monotonic() >= deadline:
       manager.stop()
       errors = []
       for name in missing:
-        try:
-          statuses = manager.version_statuses(model_pb2.ModelSpec(name=name))
-        except status.ServingError:
-          statuses = []
-        reasons = [e.message for _, _, e in statuses if e is not None]
+        reasons = manager.last_load_errors(name)
         errors.append(f"{name}: " + (reasons[0] if reasons else "no version found"))
       raise NoServableVersionError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
         f"No servable version after {timeout_seconds:g} s "
-        "(--model_load_timeout_seconds): " + "; ".join(errors)
+        "(--model_load_timeout_seconds): " + "; ".join(errors),
       )
     time.sleep(0.1)

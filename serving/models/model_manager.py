@@ -6,8 +6,9 @@ versions are aspired; new aspired versions are loaded newest first, and a
 version the policy no longer wants is unloaded only once an aspired version is
 available (TensorFlow Serving's AvailabilityPreservingPolicy). So a version
 that fails to load never takes the place of the one serving: its error shows
-in the model status, it is retried a bounded number of times, and the old
-version keeps answering. Requests resolve a version at the moment they
+in the model status, it is retried a bounded number of times (at once, as
+TensorFlow Serving's loader harness retries), and the old version keeps
+answering. Requests resolve a version at the moment they
 arrive; in-flight requests keep the servable they resolved.
 """
 
@@ -15,9 +16,9 @@ import dataclasses
 import logging
 import os
 import threading
-import time
 from typing import Callable
 from typing import Dict
+from typing import Iterable
 from typing import List
 from typing import Optional
 from typing import Tuple
@@ -49,14 +50,22 @@ class _Version:
   error: Optional[status.ServingError] = None
   servable: Optional[servables.Servable] = None
   failed_attempts: int = 0
-  next_attempt: float = 0.0
+  # The last failed try's error, also while the load is retried (state LOADING).
+  last_error: Optional[status.ServingError] = None
 
 
 def _versions_on_disk(base_path: str) -> Dict[int, str]:
   """Numeric version directories; none if the base path cannot be listed.
 
   An unreadable base path unloads nothing: versions are only unloaded once a
-  version the policy wants is available.
+  version the policy wants is available. One directory per number: when
+  several names stand for one number (`42`, `042`, `0042`), the last in
+  sorted order is the version and the others are ignored with TensorFlow
+  Serving's warning (`IndexChildrenByVersion`,
+  tensorflow_serving/sources/storage_path/file_system_storage_path_source.cc,
+  which walks the children as a sorted std::set). That is the plain `42`
+  beside any zero-padded name; a zero-padded name alone (TensorFlow Serving's
+  own test models are `00000123`) still serves.
   """
   try:
     children = tf.io.gfile.listdir(base_path)
@@ -66,10 +75,18 @@ def _versions_on_disk(base_path: str) -> Dict[int, str]:
     logging.error("Could not list base path %s: %s", base_path, e)
     return {}
   versions = {}
-  for child in children:
-    child = child.rstrip("/")
+  for child in sorted(child.rstrip("/") for child in children):
     if child.isascii() and child.isdigit() and int(child) < 2**63:
-      versions[int(child)] = os.path.join(base_path, child)
+      number = int(child)
+      if number in versions:
+        logging.warning(
+          "Duplicate version directories detected. Version %d will be loaded from %s, %s will "
+          "be ignored.",
+          number,
+          child,
+          os.path.basename(versions[number]),
+        )
+      versions[number] = os.path.join(base_path, child)
   return versions
 
 
@@ -128,6 +145,7 @@ class ModelManager:
     max_num_load_retries: times a failed load is retried.
     load_retry_interval_seconds: wait before retrying a failed load.
     observer: optional callback on every state change.
+    platforms: the model platforms configs may name.
   """
 
   def __init__(
@@ -138,8 +156,10 @@ class ModelManager:
     max_num_load_retries: int = 5,
     load_retry_interval_seconds: float = 60.0,
     observer: Optional[StateObserver] = None,
+    platforms: Iterable[str] = (server_config.TENSORFLOW_PLATFORM,),
   ):
-    server_config.validate_model_server_config(config)
+    self._platforms = frozenset(platforms)
+    server_config.validate_model_server_config(config, self._platforms)
     self._config = config
     self._loader = loader
     self._poll_wait_seconds = poll_wait_seconds
@@ -159,11 +179,26 @@ class ModelManager:
   def config(self) -> model_server_config_pb2.ModelServerConfig:
     return self._config
 
-  def start(self) -> None:
-    """Loads the current versions, then keeps polling in the background."""
-    self.poll_once()
-    if self._poll_wait_seconds > 0:
-      self._thread = threading.Thread(target=self._poll_loop, name="model-poller", daemon=True)
+  def start(self, background: bool = False) -> None:
+    """Loads the current versions, then keeps polling in the background.
+
+    A negative `poll_wait_seconds` never polls, so nothing loads (TensorFlow
+    Serving's `--file_system_poll_wait_seconds` below 0, "reserved for
+    testing": the server waits for its models for ever).
+
+    Args:
+      background: make the first poll (and its loads and load retries) on
+        the polling thread too, and return at once; `stop` cancels retries
+        that are waiting.
+    """
+    if self._poll_wait_seconds < 0:
+      return
+    if not background:
+      self.poll_once()
+    if background or self._poll_wait_seconds > 0:
+      self._thread = threading.Thread(
+        target=self._poll_loop, args=(background,), name="model-poller", daemon=True
+      )
       self._thread.start()
 
   def stop(self) -> None:
@@ -181,9 +216,9 @@ class ModelManager:
     """Switches to a new config: models it drops are unloaded, new ones loaded.
 
     Raises:
-      ValueError: if the config is not supported (nothing changes then).
+      ConfigError: if the config is not supported (nothing changes then).
     """
-    server_config.validate_model_server_config(config)
+    server_config.validate_model_server_config(config, self._platforms)
     with self._poll_lock:
       self._config = config
       self._poll_locked()
@@ -193,12 +228,19 @@ class ModelManager:
     with self._poll_lock:
       self._poll_locked()
 
-  def _poll_loop(self) -> None:
+  def _poll_loop(self, poll_first: bool) -> None:
+    if poll_first:
+      self._poll_safely()
+      if self._poll_wait_seconds == 0:
+        return
     while not self._stop.wait(self._poll_wait_seconds):
-      try:
-        self.poll_once()
-      except Exception:  # The poller must outlive any one bad poll.
-        logging.exception("Polling the model base paths failed")
+      self._poll_safely()
+
+  def _poll_safely(self) -> None:
+    try:
+      self.poll_once()
+    except Exception:  # The poller must outlive any one bad poll.
+      logging.exception("Polling the model base paths failed")
 
   def _poll_locked(self) -> None:
     models = {model.name: model for model in self._config.model_config_list.config}
@@ -220,15 +262,12 @@ class ModelManager:
     if not on_disk and not versions:
       logging.warning("No versions of servable %s found under base path %s", name, model.base_path)
     aspired = _aspired_versions(model, on_disk)
-    now = time.monotonic()
     for number in sorted(aspired, reverse=True):
       version = versions.get(number)
       if version is not None:
         if version.state == State.AVAILABLE:
           continue
-        if version.error is not None and (
-          version.failed_attempts > self._max_num_load_retries or now < version.next_attempt
-        ):
+        if version.error is not None and version.failed_attempts > self._max_num_load_retries:
           continue
       self._load(name, number, on_disk[number])
     if any(versions[v].state == State.AVAILABLE for v in aspired if v in versions):
@@ -251,6 +290,15 @@ class ModelManager:
       self._observer(name, version.version, state, error)
 
   def _load(self, name: str, number: int, path: str) -> None:
+    """Loads a version, retrying a failed load as TensorFlow Serving's `Retry` does.
+
+    Up to `max_num_load_retries` retries after the first try, waiting
+    `load_retry_interval_seconds` before each (none if negative); stopping
+    the manager cancels the wait (tensorflow_serving/util/retrier.cc:26-52,
+    called from core/loader_harness.cc:72-83). Meanwhile the version is
+    LOADING, as there. The poll that started the load waits for it, as the
+    manager's load thread does with `--num_load_threads=0`.
+    """
     with self._lock:
       previous = self._versions[name].get(number)
       version = _Version(number, path)
@@ -258,26 +306,38 @@ class ModelManager:
         version.failed_attempts = previous.failed_attempts
       self._versions[name][number] = version
     self._set_state(name, version, State.LOADING)
-    try:
-      servable = self._loader(name, number, path)
-    except Exception as e:  # Any load failure leaves the serving version alone.
-      version.failed_attempts += 1
-      version.next_attempt = time.monotonic() + self._load_retry_interval_seconds
-      code, message = _load_error(e)
-      error = status.ServingError(
-        code, f"Loading servable: {{name: {name} version: {number}}} failed: {message}"
-      )
-      logging.error(
-        "%s (attempt %d of %d)",
-        error.message,
-        version.failed_attempts,
-        self._max_num_load_retries + 1,
-      )
-      self._set_state(name, version, State.END, error)
+    description = f"Loading servable: {{name: {name} version: {number}}}"
+    tries = 0
+    while True:
+      if tries:
+        if self._load_retry_interval_seconds > 0:
+          self._stop.wait(self._load_retry_interval_seconds)
+        if self._stop.is_set():
+          logging.info("Retrying of %s was cancelled.", description)
+          break
+        logging.info("Retrying of %s retry: %d", description, tries)
+      try:
+        servable = self._loader(name, number, path)
+      except Exception as e:  # Any load failure leaves the serving version alone.
+        tries += 1
+        version.failed_attempts += 1
+        code, message = _load_error(e)
+        error = status.ServingError(code, f"{description} failed: {message}")
+        version.last_error = error
+        logging.error("%s failed: %s: %s", description, code.name, message)
+        if version.failed_attempts > self._max_num_load_retries:
+          logging.info(
+            "Retrying of %s exhausted max_num_retries: %d",
+            description,
+            self._max_num_load_retries,
+          )
+          break
+        continue
+      version.servable = servable
+      self._set_state(name, version, State.AVAILABLE)
+      logging.info("Successfully loaded servable version {name: %s version: %d}", name, number)
       return
-    version.servable = servable
-    self._set_state(name, version, State.AVAILABLE)
-    logging.info("Successfully loaded servable version {name: %s version: %d}", name, number)
+    self._set_state(name, version, State.END, error)
 
   def _unload(self, name: str, version: _Version) -> None:
     self._set_state(name, version, State.UNLOADING)
@@ -293,6 +353,12 @@ class ModelManager:
     return [
       model.name for model in self._config.model_config_list.config if not available.get(model.name)
     ]
+
+  def last_load_errors(self, name: str) -> List[str]:
+    """The last load error of each of a model's versions that failed a try, newest first."""
+    with self._lock:
+      versions = sorted(self._versions.get(name, {}).values(), key=lambda v: -v.version)
+      return [v.last_error.message for v in versions if v.last_error is not None]
 
   def load_failures(self) -> Dict[str, List[Tuple[int, status.ServingError]]]:
     """The models none of whose versions can load any more, with each version's error.

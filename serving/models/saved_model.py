@@ -51,11 +51,6 @@ SERVE_TAG = "serve"
 INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
 
 
-def parse_tags(text: str) -> FrozenSet[str]:
-  """`--saved_model_tags` as TensorFlow Serving reads it: split on ',' (main.cc, server.cc)."""
-  return frozenset(text.split(","))
-
-
 def _read_saved_model(path: str) -> saved_model_pb2.SavedModel:
   # Read here rather than with TensorFlow's parse_saved_model, which turns a
   # corrupt file's DecodeError into an OSError: TF Serving answers DATA_LOSS
@@ -203,10 +198,9 @@ class SavedModelServable(servables.Servable):
 
   platform = "tensorflow"
 
-  def __init__(
-    self, name: str, version: int, path: str, tags: FrozenSet[str] = frozenset({SERVE_TAG})
-  ):
+  def __init__(self, name: str, version: int, path: str, tags: Sequence[str] = (SERVE_TAG,)):
     super().__init__(name, version, path)
+    tags = frozenset(tags)
     meta_graph = find_meta_graph(_read_saved_model(path), tags)
     self.signature_defs = dict(meta_graph.signature_def)
     graph = tf.Graph()

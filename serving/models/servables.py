@@ -13,6 +13,7 @@ Each model format subclasses `Servable` in a module of its own
 import concurrent.futures
 from typing import Callable
 from typing import Dict
+from typing import List
 from typing import Optional
 from typing import Sequence
 
@@ -46,6 +47,7 @@ class Servable:
     self.signature_defs: Dict[str, meta_graph_pb2.SignatureDef] = {}
     self._scheduler: Optional[batching.BatchScheduler] = None
     self._executor: Optional[concurrent.futures.Executor] = None
+    self._close_callbacks: List[Callable[[], None]] = []
 
   def run(self, fetches: Sequence[str], feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Runs the model on the calling thread: `Session::Run(feeds, fetches)`.
@@ -112,8 +114,15 @@ class Servable:
     except RuntimeError:  # The executor is shut down: the server is stopping.
       raise batching.SchedulerClosedError(self.name) from None
 
+  def call_when_closed(self, callback: Callable[[], None]) -> None:
+    """Runs `callback` after `close` (the loader removes the version's private copy so)."""
+    self._close_callbacks.append(callback)
+
   def close(self) -> None:
     """Finishes queued requests and stops taking new ones."""
     if self._scheduler is not None:
       self._scheduler.close()
     self._executor = None
+    callbacks, self._close_callbacks = self._close_callbacks, []
+    for callback in callbacks:
+      callback()

@@ -47,6 +47,8 @@ class RequestRecord:
     examples: examples in the request (0 when unknown).
     logged: `(request bytes, response, response bytes)` for the request log
       (gRPC; REST logs its requests itself), or None.
+    runtime: seconds from handing the request to the model to its outputs
+      (0 if the model did not run); set after construction.
   """
 
   entrypoint: str
@@ -62,6 +64,7 @@ class RequestRecord:
   signature: str = ""
   examples: int = 0
   logged: Optional[tuple] = None
+  runtime: float = 0.0
 
 
 class RequestPolicy:
@@ -121,6 +124,18 @@ class RequestPolicy:
     if self.request_logs is not None:
       self.request_logs.log_lazily(model_name, api, protos, arrived)
 
+  def record_metrics(self, record: RequestRecord) -> None:
+    """Counts a request in the metrics only (a malformed REST request: no API, no audit line)."""
+    if self.metrics is not None:
+      self.metrics.record_request(
+        record.model,
+        record.api,
+        record.entrypoint,
+        record.code.name,
+        record.end - record.start,
+        record.runtime,
+      )
+
   def finish(self, record: RequestRecord) -> None:
     """Records a finished request: its request log (if `record.logged`), metrics and audit line."""
     if record.logged is not None:
@@ -137,7 +152,7 @@ class RequestPolicy:
     status = record.code.name
     if self.metrics is not None:
       self.metrics.record_request(
-        record.model, record.version, record.api, record.entrypoint, status, latency
+        record.model, record.api, record.entrypoint, status, latency, record.runtime
       )
     if self.audit is not None:
       # A plain tuple in AuditRecord's field order: the cheapest thing to build here.

@@ -3,9 +3,11 @@
 import json
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from tfx import v1 as tfx
 
-import model_signing
+from components import version_signing
 from pipeline import beam_runner
 from pipeline import caching
 from pipeline import configs
@@ -139,6 +141,15 @@ def test_a_missing_or_public_signing_key_is_a_clear_error(tmp_path, capsys):
   flags = [f"--data_root={tmp_path}", f"--output_root={tmp_path}/out"]
   assert beam_runner.main([*flags, f"--model_signing_key={tmp_path}/none.pem"]) == 2
   assert "none.pem does not exist; run `make keygen`" in capsys.readouterr().err
-  _, public = model_signing.generate_key_pair(str(tmp_path / "keys"))
+  _, public = version_signing.generate_key_pair(str(tmp_path / "keys"))
   assert beam_runner.main([*flags, f"--model_signing_key={public}"]) == 2
   assert "is not a PEM private key" in capsys.readouterr().err
+  # The Ed25519 keys `make keygen` wrote before OpenSSF model signing: a clear error, no trace.
+  ed25519_key = tmp_path / "ed25519.pem"
+  ed25519_key.write_bytes(
+    ed25519.Ed25519PrivateKey.generate().private_bytes(
+      serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+  )
+  assert beam_runner.main([*flags, f"--model_signing_key={ed25519_key}"]) == 2
+  assert "is an Ed25519 key; OpenSSF model signing signs with ECDSA keys" in capsys.readouterr().err

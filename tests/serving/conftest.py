@@ -134,7 +134,9 @@ def server(canned, tmp_path_factory):
   config.write_text(f"""
 model_config_list {{
   config {{ name: "{MODEL_NAME}" base_path: "{canned.base_path}" model_platform: "tensorflow" }}
-  config {{ name: "{TFLITE_MODEL_NAME}" base_path: "{canned.tflite_base_path}" }}
+  config {{
+    name: "{TFLITE_MODEL_NAME}" base_path: "{canned.tflite_base_path}" model_platform: "tensorflow"
+  }}
 }}
 """)
   server = start_server(

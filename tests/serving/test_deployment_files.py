@@ -91,5 +91,5 @@ def test_ssl_config_parses(tmp_path):
   config = server_config.load_ssl_config(str(path))
   assert (config.server_key, config.server_cert, config.client_verify) == ("KEY", "CERT", True)
   path.write_text("server_key: 1 2")
-  with pytest.raises(ValueError, match="Invalid SSLConfig"):
+  with pytest.raises(ValueError, match="Invalid protobuf file"):
     server_config.load_ssl_config(str(path))

@@ -52,7 +52,9 @@ def test_unknown_model_names_never_become_metric_labels(server):
     _post(server.rest_port, f"/v1/models/{'x' * 200}{index}:predict", b'{"instances": [1]}')
   text = server.metrics.exposition().decode()
   assert "x" * 200 not in text
-  assert 'model_name="<unknown>",model_version="",status="NOT_FOUND"} 200.0' in text
+  assert ':tensorflow:serving:request_count{model_name="<unknown>",status="NOT_FOUND"} 200' in (
+    text.splitlines()
+  )
   # Two new series (the counter and the latency histogram), not 200 of each.
   assert len(text) - before < 3000
 
@@ -216,7 +218,11 @@ def test_a_60_mb_body_costs_at_most_twice_its_size(process):
 
 
 def _server_that_does_not_start(*flags) -> str:
-  """Runs `python -m serving.server` expecting it to exit with status 1; its stderr."""
+  """Runs `python -m serving.server` expecting it to fail as tensorflow_model_server does.
+
+  That is, exit status 255 and `Failed to start server. Error: ...` on stdout
+  (model_servers/main.cc:333-337). Returns stdout.
+  """
   result = subprocess.run(
     [
       sys.executable,
@@ -232,17 +238,17 @@ def _server_that_does_not_start(*flags) -> str:
     text=True,
     timeout=120,
   )
-  assert result.returncode == 1
+  assert result.returncode == 255
   assert "Traceback" not in result.stderr
-  return result.stderr
+  return result.stdout
 
 
 def test_no_servable_version_exits_non_zero(tmp_path):
   (tmp_path / "empty").mkdir()
-  stderr = _server_that_does_not_start(
+  stdout = _server_that_does_not_start(
     f"--model_base_path={tmp_path / 'empty'}", "--model_load_timeout_seconds=1"
   )
-  assert "Failed to start server. Error: No servable version after 1 s" in stderr
+  assert "Failed to start server. Error: DEADLINE_EXCEEDED: No servable version after 1 s" in stdout
 
 
 def test_a_model_no_version_of_which_can_load_exits_without_waiting(tmp_path):
@@ -251,14 +257,14 @@ def test_a_model_no_version_of_which_can_load_exits_without_waiting(tmp_path):
   version = tmp_path / "m" / "1"
   version.mkdir(parents=True)
   (version / "saved_model.pb").write_bytes(b"this is not a SavedModel")
-  stderr = _server_that_does_not_start(
+  stdout = _server_that_does_not_start(
     "--model_name=m",
     f"--model_base_path={tmp_path / 'm'}",
     "--max_num_load_retries=0",
     "--model_load_timeout_seconds=3600",
   )
   assert (
-    "Failed to start server. Error: 1 servable(s) did not become available: "
-    "{{{name: m version: 1} due to error: Loading servable: {name: m version: 1} failed: "
-    "Can't parse the SavedModel as a binary proto" in stderr
+    "Failed to start server. Error: UNKNOWN: 1 servable(s) did not become available: "
+    "{{{name: m version: 1} due to error: DATA_LOSS: "
+    "Can't parse the SavedModel as a binary proto" in stdout
   )

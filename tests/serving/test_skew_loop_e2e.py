@@ -47,7 +47,8 @@ def test_skew_report_flags_a_shifted_segment_mix_in_the_request_logs(canned, tmp
   config.write_text(
     "model_config_list {\n"
     + "".join(
-      f'  config {{ name: "{name}" base_path: "{canned.base_path}" logging_config {{ '
+      f'  config {{ name: "{name}" base_path: "{canned.base_path}" model_platform: "tensorflow" '
+      f"logging_config {{ "
       f"sampling_config {{ sampling_rate: 1.0 }} "
       f'log_collector_config {{ type: "tfrecord" filename_prefix: "{logs}/{name}" }} }} }}\n'
       for name in ("steady", "shifted")

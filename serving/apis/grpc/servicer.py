@@ -62,10 +62,12 @@ class _Completions:
 
   def _done(self, waiter: asyncio.Future, future: inference.Pending) -> None:
     # Runs on the batch thread: build and serialize the response here, off
-    # the event loop, which every request's I/O goes through.
+    # the event loop, which every request's I/O goes through. When the model
+    # finished is the end of the request's runtime (its metric).
+    done = time.perf_counter()
     if future.exception() is None:
       response = future.result()
-      self._pending.append((waiter, (response, response.SerializeToString())))
+      self._pending.append((waiter, (response, response.SerializeToString(), done)))
     else:
       self._pending.append((waiter, future))
     with self._lock:
@@ -158,6 +160,7 @@ class _Handler:
     """
     start, arrived = time.perf_counter(), time.time()
     version, code, message, principal, examples = "", grpc.StatusCode.OK, "", "", 0
+    runtime = 0.0
     logged = None  # (request bytes, response, response bytes) for the request log.
     try:
       if self._policy.authenticator is not None:
@@ -171,10 +174,12 @@ class _Handler:
       if not is_future:
         version = _served_version(result)
         return result
+      submitted = time.perf_counter()
       examples = result.examples
       if self._completions is None:
         self._completions = _Completions(asyncio.get_running_loop())
-      response, response_bytes = await self._completions.wrap(result)
+      response, response_bytes, done = await self._completions.wrap(result)
+      runtime = done - submitted
       version = _served_version(response)
       if self._policy.request_logs is not None:
         logged = (request_bytes, response, response_bytes)
@@ -205,6 +210,7 @@ class _Handler:
         examples,
         logged,
       )
+      record.runtime = runtime
       if code is grpc.StatusCode.OK and is_future:
         # The response leaves first: logging it does not delay it.
         self._completions.after_response(self._policy.finish, record)

@@ -24,6 +24,7 @@ import http
 import json
 import logging
 import re
+import threading
 import time
 import urllib.parse
 from typing import Any
@@ -57,6 +58,7 @@ _STATUS_PATH = re.compile(
   r"(?:/(metadata))?"
 )
 _API_PREFIX = re.compile(r"(?i)/v1/.*")
+_ORIGIN = re.compile(r"https?://")
 _API_NAMES = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
 
 
@@ -105,6 +107,11 @@ def _predict_protos(spec, signature_name, inputs, servable, resolved_signature, 
   return request, response
 
 
+def is_api_path(path: str) -> bool:
+  """Whether a request path is one of the REST API's (`/v1/...`, any case)."""
+  return bool(_API_PREFIX.fullmatch(urllib.parse.urlsplit(path).path))
+
+
 class RestApi:
   """Turns REST requests into calls of an `InferenceService`.
 
@@ -131,33 +138,48 @@ class RestApi:
     self._prometheus_path = prometheus_path
     self._timeout_seconds = timeout_seconds
     self._protect_metrics = protect_metrics and self._policy.authenticator is not None
+    # The model's part of the request this thread answers (the runtime metric).
+    self._runtime = threading.local()
 
   def handle(
-    self, method: str, path: str, body: bytes, authorization: Optional[str] = None, peer: str = ""
+    self,
+    method: str,
+    path: str,
+    body: bytes,
+    authorization: Optional[str] = None,
+    peer: str = "",
+    origin: str = "",
   ) -> Tuple[int, str, bytes]:
     """Answers one request: `(HTTP status, content type, body)`.
 
     Args:
       authorization: the request's Authorization header, if any.
       peer: the client's address, for the audit log.
+      origin: the request's Origin header (a CORS preflight's), if any.
     """
     path = urllib.parse.urlsplit(path).path
     if self._prometheus_path and path == self._prometheus_path and self._metrics:
-      if method != "GET":
-        return self._error(
-          status.ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Metrics are read with GET.")
-        )
+      # Any method gets the page, as text/plain (http_server.cc:89-117).
       if self._protect_metrics:
         try:
           self._policy.authenticator.authenticate(authorization)
         except status.ServingError as e:
           return self._error(e)
-      return http.HTTPStatus.OK, "text/plain; version=0.0.4", self._metrics.exposition()
+      return http.HTTPStatus.OK, "text/plain", self._metrics.exposition()
     if not _API_PREFIX.fullmatch(path):
       return self._error(status.not_found(f"No handler for {method} {path}."))
     start, arrived = time.perf_counter(), time.time()
     api, model_name, version, principal, signature, examples = "", "", "", "", "", 0
+    self._runtime.seconds = 0.0
     try:
+      if method == "OPTIONS":
+        # A CORS preflight: 200 with an empty body if it has an http(s)
+        # Origin, else FAILED_PRECONDITION, still empty (http_server.cc:170-177).
+        if not _ORIGIN.search(origin):
+          code = grpc.StatusCode.FAILED_PRECONDITION
+          return status.http_status(code), "", b""
+        code = grpc.StatusCode.OK
+        return http.HTTPStatus.OK, "", b""
       if method == "POST" and (match := _PREDICTION_PATH.fullmatch(path)):
         model_name, number, label, verb = match.groups()
         api = _API_NAMES[verb.lower()]
@@ -193,23 +215,27 @@ class RestApi:
       code = error.code
       return self._error(error)
     finally:
+      # Every /v1/ request is counted, a malformed one under model name ""
+      # (http_server.cc:201); only a recognised API goes to the audit log.
+      record = request_policy.RequestRecord(
+        ENTRYPOINT,
+        api,
+        urllib.parse.unquote(model_name or ""),
+        version,
+        code,
+        start,
+        time.perf_counter(),
+        arrived,
+        lambda: peer,
+        principal,
+        signature if isinstance(signature, str) else "",
+        examples,
+      )
+      record.runtime = self._runtime.seconds
       if api:
-        self._policy.finish(
-          request_policy.RequestRecord(
-            ENTRYPOINT,
-            api,
-            urllib.parse.unquote(model_name or ""),
-            version,
-            code,
-            start,
-            time.perf_counter(),
-            arrived,
-            lambda: peer,
-            principal,
-            signature if isinstance(signature, str) else "",
-            examples,
-          )
-        )
+        self._policy.finish(record)
+      elif self._metrics is not None:
+        self._policy.record_metrics(record)
 
   @staticmethod
   def _error(error: status.ServingError) -> Tuple[int, str, bytes]:
@@ -220,8 +246,11 @@ class RestApi:
     )
 
   def _wait(self, future):
+    start = time.perf_counter()
     try:
-      return future.result(timeout=self._timeout_seconds)
+      result = future.result(timeout=self._timeout_seconds)
+      self._runtime.seconds = time.perf_counter() - start
+      return result
     except concurrent.futures.TimeoutError:
       future.cancel()
       raise status.ServingError(

@@ -27,6 +27,12 @@ from serving.apis.rest import handler
 # A refused request's remaining body is read and dropped for at most this long and this much.
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 16 * 1024 * 1024
+# http_rest_api_util.cc:40-44 (`AddCORSHeaders`).
+_CORS_HEADERS = (
+  ("Access-Control-Allow-Origin", "*"),
+  ("Access-Control-Allow-Methods", "POST, GET"),
+  ("Access-Control-Allow-Headers", "Content-Type"),
+)
 
 
 def ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -59,6 +65,7 @@ class _Connection(http.server.BaseHTTPRequestHandler):
   server_version = "TensorFlowServingCompatible"
   api: handler.RestApi = None  # Set on the subclass RestServer makes.
   max_body_bytes = 0
+  cors = False
 
   def __init__(self, request, client_address, server, timeout_seconds: float):
     self.request = request
@@ -98,9 +105,12 @@ class _Connection(http.server.BaseHTTPRequestHandler):
     except OSError:
       pass
 
-  def _respond(self, code: int, content_type: str, body: bytes) -> None:
+  def _respond(self, code: int, content_type: str, body: bytes, headers=()) -> None:
     self.send_response(code)
-    self.send_header("Content-Type", content_type)
+    if content_type:
+      self.send_header("Content-Type", content_type)
+    for name, value in headers:
+      self.send_header(name, value)
     self.send_header("Content-Length", str(len(body)))
     self.end_headers()
     self.wfile.write(body)
@@ -126,7 +136,7 @@ class _Connection(http.server.BaseHTTPRequestHandler):
 
   def _serve(self, method: str) -> None:
     body = b""
-    if method == "POST":
+    if method in ("POST", "OPTIONS"):
       if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
         self._refuse(
           http.HTTPStatus.LENGTH_REQUIRED,
@@ -155,11 +165,18 @@ class _Connection(http.server.BaseHTTPRequestHandler):
       body,
       authorization=self.headers.get("Authorization"),
       peer=f"{self.client_address[0]}:{self.client_address[1]}",
+      origin=self.headers.get("Origin", ""),
     )
-    self._respond(*response)
+    headers = ()
+    if self.cors and handler.is_api_path(self.path):
+      headers = _CORS_HEADERS
+    self._respond(*response, headers=headers)
 
   def do_GET(self):  # noqa: N802 (BaseHTTPRequestHandler's naming)
     self._serve("GET")
+
+  def do_OPTIONS(self):  # noqa: N802
+    self._serve("OPTIONS")
 
   def do_POST(self):  # noqa: N802
     self._serve("POST")
@@ -190,6 +207,8 @@ class RestServer:
     max_body_bytes: larger request bodies are refused (413) without being read.
     max_connections: open connections kept at most.
     ssl_context: serve HTTPS with this server-side context.
+    cors: add TensorFlow Serving's CORS headers to the answers of `/v1/`
+      requests (`--rest_api_enable_cors_support`).
   """
 
   def __init__(
@@ -203,9 +222,12 @@ class RestServer:
     max_body_bytes: int = 32 * 1024 * 1024,
     max_connections: int = 4096,
     ssl_context: Optional[ssl.SSLContext] = None,
+    cors: bool = False,
   ):
     self._handler = type(
-      "Connection", (_Connection,), {"api": api, "max_body_bytes": max_body_bytes}
+      "Connection",
+      (_Connection,),
+      {"api": api, "max_body_bytes": max_body_bytes, "cors": cors},
     )
     self._idle_timeout_seconds = idle_timeout_seconds
     self._request_timeout_seconds = request_timeout_seconds

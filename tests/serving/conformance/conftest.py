@@ -35,9 +35,8 @@ from serving.testdata import make_tfs_testdata
 RPC_TIMEOUT = 30.0
 # tensorflow_model_server_test_base.py:81-97: up to 60 tries a second apart.
 READY_TIMEOUT_SECONDS = 60.0
-# tensorflow_model_server_test_base.py:211-214: every server gets these, then the model flags.
-# (Upstream also passes --grpc_socket_path=/tmp/tf-serving.sock; gRPC on a Unix
-# socket is the flags work's: add it here when the server takes it.)
+# tensorflow_model_server_test_base.py:211-214: every server gets these (and
+# --grpc_socket_path, one per server here), then the model flags.
 COMMON_FLAGS = ("--rest_api_timeout_in_ms=5000",)
 
 
@@ -52,9 +51,15 @@ def tfs_testdata(tmp_path_factory):
 class TfsServer:
   """A server started from a tensorflow_model_server command line, with its addresses."""
 
-  def __init__(self, argv: Sequence[str]):
+  def __init__(self, argv: Sequence[str], socket_path: str):
     grpc_port, rest_port = portpicker.pick_unused_port(), portpicker.pick_unused_port()
-    self.argv = [f"--port={grpc_port}", f"--rest_api_port={rest_port}", *COMMON_FLAGS, *argv]
+    self.argv = [
+      f"--port={grpc_port}",
+      f"--rest_api_port={rest_port}",
+      *COMMON_FLAGS,
+      f"--grpc_socket_path={socket_path}",
+      *argv,
+    ]
     self.server = model_server.ModelServer(flags.parse_flags(self.argv))
     self.server.start()
     self.grpc_address = f"127.0.0.1:{self.server.grpc_port}"
@@ -99,7 +104,7 @@ class TfsServer:
 
 
 @pytest.fixture(scope="session")
-def tfs_server(tfs_testdata):
+def tfs_server(tfs_testdata, tmp_path_factory):
   """`tfs_server(*flags)`: a running server for that command line, shared by identical ones.
 
   `{testdata}` in a flag is replaced by the testdata directory.
@@ -109,12 +114,53 @@ def tfs_server(tfs_testdata):
   def get(*argv: str) -> TfsServer:
     argv = tuple(a.replace("{testdata}", str(tfs_testdata)) for a in argv)
     if argv not in servers:
-      servers[argv] = TfsServer(argv)
+      socket_path = tmp_path_factory.mktemp("sockets") / f"{len(servers)}.sock"
+      servers[argv] = TfsServer(argv, str(socket_path))
     return servers[argv]
 
   yield get
   for server in servers.values():
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def handler_test_server(tfs_server, tfs_testdata, tmp_path_factory):
+  """The server of http_rest_api_handler_test.cc:45-75.
+
+  saved_model_half_plus_two_2_versions under that name, version policy
+  specific {123}, label Version_Label -> 123.
+  """
+  config = tmp_path_factory.mktemp("handler_test") / "models.config"
+  config.write_text(
+    "model_config_list { config {"
+    ' name: "saved_model_half_plus_two_2_versions"'
+    f' base_path: "{tfs_testdata}/saved_model_half_plus_two_2_versions"'
+    ' model_platform: "tensorflow"'
+    " model_version_policy { specific { versions: 123 } }"
+    ' version_labels { key: "Version_Label" value: 123 } } }'
+  )
+  return tfs_server(f"--model_config_file={config}")
+
+
+# Upstream's end-to-end tests run Classify, Regress and MultiInference on both
+# (tensorflow_model_server_test.py:165-171, 199-205, 244-250).
+HALF_PLUS_TWO_MODELS = {
+  "tf1": "saved_model_half_plus_two_cpu",
+  "tf2": "saved_model_half_plus_two_tf2_cpu",
+}
+
+
+@pytest.fixture(scope="module", params=sorted(HALF_PLUS_TWO_MODELS))
+def half_plus_two_tf1_tf2(request, tfs_server):
+  """The server of `--model_name=default` on each half_plus_two, TF1 then TF2."""
+  return tfs_server(*model_flags("default", HALF_PLUS_TWO_MODELS[request.param]))
+
+
+def add_example(model_input, **features) -> None:
+  """Adds a tf.Example of float features to a request's `input` (upstream's `x`: [2.0])."""
+  example = model_input.example_list.examples.add()
+  for name, value in features.items():
+    example.features.feature[name].float_list.value.append(value)
 
 
 def model_flags(name: str, testdata_model: str) -> Tuple[str, str]:

@@ -14,14 +14,11 @@ import pytest
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import regression_pb2
 
+from tests.serving.conformance.conftest import HALF_PLUS_TWO_MODELS
 from tests.serving.conformance.conftest import RPC_TIMEOUT
+from tests.serving.conformance.conftest import add_example
 from tests.serving.conformance.conftest import model_flags
 from tests.serving.conformance.conftest import rpc_error
-
-MODELS = {
-  "tf1": "saved_model_half_plus_two_cpu",
-  "tf2": "saved_model_half_plus_two_tf2_cpu",
-}
 
 
 def _request(kind, signature_name, x=2.0, model_name="default"):
@@ -33,14 +30,13 @@ def _request(kind, signature_name, x=2.0, model_name="default"):
   request.model_spec.name = model_name
   request.model_spec.signature_name = signature_name
   if x is not None:
-    example = request.input.example_list.examples.add()
-    example.features.feature["x"].float_list.value.extend([x])
+    add_example(request.input, x=x)
   return request
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def server(request, tfs_server):
-  return tfs_server(*model_flags("default", MODELS[request.param]))
+@pytest.fixture(scope="module")
+def server(half_plus_two_tf1_tf2):
+  return half_plus_two_tf1_tf2
 
 
 def test_classify(server):
@@ -85,19 +81,8 @@ def test_regress_rest(server):
   assert (status, body) == (200, {"results": [3.0]})
 
 
-def test_regress_and_classify_rest_with_versions_and_labels(tfs_server, tfs_testdata, tmp_path):
-  # http_rest_api_handler_test.cc:45-75: the model under this name, version
-  # policy specific {123}, label Version_Label -> 123.
-  config = tmp_path / "models.config"
-  config.write_text(
-    "model_config_list { config {"
-    ' name: "saved_model_half_plus_two_2_versions"'
-    f' base_path: "{tfs_testdata}/saved_model_half_plus_two_2_versions"'
-    ' model_platform: "tensorflow"'
-    " model_version_policy { specific { versions: 123 } }"
-    ' version_labels { key: "Version_Label" value: 123 } } }'
-  )
-  server = tfs_server(f"--model_config_file={config}")
+def test_regress_and_classify_rest_with_versions_and_labels(handler_test_server):
+  server = handler_test_server
   model = "/v1/models/saved_model_half_plus_two_2_versions"
   regress = json.dumps({"signature_name": "regress_x_to_y", "examples": [{"x": 80.0}]})
   # http_rest_api_handler_test.cc:371-403 (Regress): latest, /versions/123, /labels/Version_Label.
@@ -170,7 +155,7 @@ def test_half_plus_three_regress_rest(tfs_server):
   ],
 )
 def test_classify_regress_errors(tfs_server, call, request_args, code, message):
-  server = tfs_server(*model_flags("default", MODELS["tf1"]))
+  server = tfs_server(*model_flags("default", HALF_PLUS_TWO_MODELS["tf1"]))
   got = rpc_error(getattr(server.stub, call), _request(*request_args))
   assert got[0] == code
   assert got[1].startswith(message), got[1]
@@ -180,7 +165,7 @@ def test_method_name_check_refuses_tf2_predict_signatures(tfs_server):
   # tensorflow_model_server_test.py:169-171 notes the TF2 signatures' method is
   # predict; with --enable_signature_method_name_check classifier.cc:162-167 refuses it.
   server = tfs_server(
-    *model_flags("default", MODELS["tf2"]), "--enable_signature_method_name_check"
+    *model_flags("default", HALF_PLUS_TWO_MODELS["tf2"]), "--enable_signature_method_name_check"
   )
   assert rpc_error(server.stub.Classify, _request("classify", "classify_x_to_y")) == (
     grpc.StatusCode.INVALID_ARGUMENT,

@@ -8,6 +8,7 @@ and the signatures the test models were exported with
 
 import os
 
+import portpicker
 import pytest
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
@@ -99,7 +100,8 @@ def test_tf2_saved_model_metadata_lists_the_init_op(tfs_server):
 
 def _start_failure(tmp_path, *argv) -> str:
   """The error a server started with `argv` fails with (no load retries)."""
-  options = flags.parse_flags(["--port=0", "--rest_api_port=0", "--max_num_load_retries=0", *argv])
+  port = portpicker.pick_unused_port()
+  options = flags.parse_flags([f"--port={port}", "--max_num_load_retries=0", *argv])
   server = model_server.ModelServer(options)
   with pytest.raises(loader.NoServableVersionError) as raised:
     server.start()

@@ -6,21 +6,28 @@ serves saved_model_half_plus_two_tf2_cpu), with the messages of
 multi_inference.cc.
 """
 
+import concurrent.futures
+import os
+import shutil
+
 import grpc
 import pytest
+import tensorflow as tf
 from tensorflow_serving.apis import inference_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 
+from serving import status
+from serving.apis import inference
+from serving.models import loader
+from serving.models import warmup
+from tests.serving.conformance.conftest import HALF_PLUS_TWO_MODELS
 from tests.serving.conformance.conftest import RPC_TIMEOUT
-from tests.serving.conformance.conftest import model_flags
+from tests.serving.conformance.conftest import add_example
 from tests.serving.conformance.conftest import rpc_error
 
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
 PREDICT = "tensorflow/serving/predict"
-MODELS = {
-  "tf1": "saved_model_half_plus_two_cpu",
-  "tf2": "saved_model_half_plus_two_tf2_cpu",
-}
 
 
 def _request(*tasks, x=2.0):
@@ -31,14 +38,13 @@ def _request(*tasks, x=2.0):
     task.model_spec.name = model_name[0] if model_name else "default"
     task.model_spec.signature_name = signature_name
   if x is not None:
-    example = request.input.example_list.examples.add()
-    example.features.feature["x"].float_list.value.extend([x])
+    add_example(request.input, x=x)
   return request
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def server(request, tfs_server):
-  return tfs_server(*model_flags("default", MODELS[request.param]))
+@pytest.fixture(scope="module")
+def server(half_plus_two_tf1_tf2):
+  return half_plus_two_tf1_tf2
 
 
 def test_multi_inference(server):
@@ -112,3 +118,24 @@ def test_multiple_regress_signatures(server):
 def test_multi_inference_errors(server, request_args, code, message):
   tasks, x = request_args
   assert rpc_error(server.stub.MultiInference, _request(*tasks, x=x)) == (code, message)
+
+
+def test_multi_inference_warmup_records_are_replayed(tfs_testdata, tmp_path):
+  # servables/tensorflow/saved_model_warmup_util.cc: MultiInference logs are
+  # warmup records too; a bad one fails the load.
+  service = inference.InferenceService(manager=None)  # Warmup names the servable.
+  for tasks, ok in ((("regress_x_to_y", REGRESS),), True), ((("nope", REGRESS),), False):
+    export_dir = tmp_path / f"{ok}" / "00000123"
+    shutil.copytree(tfs_testdata / HALF_PLUS_TWO_MODELS["tf1"] / "00000123", export_dir)
+    log = prediction_log_pb2.PredictionLog()
+    log.multi_inference_log.request.CopyFrom(_request(*tasks))
+    os.makedirs(export_dir / "assets.extra")
+    with tf.io.TFRecordWriter(warmup.warmup_file(str(export_dir))) as writer:
+      writer.write(log.SerializeToString())
+    servable = loader.load_servable("default", 123, str(export_dir))
+    servable.attach(concurrent.futures.ThreadPoolExecutor(1))
+    if ok:
+      warmup.replay_warmup_requests(servable, service)
+    else:
+      with pytest.raises(status.ServingError, match="Requested signature not found"):
+        warmup.replay_warmup_requests(servable, service)

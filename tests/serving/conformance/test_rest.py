@@ -18,18 +18,8 @@ def half_plus_two(tfs_server):
 
 
 @pytest.fixture(scope="module")
-def two_versions(tfs_server, tfs_testdata, tmp_path_factory):
-  # http_rest_api_handler_test.cc:45-75: version policy specific {123}, label Version_Label.
-  config = tmp_path_factory.mktemp("rest") / "models.config"
-  config.write_text(
-    "model_config_list { config {"
-    ' name: "saved_model_half_plus_two_2_versions"'
-    f' base_path: "{tfs_testdata}/saved_model_half_plus_two_2_versions"'
-    ' model_platform: "tensorflow"'
-    " model_version_policy { specific { versions: 123 } }"
-    ' version_labels { key: "Version_Label" value: 123 } } }'
-  )
-  return tfs_server(f"--model_config_file={config}")
+def two_versions(handler_test_server):
+  return handler_test_server
 
 
 def test_predict_rest(half_plus_two):

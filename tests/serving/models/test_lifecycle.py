@@ -121,7 +121,9 @@ def test_broken_version_never_replaces_the_serving_one(canned, base_path, exampl
   assert "Loading servable: {name: next_category version: 5} failed" in (
     statuses[0].status.error_message
   )
-  assert 'load_attempt_count_total{model_name="next_category",model_version="5"' in metrics
+  # TensorFlow's SavedModel loader counts the failed load (tensorflow/cc/saved_model/loader.cc).
+  attempts = f':tensorflow:cc:saved_model:load_attempt_count{{model_path="{base_path}/5",'
+  assert attempts + 'status="fail"} 2' in metrics.splitlines()
 
 
 def test_warmup_failure_fails_the_load(canned, base_path, examples, tmp_path):

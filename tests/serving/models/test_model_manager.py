@@ -1,6 +1,7 @@
 """ModelManager version lifecycle with a fake loader (no TensorFlow models)."""
 
 import os
+import time
 
 import grpc
 import pytest
@@ -38,7 +39,9 @@ class _Loader:
 
 def _config(base_path, policy="", labels=()):
   config = model_server_config_pb2.ModelServerConfig()
-  model = config.model_config_list.config.add(name="m", base_path=str(base_path))
+  model = config.model_config_list.config.add(
+    name="m", base_path=str(base_path), model_platform="tensorflow"
+  )
   if policy:
     server_config.parse_text_proto(policy, model.model_version_policy)
   for label, version in labels:
@@ -91,21 +94,42 @@ def test_failed_version_keeps_the_old_one_and_retries_a_bounded_number_of_times(
   manager = _manager(tmp_path, loader, max_num_load_retries=2, load_retry_interval_seconds=0)
   manager.start()
   _push(tmp_path, 2, broken=True)
-  for _ in range(5):
+  manager.poll_once()
+  # One try and two retries at once, as TensorFlow Serving's Retry (util/retrier.cc:26-52);
+  # later polls leave the failed version alone.
+  assert loader.loads == [1, 2, 2, 2]
+  for _ in range(3):
     manager.poll_once()
-  assert loader.loads == [1, 2, 2, 2]  # One try and two retries.
+  assert loader.loads == [1, 2, 2, 2]
   assert manager.servable(_spec()).version == 1
   [(_, state, error)] = manager.version_statuses(_spec(version={"value": 2}))
   assert state == State.END
   assert error.message == ("Loading servable: {name: m version: 2} failed: ValueError: cannot load")
 
 
+def test_retries_wait_the_retry_interval(tmp_path):
+  _push(tmp_path, 1, broken=True)
+  loader = _Loader()
+  manager = _manager(tmp_path, loader, max_num_load_retries=2, load_retry_interval_seconds=0.2)
+  start = time.monotonic()
+  manager.start()
+  assert loader.loads == [1, 1, 1]
+  assert time.monotonic() - start >= 0.4
+
+
+def test_a_negative_poll_wait_never_loads(tmp_path):
+  # --file_system_poll_wait_seconds below 0: no poll at all (main.cc:172-180).
+  _push(tmp_path, 1)
+  loader = _Loader()
+  manager = _manager(tmp_path, loader, poll_wait_seconds=-1)
+  manager.start()
+  assert loader.loads == [] and manager.models_without_versions() == ["m"]
+
+
 def test_load_failures_lists_a_model_only_once_no_version_can_load(tmp_path):
   _push(tmp_path, 1, broken=True)
   manager = _manager(tmp_path, _Loader(), max_num_load_retries=1, load_retry_interval_seconds=0)
   manager.start()
-  assert manager.load_failures() == {}  # A retry is left.
-  manager.poll_once()
   [(version, error)] = manager.load_failures()["m"]
   assert version == 1
   assert error.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -189,21 +213,49 @@ def test_no_versions_yet(tmp_path):
 @pytest.mark.parametrize(
   "text, message",
   [
-    ('model_config_list { config { name: "m" } }', "has no base_path"),
-    ('model_config_list { config { base_path: "/x" } }', "needs a name"),
+    # model_servers/server_core.cc, TensorFlow Serving's messages.
     (
-      'model_config_list { config { name: "m" base_path: "/x" } '
-      'config { name: "m" base_path: "/y" } }',
-      "configured twice",
+      'model_config_list { config { name: "m" model_platform: "tensorflow" } }',
+      "Expected model m to have an absolute path or URI; got base_path()=",
+    ),
+    (
+      'model_config_list { config { name: "m" base_path: "models/m" '
+      'model_platform: "tensorflow" } }',
+      "Expected model m to have an absolute path or URI; got base_path()=models/m",
+    ),
+    (
+      'model_config_list { config { name: "m" base_path: "/x" model_platform: "tensorflow" } '
+      'config { name: "m" base_path: "/y" model_platform: "tensorflow" } }',
+      "Illegal to list model m multiple times in config list",
+    ),
+    (
+      'model_config_list { config { name: "m" base_path: "/x" } }',
+      "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+      "ModelServerConfig::model_platform, model name is m",
     ),
     (
       'model_config_list { config { name: "m" base_path: "/x" model_platform: "onnx" } }',
-      "model_platform",
+      "PlatformConfigMap has no entry for platform onnx",
     ),
-    ("custom_model_config {}", "Only model_config_list"),
+    ("custom_model_config {}", "ModelServer does not yet support custom model config."),
+    # This server's own.
+    (
+      'model_config_list { config { base_path: "/x" model_platform: "tensorflow" } }',
+      "needs a name",
+    ),
   ],
 )
 def test_invalid_configs(text, message):
   config = server_config.parse_text_proto(text, model_server_config_pb2.ModelServerConfig())
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(server_config.ConfigError) as raised:
     server_config.validate_model_server_config(config)
+  assert message in raised.value.message
+
+
+def test_a_gcs_base_path_is_absolute_and_an_empty_config_is_valid():
+  config = server_config.parse_text_proto(
+    'model_config_list { config { name: "m" base_path: "gs://b/m" model_platform: "tensorflow" } }',
+    model_server_config_pb2.ModelServerConfig(),
+  )
+  server_config.validate_model_server_config(config)
+  server_config.validate_model_server_config(model_server_config_pb2.ModelServerConfig())

@@ -31,7 +31,7 @@ def _config(base_path, prefix, rate=1.0):
   return f"""
 model_config_list {{
   config {{
-    name: "{MODEL_NAME}" base_path: "{base_path}"
+    name: "{MODEL_NAME}" base_path: "{base_path}" model_platform: "tensorflow"
     logging_config {{
       sampling_config {{ sampling_rate: {rate} }}
       log_collector_config {{ type: "tfrecord" filename_prefix: "{prefix}" }}
@@ -284,8 +284,8 @@ def test_unwritable_logs_drop_and_count_without_failing_requests(canned, example
     for transport in ("grpc", "grpc", "rest"):
       assert _call(server, transport, "Predict", examples[:1])
     counted = (
-      'log="request_log",reason="write_error"} 3.0',
-      'log="audit_log",reason="write_error"} 3.0',
+      'log="request_log",reason="write_error"} 3\n',
+      'log="audit_log",reason="write_error"} 3\n',
     )
     # Each log's writer process reports its drops when its round fails.
     conftest.wait_until(lambda: all(line in _metrics(server) for line in counted), timeout=10)
@@ -331,6 +331,7 @@ def test_bad_logging_configs_are_refused(canned, tmp_path, collector, message):
   config = tmp_path / "models.config"
   config.write_text(
     f'model_config_list {{ config {{ name: "m" base_path: "{canned.base_path}" '
+    'model_platform: "tensorflow" '
     f"logging_config {{ log_collector_config {{ {collector} }} }} }} }}"
   )
   with pytest.raises(ValueError, match=message):
