@@ -173,7 +173,7 @@ class InferenceService:
           ) from None
     raise AssertionError("unreachable")
 
-  def run(
+  def _predict(
     self,
     model_spec: model_pb2.ModelSpec,
     signature_name: str,
@@ -182,7 +182,7 @@ class InferenceService:
     deadline: Optional[float] = None,
     servable: Optional[servables.Servable] = None,
     to_ndarray: Callable[[Any, str], np.ndarray] = lambda array, alias: array,
-  ) -> Tuple[servables.Servable, str, Pending]:
+  ) -> Tuple[servables.Servable, str, "_Run", concurrent.futures.Future]:
     """Checks and submits one Predict, as TensorFlow Serving's `RunPredict` does.
 
     In predict_util.cc's order: the signature, the method name (with the
@@ -200,7 +200,7 @@ class InferenceService:
       to_ndarray: reads one input (`tensors.to_ndarray` for TensorProtos).
 
     Returns:
-      `(servable, signature name, pending outputs by alias)`.
+      `(servable, signature name, the run, future of the fetched arrays)`.
 
     Raises:
       ServingError: for an invalid request, an unknown model, version or
@@ -223,7 +223,25 @@ class InferenceService:
       return _Run(feeds, tuple(names), tuple(aliases))
 
     target, run, future = self._submit(model_spec, servable, prepare, deadline)
+    return target, signature_name, run, future
 
+  def run(
+    self,
+    model_spec: model_pb2.ModelSpec,
+    signature_name: str,
+    inputs: Mapping[str, np.ndarray],
+    output_filter: Sequence[str] = (),
+    deadline: Optional[float] = None,
+    servable: Optional[servables.Servable] = None,
+  ) -> Tuple[servables.Servable, str, Pending]:
+    """Predict on arrays (REST): `(servable, signature name, pending outputs by alias)`.
+
+    Raises:
+      ServingError: as `_predict` does.
+    """
+    target, signature_name, run, future = self._predict(
+      model_spec, signature_name, inputs, output_filter, deadline, servable
+    )
     return target, signature_name, Pending(future, run.by_alias, _examples(run.feeds))
 
   def predict(
@@ -241,7 +259,7 @@ class InferenceService:
     """
     if not request.HasField("model_spec") and servable is None:
       raise status.invalid_argument("Missing ModelSpec")
-    target, signature_name, outputs = self.run(
+    target, signature_name, run, future = self._predict(
       request.model_spec,
       request.model_spec.signature_name,
       request.inputs,
@@ -251,14 +269,14 @@ class InferenceService:
       tensors.to_ndarray,
     )
 
-    def respond(outputs: Dict[str, np.ndarray]) -> predict_pb2.PredictResponse:
+    def respond(fetched: Dict[str, np.ndarray]) -> predict_pb2.PredictResponse:
       response = predict_pb2.PredictResponse()
       _fill_model_spec(response.model_spec, target, signature_name)
-      for alias, array in outputs.items():
-        tensors.fill_tensor_proto(array, response.outputs[alias])
+      for alias, name in zip(run.aliases, run.fetches, strict=True):
+        tensors.fill_tensor_proto(fetched[name], response.outputs[alias])
       return response
 
-    return Pending(outputs, respond, outputs.examples)
+    return Pending(future, respond, _examples(run.feeds))
 
   def classify(
     self,
