@@ -71,8 +71,12 @@ def load_servable(
     Exception: whatever loading the model raises.
   """
   kind = find_model_file(path, prefer_tflite)
+  # LoadSessionBundleOrSavedModelBundle (session_bundle/oss/session_bundle_util.cc:55-78).
+  if kind != "tflite" and tf.io.gfile.exists(os.path.join(path, "export.meta")):
+    raise status.ServingError(
+      grpc.StatusCode.UNIMPLEMENTED, "Session Bundle is deprecated and removed."
+    )
   if kind is None:
-    # LoadSessionBundleOrSavedModelBundle (session_bundle/oss/session_bundle_util.cc).
     raise status.not_found(
       "Specified file path does not appear to contain a SavedModel bundle (should have a "
       f"file called `saved_model.pb`)\nSpecified file path: {path}"

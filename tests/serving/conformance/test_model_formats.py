@@ -138,6 +138,18 @@ def test_directory_without_a_model(tmp_path):
   ) in message
 
 
+def test_session_bundle_is_refused(tmp_path):
+  # session_bundle/oss/session_bundle_util.cc:62-66 (upstream's bad_half_plus_two has
+  # export, export.meta and checkpoint files).
+  version = tmp_path / "model" / "123"
+  version.mkdir(parents=True)
+  (version / "export.meta").write_bytes(b"")
+  message = _start_failure(
+    tmp_path, "--model_name=default", f"--model_base_path={tmp_path / 'model'}"
+  )
+  assert "Session Bundle is deprecated and removed." in message
+
+
 @pytest.mark.parametrize(
   "testdata_model, input_name",
   [
