@@ -135,8 +135,9 @@ bench-train: install
 bench-multi-worker: install
 	$(PY) -m bench.multi_worker --preset=$(PRESET)
 
+# BENCH_SERVING_ARGS, e.g. "--baseline_tree=../wt-base --repeats=5": before/after in one run.
 bench-serving: install
-	$(PY) -m bench.serving_bench --preset=$(PRESET)
+	$(PY) -m bench.serving_bench --preset=$(PRESET) $(BENCH_SERVING_ARGS)
 
 bench-tensors: install
 	$(PY) -m bench.tensors_bench

@@ -1,6 +1,7 @@
 """Benchmarks the model server: throughput, latency and CPU cost over gRPC and REST.
 
     python -m bench.serving_bench [--preset=small] [--duration_seconds=5]
+        [--baseline_tree=../other-worktree --repeats=5]
 
 Builds an (untrained) model of the preset, starts `python -m serving.server`
 on loopback ports with batching off and on, and drives it from this process
@@ -12,7 +13,10 @@ server's and the client's CPU time per prediction, and the in-process model
 call time. Client and server share the machine's cores, so on a busy machine
 the CPU times say more than the rates: `cpu_bound_predictions_per_second` is
 what the cores could sustain at that cost. Writes bench/results/serving.json
-and prints a table.
+and prints a table. With `--baseline_tree`, a server from that source tree
+answers every configuration too, taking turns with this tree's (`--repeats`
+runs each): before and after a change, side by side in one run, with the
+medians compared at the end.
 
 Two load generators drive gRPC: this process's own `grpc.aio` client (as a
 Python program would call the server), and, where it is installed, nghttp2's
@@ -84,6 +88,10 @@ _TARGET_BATCHING_SPEEDUP = 3.0
 _TARGET_PRODUCTION_LOSS_PERCENT = 5.0
 
 
+# Source trees a run's server comes from (see --baseline_tree).
+THIS_TREE = "this"
+BASELINE_TREE = "baseline"
+
 # Load generators (see the module docstring).
 PYTHON_CLIENT = "python"
 H2LOAD_CLIENT = "h2load"
@@ -111,6 +119,8 @@ class RunResult:
   cpu_bound_predictions_per_second: float
   # Production features on (see PRODUCTION_FEATURES): "off", one of them, or "all".
   features: str = "off"
+  # Which source tree served: THIS_TREE, or BASELINE_TREE (--baseline_tree).
+  tree: str = "this"
 
 
 def serialized_examples(num_examples: int, seed: int = 11) -> List[bytes]:
@@ -147,17 +157,20 @@ def in_process_call_ms(
   """Median wall time of one in-process model call, by batch size.
 
   `signature` calls the loaded `serving_default` function as a Python program
-  would; `server` runs it as the server does (`SavedModelServable.run`: the
-  frozen signature on NumPy inputs), so the rest of a request's time is the
-  server's own overhead.
+  would; `server` runs it as the server does (`SavedModelServable.run`: a
+  session run of the signature's tensors, on the frozen signature), so the
+  rest of a request's time is the server's own overhead.
   """
   from serving.models import saved_model  # pylint: disable=g-import-not-at-top
 
   signature = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
   servable = saved_model.SavedModelServable(MODEL_NAME, 1, saved_model_dir)
+  signature_def = servable.signature_defs["serving_default"]
+  feed = signature_def.inputs["examples"].name
+  fetches = tuple(info.name for info in signature_def.outputs.values())
   calls = {
     "signature": lambda batch: signature(examples=tf.constant(batch)),
-    "server": lambda batch: servable.run("serving_default", {"examples": batch}),
+    "server": lambda batch: servable.run(fetches, {feed: batch}),
   }
   result = {}
   for name, call in calls.items():
@@ -228,6 +241,7 @@ class _Server:
     log_path: str,
     features: Sequence[str] = (),
     request_log_sampling_rate: float = 1.0,
+    tree: str = _REPO_ROOT,
   ):
     self.grpc_port = portpicker.pick_unused_port()
     self.rest_port = portpicker.pick_unused_port()
@@ -250,8 +264,13 @@ class _Server:
     if batching:
       command += ["--enable_batching", f"--batching_parameters_file={_BATCHING_PARAMETERS}"]
     self._log = open(log_path, "w")
+    # `tree`'s serving/ answers (--baseline_tree); the model and the config
+    # files are this tree's for both.
+    env = dict(
+      os.environ, PYTHONPATH=os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")]))
+    )
     self._process = subprocess.Popen(
-      command, cwd=_REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT
+      command, cwd=tree, env=env, stdout=self._log, stderr=subprocess.STDOUT
     )
     try:
       self._wait_until_ready()
@@ -499,7 +518,7 @@ def run_load(
 _HEADER = (
   f"{'protocol':8} {'client':6} {'batching':8} {'conc':>4} {'ex/req':>6} {'req/s':>7} "
   f"{'pred/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'batch':>5} {'srv cpu ms':>10} {'cli cpu ms':>10} "
-  f"{'cpu-bound':>9} {'errors':>6} features"
+  f"{'cpu-bound':>9} {'errors':>6} {'tree':8} features"
 )
 
 
@@ -510,7 +529,7 @@ def _row(r: RunResult) -> str:
     f"{r.examples_per_request:>6} {r.requests_per_second:>7.0f} {r.predictions_per_second:>7.0f} "
     f"{r.p50_ms:>7.1f} {r.p99_ms:>7.1f} {batch:>5} {r.server_cpu_ms_per_prediction:>10.3f} "
     f"{r.client_cpu_ms_per_prediction:>10.3f} {r.cpu_bound_predictions_per_second:>9.0f} "
-    f"{r.errors:>6} {r.features}"
+    f"{r.errors:>6} {r.tree:8} {r.features}"
   )
 
 
@@ -523,6 +542,7 @@ def _targets(results: List[RunResult], concurrency: int, client: str) -> dict:
         if (r.protocol, r.client, r.batching, r.concurrency, r.examples_per_request)
         == ("grpc", client, batching, concurrency, examples_per_request)
         and r.features == "off"
+        and r.tree == THIS_TREE
       ),
       None,
     )
@@ -548,6 +568,42 @@ def _targets(results: List[RunResult], concurrency: int, client: str) -> dict:
       batching_speedup_met=speedup >= _TARGET_BATCHING_SPEEDUP,
     )
   return targets
+
+
+def baseline_comparison(results: List[RunResult]) -> List[dict]:
+  """Per configuration, this tree's median predictions/s against the baseline tree's."""
+  rows = {}
+  for r in results:
+    if r.features != "off":
+      continue
+    key = (r.protocol, r.client, r.batching, r.concurrency, r.examples_per_request)
+    rows.setdefault(key, {THIS_TREE: [], BASELINE_TREE: []})[r.tree].append(r)
+  comparison = []
+  for (protocol, client, batching, concurrency, examples), by_tree in rows.items():
+    if not by_tree[THIS_TREE] or not by_tree[BASELINE_TREE]:
+      continue
+    this = float(np.median([r.predictions_per_second for r in by_tree[THIS_TREE]]))
+    base = float(np.median([r.predictions_per_second for r in by_tree[BASELINE_TREE]]))
+    comparison.append(
+      {
+        "protocol": protocol,
+        "client": client,
+        "batching": batching,
+        "concurrency": concurrency,
+        "examples_per_request": examples,
+        "runs_per_tree": len(by_tree[THIS_TREE]),
+        "baseline_predictions_per_second": round(base, 1),
+        "this_predictions_per_second": round(this, 1),
+        "change_percent": round((this / base - 1) * 100, 1) if base else None,
+        "baseline_server_cpu_ms": round(
+          float(np.median([r.server_cpu_ms_per_prediction for r in by_tree[BASELINE_TREE]])), 3
+        ),
+        "this_server_cpu_ms": round(
+          float(np.median([r.server_cpu_ms_per_prediction for r in by_tree[THIS_TREE]])), 3
+        ),
+      }
+    )
+  return comparison
 
 
 def run_production_comparison(
@@ -635,8 +691,15 @@ def run_benchmark(
   production_rounds: int = 20,
   production_only: bool = False,
   request_log_sampling_rate: float = 1.0,
+  baseline_tree: str = "",
+  repeats: int = 1,
 ) -> dict:
-  """Runs every configuration and writes the JSON report to `output`."""
+  """Runs every configuration and writes the JSON report to `output`.
+
+  With `baseline_tree`, every configuration also runs on a server from that
+  source tree (`python -m serving.server` there), taking turns with this
+  tree's, `repeats` times each: before and after, side by side in one run.
+  """
   load_before = os.getloadavg()
   h2load = shutil.which("h2load") is not None
   if not h2load:
@@ -647,28 +710,40 @@ def run_benchmark(
     saved_model_dir = build_model(preset, base_path)
     examples = serialized_examples(256)
     in_process = in_process_call_ms(saved_model_dir, examples)
+    trees = [(THIS_TREE, _REPO_ROOT)]
+    if baseline_tree:
+      trees.append((BASELINE_TREE, os.path.abspath(baseline_tree)))
     for batching in () if production_only else (False, True):
-      server = _Server(base_path, batching, os.path.join(workdir, f"server_{batching}.log"))
+      servers = {}
       try:
+        for name, tree in trees:
+          log = os.path.join(workdir, f"server_{name}_{batching}.log")
+          servers[name] = _Server(base_path, batching, log, tree=tree)
         runs = [(p, PYTHON_CLIENT, c, 1) for p in protocols for c in concurrencies]
         if "grpc" in protocols:
           runs += [("grpc", PYTHON_CLIENT, max(concurrencies), n) for n in multi_example_sizes]
           runs += [("grpc", H2LOAD_CLIENT, c, 1) for c in concurrencies if h2load]
         for protocol, client, concurrency, examples_per_request in runs:
-          result = run_load(
-            server,
-            protocol,
-            batching,
-            concurrency,
-            examples[:examples_per_request],
-            seconds,
-            warmup_seconds,
-            client,
-          )
-          print(_row(result), flush=True)
-          results.append(result)
+          for repeat in range(repeats):
+            # The trees take turns, first one then the other, so a machine
+            # whose speed drifts weighs on both alike.
+            for name, _ in trees if repeat % 2 == 0 else trees[::-1]:
+              result = run_load(
+                servers[name],
+                protocol,
+                batching,
+                concurrency,
+                examples[:examples_per_request],
+                seconds,
+                warmup_seconds,
+                client,
+              )
+              result.tree = name
+              print(_row(result), flush=True)
+              results.append(result)
       finally:
-        server.stop()
+        for server in servers.values():
+          server.stop()
     production = {}
     if production_rounds:
       runs, production = run_production_comparison(
@@ -702,6 +777,8 @@ def run_benchmark(
       if any(r.client == client and r.features == "off" for r in results)
     },
     "production_features": production,
+    "baseline_tree": os.path.abspath(baseline_tree) if baseline_tree else None,
+    "baseline_comparison": baseline_comparison(results) if baseline_tree else [],
   }
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w") as f:
@@ -753,6 +830,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     default=1.0,
     help="The request log's sampling_rate in the production runs (default: %(default)s).",
   )
+  parser.add_argument(
+    "--baseline_tree",
+    default="",
+    help="Also serve every configuration from this source tree (e.g. a worktree of the "
+    "previous commit), taking turns with this one: before and after in one run.",
+  )
+  parser.add_argument(
+    "--repeats",
+    type=int,
+    default=1,
+    help="Runs of each configuration per tree (medians are compared; default: %(default)s).",
+  )
   args = parser.parse_args(argv)
   concurrencies = [int(c) for c in args.concurrency.split(",")]
   protocols = [p.strip() for p in args.protocols.split(",")]
@@ -769,6 +858,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     production_rounds=args.production_rounds,
     production_only=args.production_only,
     request_log_sampling_rate=args.request_log_sampling_rate,
+    baseline_tree=args.baseline_tree,
+    repeats=args.repeats,
   )
   print()
   print(_HEADER)
@@ -780,6 +871,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     f"{report['machine']['load_average_after']}"
   )
   print(f"targets: {json.dumps(report['targets'])}")
+  if report["baseline_comparison"]:
+    print(f"before ({report['baseline_tree']}) and after (this tree), medians of each tree's runs:")
+    for row in report["baseline_comparison"]:
+      print(
+        f"  {row['protocol']} {row['client']} batching {'on' if row['batching'] else 'off'} "
+        f"c{row['concurrency']} x{row['examples_per_request']}: "
+        f"{row['baseline_predictions_per_second']:.0f} -> {row['this_predictions_per_second']:.0f} "
+        f"pred/s ({row['change_percent']:+.1f}%), server CPU "
+        f"{row['baseline_server_cpu_ms']:.3f} -> {row['this_server_cpu_ms']:.3f} ms/prediction"
+      )
   for client, verdict in report["production_features"].items():
     print(
       f"production features, {client}: all off {verdict['median_off']:.0f} pred/s, all on "

@@ -320,6 +320,7 @@ class ModelServer:
       max_concurrent_rpcs=self._options.grpc_max_concurrent_rpcs,
       grpc_channel_arguments=self._options.grpc_channel_arguments,
       health_check=self._options.enable_grpc_healthcheck_service,
+      enable_profiler=self._options.enable_profiler,
     )
     return await grpc_server.bind_and_start(
       self._grpc_server,

@@ -96,8 +96,11 @@ _PATH = re.compile(r"(?<![\w:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
 
 def client_message(message: str) -> str:
   """`message` as a client may see it: no stack trace, no file path, bounded length."""
-  lines = [line for line in message.split("\n") if not _TRACEBACK_LINE.match(line)]
-  text = " ".join(line.strip() for line in lines if line.strip())
+  if "\n" in message:
+    lines = [line for line in message.split("\n") if not _TRACEBACK_LINE.match(line)]
+    text = " ".join(line.strip() for line in lines if line.strip())
+  else:  # Kept as it is: some of TensorFlow Serving's messages end in a space.
+    text = message
   text = _PATH.sub("<path>", _TRACEBACK_FRAME.sub("", text))
   if len(text) > MAX_CLIENT_MESSAGE_CHARS:
     cut = len(text) - MAX_CLIENT_MESSAGE_CHARS

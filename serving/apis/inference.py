@@ -1,19 +1,24 @@
-"""The data plane: Predict, Classify, Regress, GetModelMetadata, GetModelStatus, transport-free.
+"""The data plane: Predict, Classify, Regress, MultiInference, GetModelMetadata, GetModelStatus.
 
-gRPC and REST both call these, so both check requests the same way and answer
-with TensorFlow Serving's status codes and messages (see
+Transport-free: gRPC and REST both call these, so both check requests the
+same way and answer with TensorFlow Serving's status codes and messages (see
 `tensorflow_serving/servables/tensorflow/predict_util.cc` and friends: here
-predict_request.py and classify_regress.py). Predict, Classify and Regress
-return `Pending` responses: with batching on, the model runs on batch
+predict_request.py, classify_regress.py and multi_inference.py). Each request
+becomes one session run on its servable: feeds and fetches by tensor name, as
+TensorFlow Serving's `Session::Run`. Predict, Classify, Regress and
+MultiInference return `Pending` responses: with batching on, the model runs on batch
 threads, and each response is built by the first thread that asks for it
 (see `Pending`).
 """
 
 import concurrent.futures
+import dataclasses
 import threading
 import time
+from typing import Any
 from typing import Callable
 from typing import Dict
+from typing import Mapping
 from typing import Optional
 from typing import Sequence
 from typing import Tuple
@@ -26,12 +31,15 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import inference_pb2
+from tensorflow_serving.apis import input_pb2
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import regression_pb2
 
 from serving import status
 from serving.apis import classify_regress
+from serving.apis import multi_inference
 from serving.apis import predict_request
 from serving.apis import tensors
 from serving.models import batching
@@ -119,68 +127,122 @@ class InferenceService:
   def signature_inputs(
     self, model_spec: model_pb2.ModelSpec, signature_name: str
   ) -> Dict[str, meta_graph_pb2.TensorInfo]:
-    """A signature's inputs (for decoding REST JSON in the right dtypes)."""
+    """A signature's inputs, for decoding REST JSON in their dtypes.
+
+    TensorFlow Serving's `HttpRestApiHandler::GetInfoMap`
+    (http_rest_api_handler.cc:237-251), with its message.
+
+    Raises:
+      ServingError: as the model lookup does; INVALID_ARGUMENT for an unknown
+        signature.
+    """
     servable = self._manager.servable(model_spec)
     signature_name = signature_name or servables.DEFAULT_SIGNATURE_NAME
     if signature_name not in servable.signature_defs:
-      raise status.ServingError(
-        grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.'
+      raise status.invalid_argument(
+        f'Serving signature name: "{signature_name}" not found in signature def'
       )
     return dict(servable.signature_defs[signature_name].inputs)
 
-  def run(
+  def _submit(
     self,
     model_spec: model_pb2.ModelSpec,
-    signature_name: str,
-    inputs: Dict[str, np.ndarray],
-    output_filter: Sequence[str] = (),
-    deadline: Optional[float] = None,
-    servable: Optional[servables.Servable] = None,
-  ) -> Tuple[servables.Servable, str, Union[concurrent.futures.Future, Pending]]:
-    """Validates and submits one request.
+    servable: Optional[servables.Servable],
+    prepare: Callable[[servables.Servable], "_Run"],
+    deadline: Optional[float],
+  ) -> Tuple[servables.Servable, "_Run", concurrent.futures.Future]:
+    """Resolves the servable, prepares the run on it and submits it.
 
-    Args:
-      model_spec: the model and version asked for.
-      signature_name: the signature; empty means `serving_default`.
-      inputs: the inputs by alias.
-      output_filter: outputs to return; empty returns all.
-      deadline: `time.monotonic()` after which the caller stops waiting.
-      servable: run on this servable instead of resolving `model_spec`
-        (warmup).
-
-    Returns:
-      `(servable, signature name, future of the outputs)`.
-
-    Raises:
-      ServingError: for an invalid request, an unknown model, version or
-        signature, or a full batch queue.
+    A version being unloaded refuses new work after the request resolved it;
+    the request then goes to the version that replaced it.
     """
-    signature_name = signature_name or servables.DEFAULT_SIGNATURE_NAME
-    # A version being unloaded refuses new work after the request resolved
-    # it; the request then goes to the version that replaced it.
     for attempt in range(3):
       target = servable or self._manager.servable(model_spec)
-      signature = target.signature_defs.get(signature_name)
-      if signature is None:
-        raise status.ServingError(
-          grpc.StatusCode.FAILED_PRECONDITION,
-          f'Serving signature key "{signature_name}" not found.',
-        )
-      batch_size = predict_request.validate_inputs(signature_name, dict(signature.inputs), inputs)
-      aliases = predict_request.output_aliases(signature, output_filter)
+      run = prepare(target)
+      if target.batching:
+        batch_size = batching.input_batch_size(run.feeds)
+      else:
+        batch_size = _examples(run.feeds)
       try:
-        future = target.submit(signature_name, inputs, batch_size, deadline)
+        return target, run, target.submit(run.fetches, run.feeds, batch_size, deadline)
       except batching.SchedulerClosedError:
         if servable is not None or attempt == 2:
           raise status.ServingError(
             grpc.StatusCode.UNAVAILABLE,
             f"Model {target.name} version {target.version} is being unloaded.",
           ) from None
-        continue
-      if aliases is not None:
-        future = Pending(future, lambda outputs, aliases=aliases: {a: outputs[a] for a in aliases})
-      return target, signature_name, future
     raise AssertionError("unreachable")
+
+  def _predict(
+    self,
+    model_spec: model_pb2.ModelSpec,
+    signature_name: str,
+    inputs: Mapping[str, Any],
+    output_filter: Sequence[str] = (),
+    deadline: Optional[float] = None,
+    servable: Optional[servables.Servable] = None,
+    to_ndarray: Callable[[Any, str], np.ndarray] = lambda array, alias: array,
+  ) -> Tuple[servables.Servable, str, "_Run", concurrent.futures.Future]:
+    """Checks and submits one Predict, as TensorFlow Serving's `RunPredict` does.
+
+    In predict_util.cc's order: the signature, the method name (with the
+    check on), the number of inputs, each input fed under its tensor name, the
+    output filter; then the run, with TensorFlow's own checks.
+
+    Args:
+      model_spec: the model and version asked for.
+      signature_name: the signature; empty means `serving_default`.
+      inputs: the inputs by alias, as `to_ndarray` reads them (arrays by default).
+      output_filter: outputs to return; empty returns all.
+      deadline: `time.monotonic()` after which the caller stops waiting.
+      servable: run on this servable instead of resolving `model_spec`
+        (warmup).
+      to_ndarray: reads one input (`tensors.to_ndarray` for TensorProtos).
+
+    Returns:
+      `(servable, signature name, the run, future of the fetched arrays)`.
+
+    Raises:
+      ServingError: for an invalid request, an unknown model, version or
+        signature, or a full batch queue.
+    """
+    signature_name = signature_name or servables.DEFAULT_SIGNATURE_NAME
+
+    def prepare(target: servables.Servable) -> _Run:
+      signature = target.signature_defs.get(signature_name)
+      if signature is None:
+        raise status.ServingError(
+          grpc.StatusCode.FAILED_PRECONDITION,
+          f'Serving signature key "{signature_name}" not found.',
+        )
+      if self._method_name_check:
+        predict_request.check_method_name(signature)
+      predict_request.check_inputs_size(signature, list(inputs))
+      feeds = predict_request.input_feeds(signature, inputs, to_ndarray)
+      names, aliases = predict_request.output_fetches(signature, output_filter)
+      return _Run(feeds, tuple(names), tuple(aliases))
+
+    target, run, future = self._submit(model_spec, servable, prepare, deadline)
+    return target, signature_name, run, future
+
+  def run(
+    self,
+    model_spec: model_pb2.ModelSpec,
+    signature_name: str,
+    inputs: Mapping[str, np.ndarray],
+    output_filter: Sequence[str] = (),
+    deadline: Optional[float] = None,
+    servable: Optional[servables.Servable] = None,
+  ) -> Tuple[servables.Servable, str, Pending]:
+    """Predict on arrays (REST): `(servable, signature name, pending outputs by alias)`.
+
+    Raises:
+      ServingError: as `_predict` does.
+    """
+    target, signature_name, run, future = self._predict(
+      model_spec, signature_name, inputs, output_filter, deadline, servable
+    )
+    return target, signature_name, Pending(future, run.by_alias, _examples(run.feeds))
 
   def predict(
     self,
@@ -191,28 +253,30 @@ class InferenceService:
     """Predict: the pending PredictResponse.
 
     Raises:
-      ServingError: as `run` does, and INVALID_ARGUMENT for a malformed tensor.
+      ServingError: as `run` does; INVALID_ARGUMENT `Missing ModelSpec`
+        (predict_impl.cc) and `tensor parsing error: <alias>` for a malformed
+        tensor.
     """
-    inputs = {alias: tensors.to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
-    first = next(iter(inputs.values()), None)
-    target, signature_name, outputs = self.run(
+    if not request.HasField("model_spec") and servable is None:
+      raise status.invalid_argument("Missing ModelSpec")
+    target, signature_name, run, future = self._predict(
       request.model_spec,
       request.model_spec.signature_name,
-      inputs,
+      request.inputs,
       request.output_filter,
       deadline,
       servable,
+      tensors.to_ndarray,
     )
 
-    def respond(outputs: Dict[str, np.ndarray]) -> predict_pb2.PredictResponse:
+    def respond(fetched: Dict[str, np.ndarray]) -> predict_pb2.PredictResponse:
       response = predict_pb2.PredictResponse()
       _fill_model_spec(response.model_spec, target, signature_name)
-      for alias, array in outputs.items():
-        tensors.fill_tensor_proto(array, response.outputs[alias])
+      for alias, name in zip(run.aliases, run.fetches, strict=True):
+        tensors.fill_tensor_proto(fetched[name], response.outputs[alias])
       return response
 
-    # `run` checked that every input has this batch size (a scalar is one example).
-    return Pending(outputs, respond, first.shape[0] if first.ndim else 1)
+    return Pending(future, respond, _examples(run.feeds))
 
   def classify(
     self,
@@ -272,38 +336,70 @@ class InferenceService:
 
     In TensorFlow Serving's order: the servable, the signature
     (`Get{Classification,Regression}SignatureDef`), the input
-    (`InputToSerializedExampleTensor`, util.cc), the run, the result
-    (`PostProcess{Classification,Regression}Result`).
+    (`InputToSerializedExampleTensor`, util.cc), the run (the examples fed to
+    the input's tensor name, whatever dtype the signature declares), the
+    result (`PostProcess{Classification,Regression}Result`).
     """
     if not request.HasField("model_spec"):
       raise status.invalid_argument("Missing ModelSpec")
-    target = servable or self._manager.servable(request.model_spec)
     signature_name = request.model_spec.signature_name or servables.DEFAULT_SIGNATURE_NAME
-    signature = target.signature_defs.get(signature_name)
-    if signature is None:
-      raise status.invalid_argument(f"No signature was found with the name: {signature_name}")
-    output_names = outputs_of(signature, self._method_name_check)
-    examples = classify_regress.serialized_examples(request.input)
-    if not examples:
-      raise status.invalid_argument("Input is empty.")
-    serialized = np.empty(len(examples), dtype=object)
-    serialized[:] = examples
-    target, signature_name, outputs = self.run(
-      request.model_spec,
-      signature_name,
-      {tf.saved_model.CLASSIFY_INPUTS: serialized},
-      output_names,
-      deadline,
-      servable,
-    )
+    serialized = _serialized_examples(request.input)
 
-    def respond(outputs):
+    def prepare(target: servables.Servable) -> _Run:
+      signature = target.signature_defs.get(signature_name)
+      if signature is None:
+        raise status.invalid_argument(f"No signature was found with the name: {signature_name}")
+      aliases = outputs_of(signature, self._method_name_check)
+      if serialized is None:
+        raise status.invalid_argument("Input is empty.")
+      input_name = signature.inputs[tf.saved_model.CLASSIFY_INPUTS].name
+      names = tuple(signature.outputs[alias].name for alias in aliases)
+      return _Run({input_name: serialized}, names, tuple(aliases))
+
+    target, run, future = self._submit(request.model_spec, servable, prepare, deadline)
+
+    def respond(fetched: Dict[str, np.ndarray]):
       response = response_class()
       _fill_model_spec(response.model_spec, target, signature_name)
-      result_of(outputs, len(examples), response.result)
+      result_of(run.by_alias(fetched), len(serialized), response.result)
       return response
 
-    return Pending(outputs, respond, len(examples))
+    return Pending(future, respond, len(serialized))
+
+  def multi_inference(
+    self,
+    request: inference_pb2.MultiInferenceRequest,
+    deadline: Optional[float] = None,
+    servable: Optional[servables.Servable] = None,
+  ) -> Pending:
+    """MultiInference, as TensorFlow Serving's `RunMultiInferenceWithServerCore` runs it.
+
+    The servable of the first task's model spec; every task checked
+    (multi_inference.py); the serialized examples fed to each task's input
+    tensor and all outputs fetched in one run; a result per task.
+
+    Raises:
+      ServingError: with TensorFlow Serving's codes and messages.
+    """
+    serialized = _serialized_examples(request.input)
+
+    def prepare(target: servables.Servable) -> _Run:
+      multi_plan = multi_inference.plan(request, target.signature_defs, self._method_name_check)
+      if serialized is None:
+        raise status.invalid_argument("Input is empty.")
+      feeds = {name: serialized for name in multi_plan.input_names}
+      return _Run(feeds, multi_plan.output_names, (), multi_plan)
+
+    target, run, future = self._submit(
+      multi_inference.servable_spec(request), servable, prepare, deadline
+    )
+
+    def respond(fetched: Dict[str, np.ndarray]) -> inference_pb2.MultiInferenceResponse:
+      response = inference_pb2.MultiInferenceResponse()
+      multi_inference.fill_response(run.plan, fetched, len(serialized), target.version, response)
+      return response
+
+    return Pending(future, respond, len(serialized))
 
   def get_model_metadata(
     self, request: get_model_metadata_pb2.GetModelMetadataRequest
@@ -343,6 +439,43 @@ class InferenceService:
         version_status.status.error_code = error.code.value[0]
         version_status.status.error_message = error.message
     return response
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """One session run a request stands for.
+
+  Attributes:
+    feeds: arrays by the tensor name they feed.
+    fetches: tensor names to fetch.
+    aliases: the alias each fetch answers (Predict, Classify, Regress).
+    plan: a MultiInference's plan.
+  """
+
+  feeds: Dict[str, np.ndarray]
+  fetches: Tuple[str, ...]
+  aliases: Tuple[str, ...]
+  plan: Optional[multi_inference.Plan] = None
+
+  def by_alias(self, fetched: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The fetched arrays by the alias each answers."""
+    return {alias: fetched[name] for alias, name in zip(self.aliases, self.fetches, strict=True)}
+
+
+def _examples(feeds: Dict[str, np.ndarray]) -> int:
+  """A request's examples (the first feed's 0th dimension; a scalar or no feed: 1)."""
+  first = next(iter(feeds.values()), None)
+  return first.shape[0] if first is not None and first.ndim else 1
+
+
+def _serialized_examples(model_input: input_pb2.Input) -> Optional[np.ndarray]:
+  """The examples of an `Input` as a string vector; None when it has none (`Input is empty.`)."""
+  examples = classify_regress.serialized_examples(model_input)
+  if not examples:
+    return None
+  serialized = np.empty(len(examples), dtype=object)
+  serialized[:] = examples
+  return serialized
 
 
 def _fill_model_spec(

@@ -13,7 +13,7 @@ server has them:
   both;
 - bodies: Predict's row (`instances` -> `predictions`) and columnar (`inputs`
   -> `outputs`) formats (`FillPredictRequestFromJson`), Classify and Regress
-  requests (`FillClassifyRegressRequestFromJson`) and their `result`.
+  requests (`FillClassifyRegressRequestFromJson`) and their `results`.
 
 The URLs, status and metadata answers and errors are rest/handler.py's.
 """
@@ -282,8 +282,16 @@ def parse_body(body: bytes) -> Dict[str, Any]:
   Raises:
     ServingError: INVALID_ARGUMENT if it is not JSON or not an object.
   """
+  # TensorFlow Serving's words (json_tensor.cc:419-448, rapidjson's
+  # GetParseError_En) for an empty document and for a value that is not JSON;
+  # other errors keep Python's description, after the same prefix.
+  if not body.strip():
+    raise status.invalid_argument("JSON Parse error: The document is empty")
   try:
     value = json.loads(body)
+  except json.JSONDecodeError as e:
+    reason = "Invalid value." if e.msg == "Expecting value" else e.msg
+    raise status.invalid_argument(f"JSON Parse error: {reason} at offset: {e.pos}") from None
   except (ValueError, UnicodeDecodeError) as e:
     raise status.invalid_argument(f"JSON Parse error: {e}") from None
   if not isinstance(value, dict):
@@ -433,16 +441,21 @@ def fill_classify_regress_request(request, body: Dict[str, Any]) -> None:
     raise status.invalid_argument(str(e)) from None
 
 
+# json_tensor.cc:76-78 kClassifyRegressResponseKey (g3doc/api_rest.md's prose
+# says "result"; its examples, the code and its tests say "results").
+CLASSIFY_REGRESS_RESPONSE_KEY = "results"
+
+
 def classification_response(response) -> bytes:
-  """The body answering a Classify: `[label, score]` pairs per example."""
-  result = [
+  """The body answering a Classify: `[label, score]` pairs per example (json_tensor.cc:1014)."""
+  results = [
     [[c.label, c.score] for c in classifications.classes]
     for classifications in response.result.classifications
   ]
-  return json.dumps({"result": result}).encode("utf-8")
+  return json.dumps({CLASSIFY_REGRESS_RESPONSE_KEY: results}).encode("utf-8")
 
 
 def regression_response(response) -> bytes:
-  """The body answering a Regress: one value per example."""
-  result = [regression.value for regression in response.result.regressions]
-  return json.dumps({"result": result}).encode("utf-8")
+  """The body answering a Regress: one value per example (json_tensor.cc:1050-1073)."""
+  results = [regression.value for regression in response.result.regressions]
+  return json.dumps({CLASSIFY_REGRESS_RESPONSE_KEY: results}).encode("utf-8")

@@ -1,115 +1,142 @@
-"""A request's tensors checked against the signature it runs, as TensorFlow Serving checks them.
+"""A Predict request checked against its signature and made a session run, as TF Serving does.
 
-The inputs (names, dtypes, shapes, one batch size) and the output filter of
-Predict, and of Classify and Regress once their examples are a tensor, with
-TensorFlow Serving's messages (tensorflow_serving/servables/tensorflow/
-predict_util.cc and TensorFlow's own checks).
+tensorflow_serving/servables/tensorflow/predict_util.cc, `PreProcessPrediction`
+(78-161), in its order: the method name (only with
+`--enable_signature_method_name_check`), the number of inputs, the inputs fed
+under their tensor names (TensorFlow's `saved_model::GetInputValues`,
+tensorflow/cc/saved_model/util.cc), the output filter. Nothing else is
+checked here: TensorFlow Serving hands the tensors to the session, and
+TensorFlow's own checks (a feed's dtype; whatever its kernels require of
+shapes) answer the rest.
 """
 
+from typing import Callable
 from typing import Dict
-from typing import Optional
+from typing import List
+from typing import Mapping
 from typing import Sequence
 from typing import Tuple
+from typing import TypeVar
 
+import grpc
 import numpy as np
+import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving import status
 from serving.apis import tensors
 
+_METHOD_NAMES = (
+  tf.saved_model.PREDICT_METHOD_NAME,
+  tf.saved_model.CLASSIFY_METHOD_NAME,
+  tf.saved_model.REGRESS_METHOD_NAME,
+)
 
-def _shape_text(info: meta_graph_pb2.TensorInfo) -> str:
-  if info.tensor_shape.unknown_rank:
-    return "<unknown rank>"
-  return "[" + ",".join(str(d.size) for d in info.tensor_shape.dim) + "]"
+Value = TypeVar("Value")
 
 
-def validate_inputs(
-  signature_name: str, infos: Dict[str, meta_graph_pb2.TensorInfo], inputs: Dict[str, np.ndarray]
-) -> int:
-  """Checks request inputs against a signature's, as TensorFlow Serving does.
-
-  Args:
-    signature_name: for messages.
-    infos: the signature's inputs.
-    inputs: the request's inputs.
-
-  Returns:
-    The batch size (dimension 0 shared by all inputs).
+def check_method_name(signature: meta_graph_pb2.SignatureDef) -> None:
+  """`VerifySignature` (predict_util.cc:38-49), called only when the method check is on.
 
   Raises:
-    ServingError: INVALID_ARGUMENT naming the input, for a missing or extra
-      input, a wrong dtype, rank or fixed dimension, inputs with different
-      batch sizes, or an empty batch.
+    ServingError: INTERNAL, as TensorFlow Serving answers it.
   """
-  if set(inputs) != set(infos):
-    sent, expected = sorted(inputs), sorted(infos)
-    extra = sorted(set(sent) - set(expected))
-    missing = sorted(set(expected) - set(sent))
-    if len(sent) != len(expected):
-      raise status.invalid_argument(
-        f"input size does not match signature: {len(sent)}!={len(expected)} "
-        f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). "
-        f"Sent extra: {{{','.join(extra)}}}. Missing but required: "
-        f"{{{','.join(missing)}}}."
-      )
-    raise status.invalid_argument(
-      f"input tensor alias not found in signature: {extra[0]}. Inputs expected "
-      f"to be in the set {{{','.join(expected)}}}."
+  if signature.method_name not in _METHOD_NAMES:
+    raise status.ServingError(
+      grpc.StatusCode.INTERNAL,
+      "Expected prediction signature method_name to be one of {"
+      + ", ".join(_METHOD_NAMES)
+      + f"}}. Was: {signature.method_name}",
     )
-  batch_sizes = {}
-  for alias in sorted(inputs):
-    array, info = inputs[alias], infos[alias]
-    dtype = tensors.dtype_of(array)
-    if dtype != info.dtype:
-      raise status.invalid_argument(
-        f"Expects arg[{alias}] of signature {signature_name} to be "
-        f"{tensors.dtype_name(info.dtype)} but {tensors.dtype_name(dtype)} is provided"
-      )
-    if not info.tensor_shape.unknown_rank:
-      dims = [d.size for d in info.tensor_shape.dim]
-      if len(dims) != array.ndim or any(
-        want >= 0 and want != have for want, have in zip(dims, array.shape, strict=True)
-      ):
-        raise status.invalid_argument(
-          f"input {alias} of signature {signature_name} must have shape "
-          f"{_shape_text(info)} (-1: any size), got {list(array.shape)}"
-        )
-    if array.ndim:
-      batch_sizes[alias] = array.shape[0]
-  if len(set(batch_sizes.values())) > 1:
-    sizes = ", ".join(f"{alias}: {size}" for alias, size in batch_sizes.items())
-    raise status.invalid_argument(
-      f"inputs must have the same batch size (0th dimension), got {sizes}"
-    )
-  batch_size = next(iter(batch_sizes.values()), 1)
-  if batch_size == 0:
-    raise status.invalid_argument(
-      f"input {next(iter(batch_sizes))} has an empty batch (0th dimension is 0); "
-      "send at least one example"
-    )
-  return batch_size
 
 
-def output_aliases(
+def check_inputs_size(signature: meta_graph_pb2.SignatureDef, aliases: Sequence[str]) -> None:
+  """`VerifyRequestInputsSize` (predict_util.cc:51-73).
+
+  More inputs than the signature has, or fewer when it has no defaults.
+
+  Raises:
+    ServingError: INVALID_ARGUMENT with TensorFlow Serving's message.
+  """
+  sent, expected = len(aliases), len(signature.inputs)
+  if sent > expected or (sent < expected and not signature.defaults):
+    request_inputs, signature_inputs = sorted(aliases), sorted(signature.inputs)
+    extra = sorted(set(request_inputs) - set(signature_inputs))
+    missing = sorted(set(signature_inputs) - set(request_inputs))
+    raise status.invalid_argument(
+      f"input size does not match signature: {sent}!={expected} "
+      f"len({{{','.join(request_inputs)}}}) != len({{{','.join(signature_inputs)}}}). "
+      f"Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}."
+    )
+
+
+def input_feeds(
+  signature: meta_graph_pb2.SignatureDef,
+  inputs: Mapping[str, Value],
+  to_ndarray: Callable[[Value, str], np.ndarray],
+) -> Dict[str, np.ndarray]:
+  """The request's inputs by the tensor name they feed: `saved_model::GetInputValues`.
+
+  Every signature input comes from the request, or else from the signature's
+  `defaults`; a request input the signature does not have is an error.
+
+  Args:
+    signature: the signature run.
+    inputs: the request's inputs by alias (TensorProtos, or arrays over REST).
+    to_ndarray: reads one input (`Tensor::FromProto`); raises ServingError.
+
+  Raises:
+    ServingError: INVALID_ARGUMENT with TensorFlow's messages.
+  """
+  feeds = {}
+  used = set()
+  for alias in sorted(signature.inputs):
+    feed_name = signature.inputs[alias].name
+    if alias in inputs:
+      value = to_ndarray(inputs[alias], alias)
+      used.add(alias)
+    elif alias in signature.defaults:
+      value = tensors.to_ndarray(signature.defaults[alias], alias)
+    else:
+      raise status.invalid_argument(
+        f"Signature input alias: {alias}(feed name: {feed_name}) not found in request and no "
+        f"default value provided. Inputs expected to be in the request "
+        f"{{{','.join(sorted(inputs))}}}, or default input alias set: "
+        f"{','.join(sorted(signature.defaults))}"
+      )
+    feeds[feed_name] = value
+  if inputs and len(used) != len(inputs):
+    raise status.invalid_argument(
+      f"Inputs contains invalid name. Used request inputs: {','.join(sorted(used))}, "
+      f"request input: {','.join(sorted(inputs))}"
+    )
+  return feeds
+
+
+def output_fetches(
   signature: meta_graph_pb2.SignatureDef, output_filter: Sequence[str]
-) -> Optional[Tuple[str, ...]]:
-  """The outputs a request's `output_filter` asks for, in its order; None: all of them.
+) -> Tuple[List[str], List[str]]:
+  """`(tensor names, aliases)` to fetch: the filter's, in its order, or every output.
+
+  predict_util.cc:129-159.
 
   Raises:
     ServingError: INVALID_ARGUMENT for an alias the signature does not have,
       or one asked twice.
   """
-  if not output_filter:
-    return None
-  seen = set()
+  names, aliases = [], []
   for alias in output_filter:
     if alias not in signature.outputs:
       raise status.invalid_argument(
         f"output tensor alias not found in signature: {alias} Outputs expected to "
         f"be in the set {{{','.join(sorted(signature.outputs))}}}."
       )
-    if alias in seen:
+    if alias in aliases:
       raise status.invalid_argument(f"duplicate output tensor alias: {alias}")
-    seen.add(alias)
-  return tuple(output_filter)
+    names.append(signature.outputs[alias].name)
+    aliases.append(alias)
+  if not names:
+    for alias in sorted(signature.outputs):
+      names.append(signature.outputs[alias].name)
+      aliases.append(alias)
+  return names, aliases

@@ -80,7 +80,8 @@ def to_ndarray(proto: tensor_pb2.TensorProto, alias: str) -> np.ndarray:
   The two forms requests send (strings with one value per element, and
   packed `tensor_content`) are read directly; any other goes through
   `tf.make_ndarray` (typed `*_val` fields, fewer values than the shape holds
-  filled with the last one). `tf.make_ndarray` takes 2.3x as long for a
+  filled with the last one, more cut to the shape, as FromProto does).
+  `tf.make_ndarray` takes 2.3x as long for a
   one-example string tensor (20 against 9 us), so the hot path skips it.
 
   Raises:
@@ -111,6 +112,14 @@ def to_ndarray(proto: tensor_pb2.TensorProto, alias: str) -> np.ndarray:
     return array.reshape(shape)
   if proto.tensor_content and len(proto.tensor_content) == num_elements * dtype.itemsize:
     return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
+  values = getattr(proto, _VALUE_FIELDS[proto.dtype])
+  if not proto.tensor_content and len(values) > num_elements:
+    # Tensor::FromProto reads the first values the shape holds and ignores
+    # the rest (tf.io.parse_tensor, which is FromProto, does the same).
+    trimmed = tensor_pb2.TensorProto()
+    trimmed.CopyFrom(proto)
+    del getattr(trimmed, _VALUE_FIELDS[proto.dtype])[num_elements:]
+    proto = trimmed
   try:
     return tf.make_ndarray(proto)
   except (ValueError, TypeError) as e:
@@ -124,6 +133,7 @@ def fill_tensor_proto(array: np.ndarray, proto: tensor_pb2.TensorProto) -> None:
   """Writes `array` into `proto` in the typed value field, as `AsProtoField` does."""
   dtype = dtype_of(array)
   proto.dtype = dtype
+  proto.tensor_shape.SetInParent()  # AsProtoField writes a shape, empty for a scalar.
   for size in array.shape:
     proto.tensor_shape.dim.add().size = size
   flat = array.ravel()

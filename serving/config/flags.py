@@ -115,7 +115,9 @@ class ServerOptions:
   num_tflite_interpreters_per_pool: int = 1
   enable_signature_method_name_check: bool = False
   xla_cpu_compilation_enabled: bool = False
-  enable_profiler: bool = True
+  # TensorFlow Serving's default is true; off here, deliberately: its Profile
+  # RPC writes files where the client says (serving/apis/grpc/profiler.py).
+  enable_profiler: bool = False
   thread_pool_factory_config_file: str = ""
   mixed_precision: str = ""
   skip_initialize_tpu: bool = False
@@ -322,7 +324,11 @@ FLAGS: Tuple[Flag, ...] = (
     "Enable XLA:CPU JIT compilation.",
     no_effect="TensorFlow's Python runtime compiles what a model asks it to",
   ),
-  Flag("enable_profiler", "bool", "Serve tensorflow.ProfilerService on the gRPC port."),
+  Flag(
+    "enable_profiler",
+    "bool",
+    "Serve tensorflow.ProfilerService on the gRPC port (off by default here).",
+  ),
   Flag(
     "thread_pool_factory_config_file",
     "string",

@@ -1,6 +1,6 @@
 """Dynamic batching of inference requests, as TensorFlow Serving's BatchingSession does.
 
-Requests for the same signature are queued into batches of at most
+Requests that run the same fetches on feeds of the same structure are queued into batches of at most
 `max_batch_size` examples. A batch is processed as soon as it is full, or
 `batch_timeout_micros` after its first request arrived, by one of
 `num_batch_threads` threads; at most `max_enqueued_batches` batches wait per
@@ -38,8 +38,8 @@ from serving.config import server_config
 QUEUE_FULL_CODE = grpc.StatusCode.RESOURCE_EXHAUSTED
 QUEUE_FULL_MESSAGE = "The batch scheduling queue to which this task was submitted is full"
 
-# Runs one batch: (signature name, inputs) -> outputs, all with the batch first.
-ProcessFn = Callable[[str, Dict[str, np.ndarray]], Dict[str, np.ndarray]]
+# Runs one batch: (fetches, feeds) -> fetched arrays, all with the batch first.
+ProcessFn = Callable[[Tuple[str, ...], Dict[str, np.ndarray]], Dict[str, np.ndarray]]
 # Observes each processed batch: (batch size, padding rows).
 BatchObserver = Callable[[int, int], None]
 
@@ -126,11 +126,33 @@ def load_batching_parameters(path: Optional[str]) -> BatchingOptions:
   return BatchingOptions.from_proto(proto)
 
 
-class _Task:
-  __slots__ = ("signature_name", "inputs", "size", "future", "deadline")
+def input_batch_size(inputs: Dict[str, np.ndarray]) -> int:
+  """The batch size of a batched run's feeds, as TensorFlow Serving's BatchingSession takes it.
 
-  def __init__(self, signature_name, inputs, size, deadline):
-    self.signature_name = signature_name
+  `ComputeTensorBatchSize` (tensorflow_serving/batching/batching_util.h:82-110),
+  with its messages.
+
+  Raises:
+    ServingError: INVALID_ARGUMENT for no feeds, a scalar feed, or feeds whose
+      0th dimensions differ.
+  """
+  if not inputs:
+    raise status.invalid_argument("Batching Run() must have at least one input tensor")
+  sizes = set()
+  for array in inputs.values():
+    if array.ndim == 0:
+      raise status.invalid_argument("Batching Run() input tensors must have at least one dimension")
+    sizes.add(array.shape[0])
+  if len(sizes) > 1:
+    raise status.invalid_argument("Batching Run() input tensors must have equal 0th-dimension size")
+  return sizes.pop()
+
+
+class _Task:
+  __slots__ = ("fetches", "inputs", "size", "future", "deadline")
+
+  def __init__(self, fetches, inputs, size, deadline):
+    self.fetches = fetches
     self.inputs = inputs
     self.size = size
     self.future = concurrent.futures.Future()
@@ -171,8 +193,8 @@ class BatchScheduler:
     self._observer = observer
     self._timeout = options.batch_timeout_micros / 1e6
     self._cond = threading.Condition()
-    # One queue per signature and input structure: only requests that can be
-    # concatenated share a batch.
+    # One queue per fetches and feed structure (TensorFlow Serving's
+    # TensorSignature): only requests that can be concatenated share a batch.
     self._queues: Dict[tuple, Deque[_Batch]] = {}
     self._closed = False
     self._threads = [
@@ -182,18 +204,18 @@ class BatchScheduler:
     for thread in self._threads:
       thread.start()
 
-  def _queue_key(self, signature_name: str, inputs: Dict[str, np.ndarray]) -> tuple:
+  def _queue_key(self, fetches: Tuple[str, ...], inputs: Dict[str, np.ndarray]) -> tuple:
     if self._options.pad_variable_length_inputs:
-      return (signature_name,) + tuple(
-        (alias, array.dtype.str, array.ndim) for alias, array in sorted(inputs.items())
+      return (fetches,) + tuple(
+        (name, array.dtype.str, array.ndim) for name, array in sorted(inputs.items())
       )
-    return (signature_name,) + tuple(
-      (alias, array.dtype.str, array.shape[1:]) for alias, array in sorted(inputs.items())
+    return (fetches,) + tuple(
+      (name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items())
     )
 
   def schedule(
     self,
-    signature_name: str,
+    fetches: Tuple[str, ...],
     inputs: Dict[str, np.ndarray],
     size: int,
     deadline: Optional[float] = None,
@@ -201,8 +223,8 @@ class BatchScheduler:
     """Queues one request of `size` examples.
 
     Args:
-      signature_name: the signature to run.
-      inputs: the request's inputs, all with `size` rows.
+      fetches: what to fetch (passed to the process function; hashable).
+      inputs: the request's feeds, all with `size` rows.
       size: the request's batch size.
       deadline: `time.monotonic()` after which the caller no longer waits.
 
@@ -218,8 +240,8 @@ class BatchScheduler:
       raise status.invalid_argument(
         f"Task size {size} is larger than maximum input batch size {self._options.max_batch_size}"
       )
-    task = _Task(signature_name, inputs, size, deadline)
-    key = self._queue_key(signature_name, inputs)
+    task = _Task(fetches, inputs, size, deadline)
+    key = self._queue_key(fetches, inputs)
     with self._cond:
       if self._closed:
         raise SchedulerClosedError(self._name)
@@ -330,24 +352,29 @@ class BatchScheduler:
       sizes = self._options.allowed_batch_sizes
       target = sizes[min(bisect.bisect_left(sizes, size), len(sizes) - 1)]
     inputs = {
-      alias: _concatenate([task.inputs[alias] for task in tasks], target - size)
-      for alias in tasks[0].inputs
+      name: _concatenate([task.inputs[name] for task in tasks], target - size)
+      for name in tasks[0].inputs
     }
-    outputs = self._process_fn(tasks[0].signature_name, inputs)
+    outputs = self._process_fn(tasks[0].fetches, inputs)
     if self._observer is not None:
       self._observer(size, target - size)
     start = 0
     for task in tasks:
       end = start + task.size
       result = {}
-      for alias, array in outputs.items():
-        if array.ndim == 0 or array.shape[0] != target:
+      for name, array in outputs.items():
+        # BatchingSession::SplitOutputTensors (batching_session.cc:624-633).
+        if array.ndim == 0:
           raise status.ServingError(
-            grpc.StatusCode.INTERNAL,
-            f"Batched output {alias} has shape {list(array.shape)}; batching "
-            f"needs every output to have the batch size {target} first.",
+            grpc.StatusCode.FAILED_PRECONDITION, "Batched output tensor has 0 dimensions"
           )
-        result[alias] = array[start:end]
+        if array.shape[0] != target:
+          raise status.ServingError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "Batched output tensor's 0th dimension does not equal the sum of the "
+            "0th dimension sizes of the input tensors",
+          )
+        result[name] = array[start:end]
       task.future.set_result(result)
       start = end
 

@@ -71,13 +71,20 @@ def load_servable(
       SavedModel load, as TensorFlow's LoadSavedModel counts its loads.
 
   Raises:
-    FileNotFoundError: if the directory holds neither kind of model.
+    ServingError: NOT_FOUND with TensorFlow Serving's message if the
+      directory holds neither kind of model, or no MetaGraph has the tags.
     Exception: whatever loading the model raises.
   """
   kind = find_model_file(path, prefer_tflite)
+  # LoadSessionBundleOrSavedModelBundle (session_bundle/oss/session_bundle_util.cc:55-78).
+  if kind != "tflite" and tf.io.gfile.exists(os.path.join(path, "export.meta")):
+    raise status.ServingError(
+      grpc.StatusCode.UNIMPLEMENTED, "Session Bundle is deprecated and removed."
+    )
   if kind is None:
-    raise FileNotFoundError(
-      f"No {' or '.join(saved_model.SAVED_MODEL_FILENAMES)} or {tflite.TFLITE_FILENAME} in {path}."
+    raise status.not_found(
+      "Specified file path does not appear to contain a SavedModel bundle (should have a "
+      f"file called `saved_model.pb`)\nSpecified file path: {path}"
     )
   logging.info("Loading %s model %s version %d from %s", kind, name, version, path)
   if kind == "tflite":

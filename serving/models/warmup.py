@@ -106,6 +106,8 @@ def replay_warmup_requests(
         service.classify(log.classify_log.request, servable=servable).result()
       elif kind == "regress_log":
         service.regress(log.regress_log.request, servable=servable).result()
+      elif kind == "multi_inference_log":
+        service.multi_inference(log.multi_inference_log.request, servable=servable).result()
       else:
         raise ValueError(f"Unsupported warmup record type {kind!r} in {servable.path}.")
   seconds = time.perf_counter() - start

@@ -115,10 +115,12 @@ class RequestPolicy:
       return ""
     return self.authenticator.authorize(authorization, model_name).name
 
-  def authorize_admin(self, authorization: Optional[str]) -> str:
+  def authorize_admin(
+    self, authorization: Optional[str], operation: str = "reload the model config"
+  ) -> str:
     if self.authenticator is None:
       return ""
-    return self.authenticator.authorize_admin(authorization).name
+    return self.authenticator.authorize_admin(authorization, operation).name
 
   def log_request(
     self, model_name: str, api: str, request, response, arrived: float, response_bytes=None

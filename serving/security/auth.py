@@ -281,13 +281,14 @@ class Authenticator:
       )
     return principal
 
-  def authorize_admin(self, authorization: Optional[str]) -> Principal:
-    """Server-wide operations (reloading the config) need a principal allowed every model."""
+  def authorize_admin(
+    self, authorization: Optional[str], operation: str = "reload the model config"
+  ) -> Principal:
+    """Server-wide operations (config reload, profiling) need a principal allowed every model."""
     principal = self.authenticate(authorization)
     if principal.models is not ALL_MODELS:
       raise permission_denied(
-        f"Principal {principal.name!r} may not reload the model config: it is limited to "
-        "some models.",
+        f"Principal {principal.name!r} may not {operation}: it is limited to some models.",
         principal.name,
       )
     return principal

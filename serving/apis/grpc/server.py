@@ -12,6 +12,7 @@ import grpc
 
 from serving.apis import inference
 from serving.apis.grpc import health
+from serving.apis.grpc import profiler
 from serving.apis.grpc import servicer
 from serving.observability import request_policy
 
@@ -59,6 +60,7 @@ def create(
   max_concurrent_rpcs: int,
   grpc_channel_arguments: str = "",
   health_check: bool = False,
+  enable_profiler: bool = False,
 ) -> grpc.aio.Server:
   """A gRPC server of both TensorFlow Serving services; call it on the server's event loop.
 
@@ -70,6 +72,7 @@ def create(
     grpc_channel_arguments: `--grpc_channel_arguments`.
     health_check: also serve grpc.health.v1.Health
       (`--enable_grpc_healthcheck_service`).
+    enable_profiler: also serve tensorflow.ProfilerService (`--enable_profiler`).
 
   Raises:
     ValueError: if `grpc_channel_arguments` is malformed.
@@ -82,6 +85,8 @@ def create(
   servicer.add_services(server, service, policy)
   if health_check:
     server.add_generic_rpc_handlers((health.handler(),))
+  if enable_profiler:
+    profiler.add_service(server, policy)
   return server
 
 

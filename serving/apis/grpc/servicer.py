@@ -147,6 +147,7 @@ class _Handler:
     is_future: bool = True,
     request=None,
     request_bytes: bytes = b"",
+    signature_name: Optional[str] = None,
   ):
     """Runs `call()` and answers with its result.
 
@@ -155,6 +156,7 @@ class _Handler:
         then the answer is the response's bytes, serialized on the batch thread.
       request: the request message, for the audit and request logs.
       request_bytes: the request as received, for the request log.
+      signature_name: for the audit log; default: the request's model spec's.
     """
     start, arrived = time.perf_counter(), time.time()
     version, code, message, principal, examples = "", grpc.StatusCode.OK, "", "", 0
@@ -206,7 +208,9 @@ class _Handler:
         arrived,
         context.peer,
         principal,
-        request.model_spec.signature_name if request is not None else "",
+        signature_name
+        if signature_name is not None
+        else (request.model_spec.signature_name if request is not None else ""),
         examples,
         logged,
       )
@@ -235,7 +239,7 @@ def _serialize(response) -> bytes:
 
 
 class PredictionServicer:
-  """tensorflow.serving.PredictionService: Predict, Classify, Regress, GetModelMetadata.
+  """tensorflow.serving.PredictionService: Predict, Classify, Regress, MultiInference, metadata.
 
   Each method takes `(request message, request bytes)` (see `handler`).
   """
@@ -276,8 +280,15 @@ class PredictionServicer:
     )
 
   async def MultiInference(self, received, context):
-    await context.abort(
-      grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by this server."
+    # Not request-logged: the request log's records carry one model spec.
+    request, _ = received
+    first = request.tasks[0].model_spec if request.tasks else None
+    return await self._handle(
+      "MultiInference",
+      first.name if first is not None else "",
+      context,
+      lambda: self._service.multi_inference(request, _deadline(context)),
+      signature_name=first.signature_name if first is not None else "",
     )
 
   def handler(self) -> grpc.GenericRpcHandler:

@@ -422,17 +422,21 @@ def test_predict_unknown_model_version_label_or_signature(
 @pytest.mark.parametrize(
   "inputs, message",
   [
-    ({"serialized": [b"x"]}, "input tensor alias not found in signature: serialized"),
-    ({"examples": [b"x"], "extra": [1]}, "input size does not match signature: 2!=1"),
+    # TensorFlow's GetInputValues (tensorflow/cc/saved_model/util.cc).
     (
-      {"examples": np.array([1, 2], np.int64)},
-      "Expects arg[examples] of signature serving_default to be string but int64 is provided",
+      {"serialized": [b"x"]},
+      "Signature input alias: examples(feed name: serving_default_examples:0) not found in "
+      "request and no default value provided. Inputs expected to be in the request "
+      "{serialized}, or default input alias set: ",
     ),
+    ({"examples": [b"x"], "extra": [1]}, "input size does not match signature: 2!=1"),
+    # The session's own check of a feed's dtype (DirectSession::Run).
+    ({"examples": np.array([1, 2], np.int64)}, "Expects arg[0] to be string but int64 is provided"),
+    # No shape check of the server's own: ParseExample's.
     (
       {"examples": [[b"a"], [b"b"]]},
-      "input examples of signature serving_default must have shape [-1]",
+      "Expected serialized to be a scalar or vector, got shape: [2,1]",
     ),
-    ({"examples": np.zeros([0], object)}, "input examples has an empty batch"),
     ({"examples": [b"not a tf.Example"]}, "Could not parse example input"),
   ],
 )
@@ -450,7 +454,15 @@ def test_predict_invalid_inputs(stub, inputs, message):
   assert message in details
 
 
-def test_predict_inputs_with_different_batch_sizes(stub):
+def test_predict_empty_batch_answers_empty_outputs(stub):
+  # As TensorFlow Serving: the session runs zero examples.
+  request = _predict_request({"examples": tf.make_tensor_proto(np.zeros([0], object), tf.string)})
+  response = stub.Predict(request, timeout=DEADLINE_SECONDS)
+  assert tf.make_ndarray(response.outputs["probabilities"]).shape == (0, 10)
+
+
+def test_predict_inputs_with_different_batch_sizes_go_to_tensorflow(stub):
+  # Unbatched, TensorFlow Serving checks no batch size of its own: the model's ops answer.
   request = _predict_request(
     {
       "item_history": np.array([[1, 2]], np.int64),
@@ -459,14 +471,22 @@ def test_predict_inputs_with_different_batch_sizes(stub):
     },
     signature_name=canned_models.RAW_SIGNATURE_NAME,
   )
-  code, details = _error(stub.Predict, request)
-  assert code == grpc.StatusCode.INVALID_ARGUMENT
-  assert "inputs must have the same batch size" in details
+  # The canned model's ops broadcast the one-row inputs: TensorFlow runs it.
+  response = stub.Predict(request, timeout=DEADLINE_SECONDS)
+  assert tf.make_ndarray(response.outputs["probabilities"]).shape == (2, 10)
 
 
-def test_predict_malformed_tensor(stub):
+def test_predict_tensor_with_extra_values_reads_the_first(stub):
   proto = tf.make_tensor_proto([b"a", b"b"], dtype=tf.string)
-  proto.tensor_shape.dim[0].size = 1  # Two values for one element.
+  proto.tensor_shape.dim[0].size = 1  # Two values for one element: FromProto reads one.
+  code, details = _error(stub.Predict, _predict_request({"examples": proto}))
+  assert code == grpc.StatusCode.INVALID_ARGUMENT
+  assert details.startswith("Could not parse example input, value: 'a'")
+
+
+def test_predict_unparsable_tensor(stub):
+  proto = tf.make_tensor_proto([b"a"], dtype=tf.string)
+  proto.tensor_shape.unknown_rank = True
   code, details = _error(stub.Predict, _predict_request({"examples": proto}))
   assert code == grpc.StatusCode.INVALID_ARGUMENT
   assert details.startswith("tensor parsing error: examples")
@@ -527,9 +547,9 @@ def test_get_model_status_errors(channel):
   )
 
 
-def test_unimplemented_apis(stub):
+def test_multi_inference_without_tasks_names_no_model(stub):
   request = inference_pb2.MultiInferenceRequest()
-  assert _error(stub.MultiInference, request)[0] == grpc.StatusCode.UNIMPLEMENTED
+  assert _error(stub.MultiInference, request)[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_server_keeps_serving_after_errors(stub, examples, server):

@@ -118,7 +118,7 @@ def test_classify_runs_the_classification_signature(server, canned):
   expected = conftest.reference(
     canned.version_1, "classification", "scores", inputs=[_serialized(example)]
   )[0]
-  [row] = body["result"]
+  [row] = body["results"]
   assert [label for label, _ in row] == list(canned_models.CLASS_NAMES)
   np.testing.assert_array_equal(np.array([score for _, score in row], np.float32), expected)
 
@@ -139,7 +139,7 @@ def test_classify_with_context_and_b64_feature(server, canned):
   ]
   expected = conftest.reference(canned.version_1, "classification", "scores", inputs=full)
   np.testing.assert_array_equal(
-    np.array([[score for _, score in row] for row in body["result"]], np.float32), expected
+    np.array([[score for _, score in row] for row in body["results"]], np.float32), expected
   )
 
 
@@ -158,7 +158,7 @@ def test_regress_runs_the_regression_signature(server, canned):
   expected = conftest.reference(
     canned.version_1, "regression", "outputs", inputs=[_serialized(e) for e in examples]
   )
-  np.testing.assert_array_equal(np.array(body["result"], np.float32), expected)
+  np.testing.assert_array_equal(np.array(body["results"], np.float32), expected)
 
 
 def _serialized(features) -> bytes:

@@ -73,7 +73,9 @@ UPSTREAM_FLAGS = [
   (276, "num_tflite_interpreters_per_pool", "int32", 1),
   (283, "enable_signature_method_name_check", "bool", False),
   (288, "xla_cpu_compilation_enabled", "bool", False),
-  (293, "enable_profiler", "bool", True),
+  # main.cc:293 defaults to true; off here on purpose (serving/apis/grpc/profiler.py):
+  # Profile writes files at a path the client names.
+  (293, "enable_profiler", "bool", False),
   (295, "thread_pool_factory_config_file", "string", ""),
   (299, "mixed_precision", "string", ""),
   (301, "skip_initialize_tpu", "bool", False),
