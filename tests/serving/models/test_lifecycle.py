@@ -286,7 +286,7 @@ def test_model_status_shows_no_file_path_of_the_server(canned, base_path, versio
   assert base_path not in grpc_message and str(tmp_path) not in grpc_message
   assert "/tmp/" not in grpc_message and "/work/" not in grpc_message
   if version == "empty":
-    # loader_util.cc's text, as upstream's SavedModelBundle loader words it.
+    # TensorFlow's SavedModel loader text, as serving/models/loader.py words it.
     assert grpc_message.endswith("Specified file path: <base_path>/2")
   else:
     assert "not a valid checkpoint: <base_path>/2/variables/variables" in grpc_message
