@@ -2,13 +2,16 @@
 
 import os
 
+import contract
+
 PIPELINE_NAME = "next_category"
 # The model name TensorFlow Serving serves the pushed SavedModel under.
 SERVING_MODEL_NAME = "next_category"
 
 # The project root, so default paths work from any working directory.
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCHEMA_PATH = os.path.join(PROJECT_ROOT, "schemas", "schema.pbtxt")
+# One default schema: the data contract's.
+SCHEMA_PATH = contract.DEFAULT_SCHEMA_PATH
 DATA_ROOT = os.path.join(PROJECT_ROOT, "data", "default")
 OUTPUT_ROOT = os.path.join(PROJECT_ROOT, "artifacts")
 
@@ -29,9 +32,10 @@ TRAINING_SEED = 42
 # worse than the model serving now (the highest complete pushed version).
 EVAL_ACCURACY_THRESHOLD = 0.5
 EVAL_ACCURACY_CHANGE_THRESHOLD = -1e-10
+# The int8 TFLite model ships only if its top-1 accuracy is at most this many
+# points below the SavedModel's.
+TFLITE_MAX_ACCURACY_DROP = 1.0
 
-# Components' own Beam pipelines: the DirectRunner in process. On the default
-# 50,000 examples, starting worker processes (each imports TensorFlow) costs
-# more than they save: ImportExampleGen and StatisticsGen take 4 s each in
-# process against 13 s each with two worker processes.
+# Components' own Beam pipelines: the DirectRunner in process; on the default
+# data, worker processes cost more than they save (measured: docs/beam.md).
 BEAM_PIPELINE_ARGS = ("--direct_running_mode=in_memory",)

@@ -14,7 +14,6 @@ This module imports no TensorFlow: the runners set it up before TensorFlow is
 imported, since TensorFlow logs at import.
 """
 
-import argparse
 import contextlib
 import datetime
 import io
@@ -27,12 +26,10 @@ from typing import Callable
 from typing import Dict
 from typing import Iterator
 from typing import Optional
-from typing import Sequence
 from typing import TextIO
 from typing import Tuple
 
 from components.trainer import progress
-from pipeline import configs
 
 _CLEAR_LINE = "\r\x1b[K"
 # How often the Trainer's progress file is read.
@@ -40,19 +37,6 @@ _POLL_SECONDS = 0.25
 # Without a terminal, progress is printed at these fractions of the steps.
 _PLAIN_PROGRESS_MARKS = (0.25, 0.5, 0.75)
 _NAME_WIDTH = 28
-
-
-def early_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-  """The flags needed before TensorFlow is imported: where the log goes, and whether to show all.
-
-  The runner's full parser (`runner_flags.parse_args`) defines the same flags.
-  """
-  parser = argparse.ArgumentParser(add_help=False)
-  parser.add_argument("--output_root", default=configs.OUTPUT_ROOT)
-  parser.add_argument("--verbose", action="store_true")
-  parser.add_argument("-h", "--help", action="store_true")
-  args, _ = parser.parse_known_args(argv)
-  return args
 
 
 def _duration(seconds: float) -> str:

@@ -20,7 +20,6 @@ from typing import Dict
 from typing import List
 from typing import Optional
 from typing import Sequence
-from typing import Tuple
 
 import tensorflow as tf
 import yaml
@@ -34,6 +33,7 @@ from pipeline import kfp_entrypoint
 from pipeline import kubeflow_package
 from pipeline import pipeline as pipeline_lib
 from pipeline import runner_flags
+from pipeline import settings
 
 # KFP pipeline names allow only [a-z0-9-].
 KFP_PIPELINE_NAME = configs.PIPELINE_NAME.replace("_", "-")
@@ -73,7 +73,7 @@ class StoragePaths:
     )
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   """Parses the runner's flags; unrecognised `--flags` are Beam pipeline args.
 
   Returns:
@@ -181,7 +181,7 @@ def _compile_time_schema(args: argparse.Namespace, scratch_dir: str) -> str:
   )
 
 
-def build_pipeline(args: argparse.Namespace, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
+def build_pipeline(args: argparse.Namespace) -> tfx.dsl.Pipeline:
   """Builds the pipeline from parsed flags, its Trainer reading `train_args` at run time.
 
   Raises:
@@ -193,28 +193,35 @@ def build_pipeline(args: argparse.Namespace, beam_pipeline_args: List[str]) -> t
     contract_args = argparse.Namespace(
       **{**vars(args), "schema_path": _compile_time_schema(args, scratch_dir)}
     )
-    settings = runner_flags.pipeline_settings(contract_args)
-  return pipeline_lib.create_pipeline(
-    pipeline_name=KFP_PIPELINE_NAME,
-    pipeline_root=paths.pipeline_root,
-    data_root=paths.data_root,
-    schema_path=args.schema_path,
-    serving_model_dir=paths.serving_model_dir,
-    report_dir=paths.reports_dir,
-    tflite_push_base_directory=paths.tflite_model_dir,
-    # Kubeflow connects the components to its own ML Metadata store.
-    metadata_connection_config=None,
-    # A run can change the training steps without recompiling. TFX 1.16
-    # cannot put a runtime parameter inside a proto field, so the parameter is
-    # the whole TrainArgs as JSON; KubeflowV2 binds it to a pipeline input.
-    train_args=tfx.dsl.experimental.RuntimeParameter(
+    shared = runner_flags.pipeline_settings(contract_args)
+  # A run can change the training steps without recompiling. TFX 1.16 cannot
+  # put a runtime parameter inside a proto field, so the parameter is the whole
+  # TrainArgs as JSON; KubeflowV2 binds it to a pipeline input.
+  shared["training"] = dataclasses.replace(
+    shared["training"],
+    train_steps=tfx.dsl.experimental.RuntimeParameter(
       name=kubeflow_package.TRAIN_ARGS_PARAMETER,
       ptype=str,
       default=kubeflow_package.train_args_value(args.train_steps),
     ),
-    eval_args=tfx.proto.EvalArgs(num_steps=args.eval_steps),
-    beam_pipeline_args=beam_pipeline_args,
-    **settings,
+  )
+  return pipeline_lib.create_pipeline(
+    paths=settings.Paths(
+      pipeline_root=paths.pipeline_root,
+      data_root=paths.data_root,
+      schema_path=args.schema_path,
+      report_dir=paths.reports_dir,
+    ),
+    serving=settings.ServingSettings(
+      serving_model_dir=paths.serving_model_dir,
+      tflite_push_base_directory=paths.tflite_model_dir,
+      model_signing_key=args.model_signing_key,
+    ),
+    pipeline_name=KFP_PIPELINE_NAME,
+    # Kubeflow connects the components to its own ML Metadata store.
+    metadata_connection_config=None,
+    beam_pipeline_args=args.beam_pipeline_args,
+    **shared,
   )
 
 
@@ -361,10 +368,10 @@ def uncached_steps(job: Dict[str, Any], pipeline: tfx.dsl.Pipeline) -> List[str]
 
 def main(argv=None) -> int:
   """Compiles the package; returns the exit code (2 for bad flags)."""
-  args, beam_pipeline_args = parse_args(argv)
+  args = parse_args(argv)
   package_path = kubeflow_package.package_path(os.path.abspath(args.output_root))
   try:
-    pipeline = build_pipeline(args, beam_pipeline_args)
+    pipeline = build_pipeline(args)
     job = compile_pipeline(pipeline, args.image, package_path, args.train_steps)
   except ValueError as e:
     print(f"ERROR: {e}", file=sys.stderr)

@@ -4,12 +4,9 @@
 Kubeflow runners build exactly the same pipeline from their own flags.
 """
 
-from typing import Any
-from typing import Dict
 from typing import List
 from typing import Optional
 from typing import Sequence
-from typing import Union
 
 import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
@@ -22,6 +19,8 @@ from components.infra_validator.component import InfraValidator
 from components.pusher.component import Pusher
 from components.serving_baseline.component import ServingBaseline
 from components.tflite_converter.component import TFLiteConverter
+from pipeline import configs
+from pipeline import settings
 
 
 def _eval_config(
@@ -81,67 +80,47 @@ def _eval_config(
   )
 
 
-# What the Trainer accepts for its arguments: the proto, or a runtime parameter
-# holding the whole proto as JSON (KubeflowV2 binds it to a pipeline input).
-TrainArgsValue = Union[tfx.proto.TrainArgs, tfx.dsl.experimental.RuntimeParameter]
-EvalArgsValue = Union[tfx.proto.EvalArgs, tfx.dsl.experimental.RuntimeParameter]
 # The splits ImportExampleGen writes.
 _SPLITS = ("train", "eval")
 
 
-def _check_steps_args(name: str, value, proto_class) -> None:
-  """Refuses `train_args`/`eval_args` the Trainer could not use.
-
-  A RuntimeParameter is checked only for its type: its value arrives at run time.
-  """
+def _train_args(training: settings.TrainingSettings):
+  """The Trainer's `train_args`: the steps as a proto, or the runtime parameter as it is."""
+  value = training.train_steps
   if isinstance(value, tfx.dsl.experimental.RuntimeParameter):
+    # KubeflowV2 binds it to a pipeline input holding the whole TrainArgs as JSON.
     if value.ptype is not str:
       raise ValueError(
-        f"The {name} runtime parameter {value.name!r} must have ptype str (the whole "
-        f"{proto_class.__name__} as JSON), got {value.ptype.__name__}."
+        f"The train_steps runtime parameter {value.name!r} must have ptype str (the whole "
+        f"TrainArgs as JSON), got {value.ptype.__name__}."
       )
-    return
-  if not isinstance(value, proto_class):
+    return value
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
     raise ValueError(
-      f"{name} must be a tfx.proto.{proto_class.__name__} or a RuntimeParameter, "
-      f"got {type(value).__name__}."
+      "training.train_steps must be a positive number of steps or a RuntimeParameter, "
+      f"got {value!r}."
     )
-  if value.num_steps < 1:
+  return tfx.proto.TrainArgs(num_steps=value)
+
+
+def _check_settings(data: settings.DataSettings, training: settings.TrainingSettings) -> None:
+  if "{SPAN}" not in data.input_pattern:
     raise ValueError(
-      f"{name}.num_steps must be positive (the run_fn trains and evaluates a fixed number of "
-      f"steps), got {value.num_steps}."
+      f"input_pattern must contain {{SPAN}} to read span directories, got {data.input_pattern!r}."
     )
-  unknown = sorted(set(value.splits) - set(_SPLITS))
-  if unknown:
-    raise ValueError(
-      f"{name}.splits names {', '.join(unknown)}, which ImportExampleGen does not write; "
-      f"it writes {' and '.join(_SPLITS)}."
-    )
+  if data.span is not None and data.span < 1:
+    raise ValueError(f"span must be a span number of at least 1, got {data.span}.")
+  if training.eval_steps < 1:
+    raise ValueError(f"training.eval_steps must be positive, got {training.eval_steps}.")
 
 
 def create_pipeline(
-  pipeline_name: str,
-  pipeline_root: str,
-  data_root: str,
-  schema_path: str,
-  run_fn: str,
-  serving_model_dir: str,
-  train_args: TrainArgsValue,
-  eval_args: EvalArgsValue,
-  accuracy_threshold: float,
-  accuracy_change_threshold: float = -1e-10,
-  input_pattern: str = "span-{SPAN}/*",
-  span: Optional[int] = None,
-  tolerated_anomalies: Sequence[str] = (),
-  report_dir: Optional[str] = None,
-  tflite_push_base_directory: Optional[str] = None,
-  tflite_max_accuracy_drop: float = 1.0,
-  model_signing_key: Optional[str] = None,
-  train_hash_buckets: int = 4,
-  eval_hash_buckets: int = 1,
-  slice_features: Optional[Sequence[str]] = None,
-  label_key: Optional[str] = None,
-  trainer_custom_config: Optional[Dict[str, Any]] = None,
+  paths: settings.Paths,
+  serving: settings.ServingSettings,
+  data: settings.DataSettings = settings.DataSettings(),
+  training: settings.TrainingSettings = settings.TrainingSettings(),
+  gates: settings.GateSettings = settings.GateSettings(),
+  pipeline_name: str = configs.PIPELINE_NAME,
   enable_cache: bool = True,
   metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
   beam_pipeline_args: Optional[List[str]] = None,
@@ -149,40 +128,12 @@ def create_pipeline(
   """Creates the next_category pipeline.
 
   Args:
+    paths: where it reads and writes (`settings.Paths`).
+    serving: where and how a blessed model is pushed.
+    data: which examples, their split, label and slices.
+    training: the Trainer's `run_fn`, steps and custom config.
+    gates: what stops the run or the model.
     pipeline_name: the pipeline's name in ML Metadata.
-    pipeline_root: where component outputs are written.
-    data_root: directory holding `span-N/` directories of TFRecord files.
-    schema_path: the curated schema (`schemas/schema.pbtxt`).
-    run_fn: dotted path of the Trainer's `run_fn`.
-    serving_model_dir: base path the Pusher writes numbered versions to.
-    train_args: the Trainer's `tfx.proto.TrainArgs` (training steps), or a
-      RuntimeParameter of type str holding them as JSON.
-    eval_args: the Trainer's `tfx.proto.EvalArgs` (evaluation steps), or a
-      RuntimeParameter of type str holding them as JSON.
-    accuracy_threshold: minimum eval top-1 accuracy for blessing.
-    accuracy_change_threshold: minimum accuracy difference to the model
-      serving now (a small negative number means "no worse").
-    input_pattern: file pattern under `data_root`, with `{SPAN}`.
-    span: the span to ingest; None ingests the latest one.
-    tolerated_anomalies: anomaly kinds (or `feature:KIND`) that do not stop
-      the run before training; they are still reported.
-    report_dir: where AnomalyGate writes HTML reports of statistics, drift
-      and anomalies, one directory per run; None writes none.
-    tflite_push_base_directory: base path the int8 TFLite model is shipped to
-      (`<base>/<version>/model.tflite`, the Pusher's version); None leaves the
-      TFLite conversion out of the pipeline.
-    tflite_max_accuracy_drop: largest top-1 accuracy drop (points) of the
-      int8 model against the SavedModel for it to be shipped.
-    model_signing_key: an ECDSA private key file the Pusher and the
-      TFLiteConverter sign every version they push with (OpenSSF model
-      signing, in staging, before it is visible); None pushes unsigned
-      versions.
-    train_hash_buckets: hash buckets of the train split.
-    eval_hash_buckets: hash buckets of the eval split.
-    slice_features: features the Evaluator slices by (each, and all crossed);
-      None: the data contract's (`contract`, read from `schema_path`).
-    label_key: the label feature; None: the data contract's.
-    trainer_custom_config: passed to `run_fn` as `fn_args.custom_config`.
     enable_cache: reuse outputs of unchanged components.
     metadata_connection_config: ML Metadata connection (None: the runner's
       default, as on Kubeflow).
@@ -194,18 +145,17 @@ def create_pipeline(
   Raises:
     ValueError: for settings that cannot work.
   """
-  _check_steps_args("train_args", train_args, tfx.proto.TrainArgs)
-  _check_steps_args("eval_args", eval_args, tfx.proto.EvalArgs)
-  if "{SPAN}" not in input_pattern:
-    raise ValueError(
-      f"input_pattern must contain {{SPAN}} to read span directories, got {input_pattern!r}."
-    )
-  if span is not None and span < 1:
-    raise ValueError(f"span must be a span number of at least 1, got {span}.")
+  _check_settings(data, training)
+  train_args = _train_args(training)
+  eval_args = tfx.proto.EvalArgs(num_steps=training.eval_steps)
+  slice_features, label_key = data.slice_features, data.label_key
   if slice_features is None or label_key is None:
-    data_contract = contract.load(schema_path)
+    data_contract = contract.load(paths.schema_path)
     slice_features = data_contract.slice_features if slice_features is None else slice_features
     label_key = label_key or data_contract.label.name
+  data_root, input_pattern = paths.data_root, data.input_pattern
+  span, schema_path = data.span, paths.schema_path
+  serving_model_dir, model_signing_key = serving.serving_model_dir, serving.model_signing_key
 
   # Reads the latest span's TFRecords and splits them train:eval by hash.
   example_gen = tfx.components.ImportExampleGen(
@@ -224,8 +174,8 @@ def create_pipeline(
     output_config=tfx.proto.Output(
       split_config=tfx.proto.SplitConfig(
         splits=[
-          tfx.proto.SplitConfig.Split(name="train", hash_buckets=train_hash_buckets),
-          tfx.proto.SplitConfig.Split(name="eval", hash_buckets=eval_hash_buckets),
+          tfx.proto.SplitConfig.Split(name="train", hash_buckets=data.train_hash_buckets),
+          tfx.proto.SplitConfig.Split(name="eval", hash_buckets=data.eval_hash_buckets),
         ]
       )
     ),
@@ -250,18 +200,18 @@ def create_pipeline(
     anomalies=example_validator.outputs["anomalies"],
     input_base=data_root,
     input_pattern=input_pattern,
-    tolerated_anomalies=tolerated_anomalies,
-    report_dir=report_dir,
+    tolerated_anomalies=gates.tolerated_anomalies,
+    report_dir=paths.report_dir,
   )
 
   # Trains the Transformer under MultiWorkerMirroredStrategy.
   trainer = tfx.components.Trainer(
-    run_fn=run_fn,
+    run_fn=training.run_fn,
     examples=example_gen.outputs["examples"],
     schema=schema_gen.outputs["schema"],
     train_args=train_args,
     eval_args=eval_args,
-    custom_config=dict(trainer_custom_config or {}),
+    custom_config=dict(training.custom_config),
   )
   # The Trainer consumes no output of the gate, so the order is explicit.
   trainer.add_upstream_node(anomaly_gate)
@@ -277,7 +227,7 @@ def create_pipeline(
     model=trainer.outputs["model"],
     baseline_model=serving_baseline.outputs["baseline_model"],
     eval_config=_eval_config(
-      label_key, accuracy_threshold, accuracy_change_threshold, slice_features
+      label_key, gates.accuracy_threshold, gates.accuracy_change_threshold, slice_features
     ),
   )
 
@@ -313,22 +263,22 @@ def create_pipeline(
     infra_validator,
     pusher,
   ]
-  if tflite_push_base_directory:
+  if serving.tflite_push_base_directory:
     # Converts the trained model to int8 TFLite, checks size, accuracy and
     # latency against the SavedModel, and ships it under the Pusher's version.
     tflite_converter = TFLiteConverter(
       model=trainer.outputs["model"],
       examples=example_gen.outputs["examples"],
       pushed_model=pusher.outputs["pushed_model"],
-      push_base_directory=tflite_push_base_directory,
-      max_accuracy_drop=tflite_max_accuracy_drop,
+      push_base_directory=serving.tflite_push_base_directory,
+      max_accuracy_drop=gates.tflite_max_accuracy_drop,
       model_signing_key=model_signing_key,
     )
     components.append(tflite_converter)
 
   return tfx.dsl.Pipeline(
     pipeline_name=pipeline_name,
-    pipeline_root=pipeline_root,
+    pipeline_root=paths.pipeline_root,
     components=components,
     enable_cache=enable_cache,
     metadata_connection_config=metadata_connection_config,

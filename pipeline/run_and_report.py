@@ -17,6 +17,7 @@ from typing import Union
 
 from pipeline import configs
 from pipeline import console as console_lib
+from pipeline import runner_flags
 
 
 def run(dag_runner: Union[object, Callable[[], object]], argv=None, description: str = "") -> int:
@@ -34,16 +35,11 @@ def run(dag_runner: Union[object, Callable[[], object]], argv=None, description:
     flags or paths.
   """
   argv = sys.argv[1:] if argv is None else list(argv)
-  early = console_lib.early_flags(argv)
-  if early.help:
-    # --help prints and exits before anything runs: no log to send it to.
-    from pipeline import runner_flags  # pylint: disable=g-import-not-at-top
-
-    runner_flags.parse_args(argv, description)
-    return 0
-  with console_lib.open_run(early.output_root, verbose=early.verbose) as run_console:
+  # The flags, parsed once; argparse prints --help or a bad flag's error and exits.
+  args = runner_flags.parse_args(argv, description)
+  with console_lib.open_run(args.output_root, verbose=args.verbose) as run_console:
     try:
-      return _run(dag_runner, argv, description, run_console)
+      return _run(dag_runner, args, run_console)
     except KeyboardInterrupt:
       run_console.console.line("Interrupted.", error=True)
       _print_log_path(run_console)
@@ -55,26 +51,18 @@ def _print_log_path(run_console: console_lib.Run, error: bool = False) -> None:
     run_console.console.line(f"Log: {run_console.log_path}", error=error)
 
 
-def _run(dag_runner, argv, description: str, run_console: console_lib.Run) -> int:
+def _run(dag_runner, args, run_console: console_lib.Run) -> int:
   # pylint: disable=g-import-not-at-top
   from tfx import v1 as tfx
 
   from components.anomaly_gate import anomalies
   from pipeline import caching
   from pipeline import run_summary
-  from pipeline import runner_flags
 
   # pylint: enable=g-import-not-at-top
   console = run_console.console
-  with run_console.python_streams_on_console():
-    # argparse prints usage and errors to sys.stderr, then exits.
-    try:
-      args, beam_pipeline_args = runner_flags.parse_args(argv, description)
-    except SystemExit:
-      run_console.discard()
-      raise
   try:
-    pipeline = runner_flags.build_pipeline(args, beam_pipeline_args)
+    pipeline = runner_flags.build_pipeline(args)
   except (FileNotFoundError, ValueError) as e:
     console.line(f"ERROR: {e}", error=True)
     run_console.discard()

@@ -1,9 +1,11 @@
 """Command-line flags and path resolution shared by the pipeline's runners.
 
-Each runner module (`beam_runner`, `local_runner`, `kubeflow_runner`) parses
-these flags, resolves its paths, calls `create_pipeline` once and hands the
-pipeline to its orchestrator; `pipeline_settings` is what they all take from
-the flags.
+The one path from `argv` to `create_pipeline`: `parse_args` parses the flags
+once into one namespace (Beam's flags included), before TensorFlow or TFX is
+imported; `build_pipeline` resolves its paths and calls `create_pipeline` with
+the settings groups (`pipeline/settings.py`) that `pipeline_settings` fills
+from the flags. The Kubeflow runner adds its own flags to the same parser and
+takes the same groups.
 """
 
 import argparse
@@ -14,16 +16,12 @@ from typing import Dict
 from typing import List
 from typing import Optional
 from typing import Sequence
-from typing import Tuple
-
-from tfx import v1 as tfx
 
 import contract
 from components import version_signing
 from components.anomaly_gate import anomalies
 from pipeline import configs
-from pipeline import pipeline as pipeline_lib
-from pipeline import preflight
+from pipeline import settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +58,14 @@ def _tolerated_anomalies(text: str) -> List[str]:
     raise argparse.ArgumentTypeError(str(e)) from e
 
 
-def parse_args(argv: Optional[Sequence[str]], description: str):
-  """Parses runner flags; unrecognised `--flags` are Beam pipeline args.
+def parse_args(argv: Optional[Sequence[str]], description: str) -> argparse.Namespace:
+  """Parses runner flags once; unrecognised `--flags` are Beam pipeline args.
+
+  Imports neither TensorFlow nor TFX: the runner opens its console and log
+  from these flags before either is loaded.
 
   Returns:
-    `(args, beam_pipeline_args)`.
+    The flags, with the Beam pipeline args as `beam_pipeline_args`.
   """
   parser = argparse.ArgumentParser(
     description=description,
@@ -167,11 +168,12 @@ def add_pipeline_flags(
 
 def parse_with_beam_args(
   parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
-) -> Tuple[argparse.Namespace, List[str]]:
+) -> argparse.Namespace:
   """Parses `argv`; unrecognised `--flags` are the components' Beam pipeline args.
 
   Returns:
-    `(args, beam_pipeline_args)`; without any Beam args, `configs.BEAM_PIPELINE_ARGS`.
+    The flags, with `beam_pipeline_args` (without any Beam args,
+    `configs.BEAM_PIPELINE_ARGS`).
   """
   args, unknown = parser.parse_known_args(argv)
   stray = [a for a in unknown if not a.startswith("--")]
@@ -179,10 +181,11 @@ def parse_with_beam_args(
     parser.error(f"unexpected arguments {stray}; Beam args must be --name=value.")
   if args.num_workers < 1:
     parser.error(f"--num_workers must be at least 1, got {args.num_workers}.")
-  return args, list(unknown) or list(configs.BEAM_PIPELINE_ARGS)
+  args.beam_pipeline_args = list(unknown) or list(configs.BEAM_PIPELINE_ARGS)
+  return args
 
 
-def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
+def build_pipeline(args: argparse.Namespace):
   """The Beam and local runners' pipeline: paths under OUTPUT_ROOT on this machine.
 
   Both runners run the pipeline here and differ only in their DagRunner, so
@@ -196,6 +199,13 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
       contract says (naming the file).
     ValueError: for settings that cannot work.
   """
+  # pylint: disable=g-import-not-at-top
+  from tfx import v1 as tfx
+
+  from pipeline import pipeline as pipeline_lib
+  from pipeline import preflight
+
+  # pylint: enable=g-import-not-at-top
   model_signing_key = _checked_signing_key(args.model_signing_key)
   data_root = os.path.abspath(args.data_root)
   if not os.path.isdir(data_root):
@@ -207,24 +217,26 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
   if not os.path.isfile(schema_path):
     raise FileNotFoundError(f"Schema file {schema_path} does not exist.")
   # Reads the data contract: a schema that breaks its rules stops here.
-  settings = pipeline_settings(args)
+  shared = pipeline_settings(args)
   preflight.check_input(data_root, configs.INPUT_PATTERN, schema_path, span=args.span)
-  paths = RunPaths(os.path.abspath(args.output_root))
+  run_paths = RunPaths(os.path.abspath(args.output_root))
   return pipeline_lib.create_pipeline(
-    pipeline_name=configs.PIPELINE_NAME,
-    pipeline_root=paths.pipeline_root,
-    data_root=data_root,
-    schema_path=schema_path,
-    serving_model_dir=paths.serving_model_dir,
-    report_dir=paths.reports_dir,
-    tflite_push_base_directory=paths.tflite_model_dir,
-    metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-      paths.metadata_path
+    paths=settings.Paths(
+      pipeline_root=run_paths.pipeline_root,
+      data_root=data_root,
+      schema_path=schema_path,
+      report_dir=run_paths.reports_dir,
     ),
-    train_args=tfx.proto.TrainArgs(num_steps=args.train_steps),
-    eval_args=tfx.proto.EvalArgs(num_steps=args.eval_steps),
-    beam_pipeline_args=beam_pipeline_args,
-    **{**settings, "model_signing_key": model_signing_key},
+    serving=settings.ServingSettings(
+      serving_model_dir=run_paths.serving_model_dir,
+      tflite_push_base_directory=run_paths.tflite_model_dir,
+      model_signing_key=model_signing_key,
+    ),
+    metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      run_paths.metadata_path
+    ),
+    beam_pipeline_args=args.beam_pipeline_args,
+    **shared,
   )
 
 
@@ -263,35 +275,42 @@ def _contract_overrides(args: argparse.Namespace) -> dict:
 
 
 def pipeline_settings(args: argparse.Namespace) -> Dict[str, Any]:
-  """The `create_pipeline` arguments every runner takes from the shared flags and `configs`.
+  """The settings groups every runner takes from the shared flags: data, training, gates.
 
-  Everything but locations, the Trainer's `train_args`/`eval_args` (a runner
-  may make them runtime parameters) and the Beam args, so runners differ only
-  in those.
+  Paths, the push destination and the Beam args are each runner's own. The
+  Kubeflow runner replaces `training.train_steps` with a runtime parameter.
 
   Args:
     args: flags as `parse_args` (or a runner's own parser with
       `add_pipeline_flags`) returns them.
+
+  Returns:
+    `create_pipeline` keyword arguments: `data`, `training`, `gates`, `enable_cache`.
+
+  Raises:
+    contract.ContractError: if the schema cannot be read or breaks a rule.
   """
   # The label and slices come from the data contract.
   data_contract = _data_contract(args)
   return dict(
-    model_signing_key=getattr(args, "model_signing_key", None),
-    run_fn=configs.RUN_FN,
-    accuracy_threshold=args.accuracy_threshold,
-    accuracy_change_threshold=configs.EVAL_ACCURACY_CHANGE_THRESHOLD,
-    input_pattern=configs.INPUT_PATTERN,
-    span=args.span,
-    tolerated_anomalies=args.tolerate_anomalies,
-    train_hash_buckets=configs.TRAIN_HASH_BUCKETS,
-    eval_hash_buckets=configs.EVAL_HASH_BUCKETS,
-    slice_features=data_contract.slice_features,
-    label_key=data_contract.label.name,
-    trainer_custom_config={
-      "preset": args.preset,
-      "seed": configs.TRAINING_SEED,
-      "num_workers": args.num_workers,
-      **_contract_overrides(args),
-    },
+    data=settings.DataSettings(
+      span=args.span,
+      label_key=data_contract.label.name,
+      slice_features=data_contract.slice_features,
+    ),
+    training=settings.TrainingSettings(
+      train_steps=args.train_steps,
+      eval_steps=args.eval_steps,
+      custom_config={
+        "preset": args.preset,
+        "seed": configs.TRAINING_SEED,
+        "num_workers": args.num_workers,
+        **_contract_overrides(args),
+      },
+    ),
+    gates=settings.GateSettings(
+      tolerated_anomalies=args.tolerate_anomalies,
+      accuracy_threshold=args.accuracy_threshold,
+    ),
     enable_cache=not args.no_cache,
   )

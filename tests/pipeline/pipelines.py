@@ -1,5 +1,6 @@
 """Pipelines for tests: one built with placeholder paths, and real runs of the Beam runner."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,23 +10,42 @@ from tfx import v1 as tfx
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
 from pipeline import run_summary
+from pipeline import settings
+
+_GROUPS = {
+  "paths": settings.Paths,
+  "serving": settings.ServingSettings,
+  "data": settings.DataSettings,
+  "training": settings.TrainingSettings,
+  "gates": settings.GateSettings,
+}
 
 
 def create_test_pipeline(**overrides):
-  """`create_pipeline` with small placeholder settings; `overrides` replace any of them."""
-  settings = dict(
-    pipeline_name="p",
-    pipeline_root="/tmp/p",
-    data_root="/tmp/d",
-    schema_path=configs.SCHEMA_PATH,
-    run_fn=configs.RUN_FN,
-    serving_model_dir="/tmp/s",
-    train_args=tfx.proto.TrainArgs(num_steps=10),
-    eval_args=tfx.proto.EvalArgs(num_steps=2),
-    accuracy_threshold=0.5,
+  """`create_pipeline` with small placeholder settings.
+
+  `overrides` replace any of them by name: a field of a settings group
+  (`train_steps`, `serving_model_dir`, ...) or a `create_pipeline` argument.
+  """
+  values = {
+    "paths": dict(pipeline_root="/tmp/p", data_root="/tmp/d"),
+    "serving": dict(serving_model_dir="/tmp/s"),
+    "data": {},
+    "training": dict(train_steps=10, eval_steps=2),
+    "gates": dict(accuracy_threshold=0.5),
+  }
+  arguments = dict(pipeline_name="p")
+  for name, value in overrides.items():
+    group = next(
+      (g for g, cls in _GROUPS.items() if name in {f.name for f in dataclasses.fields(cls)}), None
+    )
+    if group:
+      values[group][name] = value
+    else:
+      arguments[name] = value
+  return pipeline_lib.create_pipeline(
+    **{group: cls(**values[group]) for group, cls in _GROUPS.items()}, **arguments
   )
-  settings.update(overrides)
-  return pipeline_lib.create_pipeline(**settings)
 
 
 def run_beam_runner(data_root: str, output_root: str, *flags: str) -> subprocess.CompletedProcess:

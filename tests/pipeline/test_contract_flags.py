@@ -17,10 +17,10 @@ def _components(tmp_path, *flags):
   clickstream.write_span(
     str(data_root), num_examples=20, num_shards=1, data_contract=contract.load(_DEPARTMENTS)
   )
-  args, beam_args = runner_flags.parse_args(
+  args = runner_flags.parse_args(
     [f"--data_root={data_root}", f"--output_root={tmp_path}/out", *flags], ""
   )
-  return {c.id: c for c in runner_flags.build_pipeline(args, beam_args).components}
+  return {c.id: c for c in runner_flags.build_pipeline(args).components}
 
 
 def _evaluation(components):

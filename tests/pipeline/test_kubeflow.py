@@ -259,8 +259,8 @@ def test_storage_uris_and_image_schema_path(compiled, spec):
 
 
 def test_span_flag_pins_the_ingested_span():
-  args, beam_args = kubeflow_runner.parse_args([f"--storage_root={_STORAGE_ROOT}", "--span=2"])
-  pipeline = kubeflow_runner.build_pipeline(args, beam_args)
+  args = kubeflow_runner.parse_args([f"--storage_root={_STORAGE_ROOT}", "--span=2"])
+  pipeline = kubeflow_runner.build_pipeline(args)
   example_gen = next(c for c in pipeline.components if c.id == "ImportExampleGen")
   range_config = json.loads(example_gen.exec_properties["range_config"])
   assert range_config["static_range"] == {"start_span_number": 2, "end_span_number": 2}
@@ -314,8 +314,8 @@ def test_another_schema_sets_the_compiled_label_and_slices(tmp_path):
 
 
 def _pipeline_evaluation(*flags):
-  args, beam_args = kubeflow_runner.parse_args([f"--storage_root={_STORAGE_ROOT}", *flags])
-  components = {c.id: c for c in kubeflow_runner.build_pipeline(args, beam_args).components}
+  args = kubeflow_runner.parse_args([f"--storage_root={_STORAGE_ROOT}", *flags])
+  components = {c.id: c for c in kubeflow_runner.build_pipeline(args).components}
   return _label_and_slices(components["Evaluator"].exec_properties["eval_config"])
 
 

@@ -83,18 +83,16 @@ def test_tflite_conversion_follows_the_pusher_when_asked_for():
 
 
 def test_bad_settings_are_refused():
-  with pytest.raises(ValueError, match=r"^train_args.num_steps must be positive .*, got 0\.$"):
-    _create(train_args=tfx.proto.TrainArgs(num_steps=0))
-  with pytest.raises(ValueError, match=r"^eval_args.num_steps must be positive .*, got -1\.$"):
-    _create(eval_args=tfx.proto.EvalArgs(num_steps=-1))
-  with pytest.raises(ValueError, match="train_args.splits names test, which ImportExampleGen"):
-    _create(train_args=tfx.proto.TrainArgs(num_steps=5, splits=["train", "test"]))
-  with pytest.raises(ValueError, match="train_args must be a tfx.proto.TrainArgs or a Runtime"):
-    _create(train_args=400)
-  with pytest.raises(ValueError, match="eval_args must be a tfx.proto.EvalArgs or a Runtime"):
-    _create(eval_args=tfx.proto.TrainArgs(num_steps=5))
+  with pytest.raises(
+    ValueError, match=r"^training.train_steps must be a positive number .*, got 0\.$"
+  ):
+    _create(train_steps=0)
+  with pytest.raises(ValueError, match=r"^training.eval_steps must be positive, got -1\.$"):
+    _create(eval_steps=-1)
+  with pytest.raises(ValueError, match="train_steps must be a positive number of steps or a Run"):
+    _create(train_steps="400")
   with pytest.raises(ValueError, match="runtime parameter 'steps' must have ptype str"):
-    _create(train_args=tfx.dsl.experimental.RuntimeParameter(name="steps", ptype=int))
+    _create(train_steps=tfx.dsl.experimental.RuntimeParameter(name="steps", ptype=int))
   with pytest.raises(ValueError, match="must contain {SPAN}"):
     _create(input_pattern="*.tfrecord")
 
@@ -102,9 +100,7 @@ def test_bad_settings_are_refused():
 def test_train_and_eval_args_reach_the_trainer():
   train_args = tfx.dsl.experimental.RuntimeParameter(name="train_args", ptype=str, default="{}")
   trainer = next(
-    c
-    for c in _create(train_args=train_args, eval_args=tfx.proto.EvalArgs(num_steps=3)).components
-    if c.id == "Trainer"
+    c for c in _create(train_steps=train_args, eval_steps=3).components if c.id == "Trainer"
   )
   # A runtime parameter is passed through; a proto is stored as JSON.
   assert trainer.exec_properties["train_args"] is train_args
@@ -112,10 +108,10 @@ def test_train_and_eval_args_reach_the_trainer():
 
 
 def test_beam_args_default_and_override():
-  _, beam_args = runner_flags.parse_args([], "")
-  assert beam_args == list(configs.BEAM_PIPELINE_ARGS)
-  _, beam_args = runner_flags.parse_args(["--runner=FlinkRunner", "--flink_master=h:8081"], "")
-  assert beam_args == ["--runner=FlinkRunner", "--flink_master=h:8081"]
+  args = runner_flags.parse_args([], "")
+  assert args.beam_pipeline_args == list(configs.BEAM_PIPELINE_ARGS)
+  args = runner_flags.parse_args(["--runner=FlinkRunner", "--flink_master=h:8081"], "")
+  assert args.beam_pipeline_args == ["--runner=FlinkRunner", "--flink_master=h:8081"]
 
 
 def test_missing_data_root_is_a_clear_error(tmp_path, capsys):
@@ -133,8 +129,8 @@ def test_model_signing_key_reaches_the_pusher_and_the_tflite_converter():
     "model_signing_key": key
   }
   assert components["TFLiteConverter"].exec_properties["model_signing_key"] == key
-  args, _ = runner_flags.parse_args([f"--model_signing_key={key}"], "")
-  assert runner_flags.pipeline_settings(args)["model_signing_key"] == key
+  args = runner_flags.parse_args([f"--model_signing_key={key}"], "")
+  assert args.model_signing_key == key
 
 
 def test_a_missing_or_public_signing_key_is_a_clear_error(tmp_path, capsys):

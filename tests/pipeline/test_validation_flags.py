@@ -27,7 +27,7 @@ def test_flags_reach_the_gate(tmp_path):
   data_root = tmp_path / "data"
   os.makedirs(data_root / "span-1")
   bad_examples.write(str(data_root / "span-1" / "a.tfrecord"), [bad_examples.example()])
-  args, beam_args = runner_flags.parse_args(
+  args = runner_flags.parse_args(
     [
       f"--data_root={data_root}",
       f"--output_root={tmp_path}/out",
@@ -36,7 +36,7 @@ def test_flags_reach_the_gate(tmp_path):
     ],
     "",
   )
-  components = {c.id: c for c in runner_flags.build_pipeline(args, beam_args).components}
+  components = {c.id: c for c in runner_flags.build_pipeline(args).components}
   gate = components["AnomalyGate"].exec_properties
   assert json.loads(gate["tolerated_anomalies"]) == [
     "ENUM_TYPE_UNEXPECTED_STRING_VALUES",
