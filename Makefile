@@ -81,11 +81,11 @@ $(STAMP): requirements.lock setup.py
 	$(PY) -m pip check
 	touch $(STAMP)
 
-# Re-resolves requirements.in into requirements.lock (needs the package index).
+# Re-resolves requirements.in and requirements-dev.in into requirements.lock (needs the package index).
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet pip==24.2 setuptools==84.2.1 wheel==0.48.0
-	.venv-lock/bin/pip install --quiet --ignore-requires-python -r requirements.in
+	.venv-lock/bin/pip install --quiet --ignore-requires-python -r requirements.in -r requirements-dev.in
 	{ echo "# Every package with its exact version, resolved from requirements.in by"; \
 	  echo "# \`make lock\` on Python 3.11 / Debian 12 (glibc 2.36). Do not edit by hand."; \
 	  .venv-lock/bin/pip freeze --exclude-editable; } > requirements.lock
