@@ -24,6 +24,8 @@ from components import serving_versions
 # Keys of the component's parameters and outputs.
 SERVING_MODEL_DIR_KEY = "serving_model_dir"
 BASELINE_MODEL_KEY = "baseline_model"
+# Set by the driver (`components.serving_baseline.driver`), where one runs: what serves now.
+SERVING_FINGERPRINT_KEY = "serving_fingerprint"
 
 # Custom properties of the output Model.
 HAS_MODEL_PROPERTY = "has_model"
