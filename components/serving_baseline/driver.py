@@ -8,50 +8,25 @@ execution, and keys the cache on the execution properties the driver returns
 custom driver, runs it", then "Check cached result" with `parameters=
 exec_properties`), as ImportExampleGen's driver does with its input
 fingerprint (tfx/components/example_gen/driver.py). This driver puts what
-serves now into `serving_fingerprint`: an unchanged push destination reuses
-the earlier baseline artifact, so the Evaluator's inputs are unchanged too and
-it is served from cache; a new version makes a new baseline.
+serves now (`serving_versions.serving_fingerprint`: version, directory,
+SavedModel singleprint) into `serving_fingerprint`: an unchanged push
+destination reuses the earlier baseline artifact, so the Evaluator's inputs
+are unchanged too and it is served from cache; a new version makes a new
+baseline.
 
 The Kubeflow V2 compiler compiles no driver other than ImportExampleGen's
 (tfx/orchestration/kubeflow/v2/step_builder.py, `_build_file_based_example_gen_spec`),
 so on Kubeflow the step stays uncached (`pipeline.caching.uncached_node_ids`).
 """
 
-import os
-
 from tfx.dsl.components.base import base_driver
 from tfx.orchestration import metadata
 from tfx.orchestration.portable import base_driver as ir_base_driver
 from tfx.orchestration.portable import data_types
 from tfx.proto.orchestration import driver_output_pb2
-from tfx.utils import io_utils
 
 from components import serving_versions
 from components.serving_baseline import executor
-
-# The fingerprint when no complete version is serving.
-NOTHING_SERVING = "nothing serving"
-
-
-def serving_fingerprint(serving_model_dir: str) -> str:
-  """What identifies the model serving now under `serving_model_dir`.
-
-  The version, its directory and the SavedModel's singleprint (which hashes
-  the graph, signatures and variables index); for a SavedModel without a
-  `fingerprint.pb`, the count, sizes and modification times of its files, as
-  ImportExampleGen fingerprints its input (`tfx.utils.io_utils.generate_fingerprint`).
-  """
-  found = serving_versions.serving_version(serving_model_dir)
-  if found is None:
-    return NOTHING_SERVING
-  version, path = found
-  content = serving_versions.fingerprint(path)
-  if content is None:
-    content = ";".join(
-      io_utils.generate_fingerprint(name, os.path.join(path, pattern))
-      for name, pattern in (("files", "*"), ("variables", "variables/*"))
-    )
-  return f"version:{version},path:{path},model:{content}"
 
 
 class Driver(base_driver.BaseDriver, ir_base_driver.BaseDriver):
@@ -65,7 +40,7 @@ class Driver(base_driver.BaseDriver, ir_base_driver.BaseDriver):
   def run(self, execution_info: data_types.ExecutionInfo) -> driver_output_pb2.DriverOutput:
     """Returns the execution properties with the push destination's fingerprint."""
     result = driver_output_pb2.DriverOutput()
-    fingerprint = serving_fingerprint(
+    fingerprint = serving_versions.serving_fingerprint(
       execution_info.exec_properties[executor.SERVING_MODEL_DIR_KEY]
     )
     result.exec_properties[executor.SERVING_FINGERPRINT_KEY].string_value = fingerprint

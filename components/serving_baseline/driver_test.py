@@ -5,6 +5,7 @@ import os
 import pytest
 from tfx.orchestration.portable import data_types
 
+from components import serving_versions
 from components.serving_baseline import driver
 from components.serving_baseline import executor
 from tests import saved_models
@@ -24,10 +25,10 @@ def _driver_fingerprint(base_path):
 
 
 def test_nothing_serving_has_its_own_fingerprint(tmp_path, model):
-  assert _driver_fingerprint(tmp_path / "missing") == driver.NOTHING_SERVING
+  assert _driver_fingerprint(tmp_path / "missing") == serving_versions.NOTHING_SERVING
   # An incomplete version is not serving.
   saved_models.copy(model, str(tmp_path / "s" / "3"), without=["variables/variables.index"])
-  assert _driver_fingerprint(tmp_path / "s") == driver.NOTHING_SERVING
+  assert _driver_fingerprint(tmp_path / "s") == serving_versions.NOTHING_SERVING
 
 
 def test_the_fingerprint_changes_with_the_serving_version_and_only_then(tmp_path, model):
@@ -55,8 +56,8 @@ def test_other_contents_under_the_same_version_change_the_fingerprint(tmp_path, 
 def test_a_saved_model_without_fingerprint_pb_is_fingerprinted_by_its_files(tmp_path, model):
   base = tmp_path / "serving"
   saved_models.copy(model, str(base / "4"), without=["fingerprint.pb"])
-  fingerprint = driver.serving_fingerprint(str(base))
+  fingerprint = serving_versions.serving_fingerprint(str(base))
   assert ",model:split:files,num_files:" in fingerprint and ";split:variables," in fingerprint
   with open(os.path.join(base, "4", "assets.extra"), "w") as f:
     f.write("x")
-  assert driver.serving_fingerprint(str(base)) != fingerprint
+  assert serving_versions.serving_fingerprint(str(base)) != fingerprint
