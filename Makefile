@@ -56,6 +56,11 @@ MAX_EXAMPLES ?=
 # `make kubeflow-schedule`: a 5-field cron (KFP's seconds field is added).
 CRON ?=
 SCHEDULE_NAME ?=
+# `make vertex-schedule`: the Google Cloud project and Vertex AI region (default: $GOOGLE_CLOUD_PROJECT,
+# $GOOGLE_CLOUD_REGION), and another endpoint than REGION-aiplatform.googleapis.com.
+VERTEX_PROJECT ?=
+VERTEX_REGION ?=
+VERTEX_API_ENDPOINT ?=
 
 RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path=$(SCHEMA) \
 	--preset=$(PRESET) \
@@ -65,7 +70,7 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path
 	$(if $(MODEL_SIGNING_KEY),--model_signing_key=$(MODEL_SIGNING_KEY))
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
-	kubeflow-submit kubeflow-schedule skew-report keygen \
+	kubeflow-submit kubeflow-schedule vertex-schedule skew-report keygen \
 	serve query bench-serving bench-tensors bench-tflite bench-multi-worker report tensorboard \
 	bench-run bench-verification
 
@@ -182,9 +187,10 @@ image:
 
 # Compiles the same pipeline for Kubeflow: OUTPUT_ROOT/kubeflow/pipeline.json (the
 # PipelineJob Vertex AI runs) and pipeline_spec.yaml (what the KFP UI and kfp.Client take).
+# SCHEMA, a file in this checkout, is read by the components from the image's copy.
 kubeflow: install
 	$(PY) -m pipeline.kubeflow_runner --output_root=$(OUTPUT_ROOT) --image=$(IMAGE) \
-		--preset=$(PRESET) --num_workers=$(NUM_WORKERS) \
+		--schema_path=$(SCHEMA) --preset=$(PRESET) --num_workers=$(NUM_WORKERS) \
 		$(if $(KFP_STORAGE_ROOT),--storage_root=$(KFP_STORAGE_ROOT)) \
 		$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) \
 		$(if $(MODEL_SIGNING_KEY),--model_signing_key=$(MODEL_SIGNING_KEY)) $(BEAM_ARGS)
@@ -201,6 +207,15 @@ kubeflow-submit: install
 kubeflow-schedule: install
 	$(PY) -m pipeline.kubeflow_schedule create --host=$(KFP_HOST) --cron='$(CRON)' \
 		--output_root=$(OUTPUT_ROOT) --experiment_name=$(EXPERIMENT) \
+		$(if $(SCHEDULE_NAME),--name=$(SCHEDULE_NAME)) $(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS))
+
+# Creates a Vertex AI schedule of the compiled pipeline.json, e.g. `make vertex-schedule
+# CRON='0 3 * * *' VERTEX_PROJECT=my-project VERTEX_REGION=us-central1` (cron in UTC unless
+# prefixed 'TZ=Europe/Berlin '; list, pause, resume, delete: python -m pipeline.vertex_schedule --help).
+vertex-schedule: install
+	$(PY) -m pipeline.vertex_schedule create --cron='$(CRON)' --output_root=$(OUTPUT_ROOT) \
+		$(if $(VERTEX_PROJECT),--project=$(VERTEX_PROJECT)) $(if $(VERTEX_REGION),--region=$(VERTEX_REGION)) \
+		$(if $(VERTEX_API_ENDPOINT),--api_endpoint=$(VERTEX_API_ENDPOINT)) \
 		$(if $(SCHEDULE_NAME),--name=$(SCHEDULE_NAME)) $(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS))
 
 clean:

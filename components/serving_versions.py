@@ -24,7 +24,10 @@ from typing import Tuple
 
 import tensorflow as tf
 from absl import logging
+from tfx.utils import io_utils
 
+# What `serving_fingerprint` gives when no complete version is serving.
+NOTHING_SERVING = "nothing serving"
 # Staging directories: `.staging-<unix seconds>-<random hex>`, not a number.
 STAGING_PREFIX = ".staging-"
 # A staging directory this old is what a killed push left behind.
@@ -103,6 +106,29 @@ def fingerprint(saved_model_path: str) -> Optional[str]:
     return tf.saved_model.experimental.read_fingerprint(saved_model_path).singleprint()
   except FileNotFoundError:
     return None
+
+
+def version_fingerprint(version: int, path: str) -> str:
+  """What identifies the version `version` at `path`, as `serving_fingerprint` gives it.
+
+  The version, its directory and the SavedModel's singleprint; for a
+  SavedModel without `fingerprint.pb`, the count, sizes and modification
+  times of its files, as ImportExampleGen fingerprints its input
+  (`tfx.utils.io_utils.generate_fingerprint`).
+  """
+  content = fingerprint(path)
+  if content is None:
+    content = ";".join(
+      io_utils.generate_fingerprint(name, os.path.join(path, pattern))
+      for name, pattern in (("files", "*"), ("variables", "variables/*"))
+    )
+  return f"version:{version},path:{path},model:{content}"
+
+
+def serving_fingerprint(base_path: str) -> str:
+  """What identifies the model serving now under `base_path`, or NOTHING_SERVING."""
+  found = serving_version(base_path)
+  return NOTHING_SERVING if found is None else version_fingerprint(*found)
 
 
 def next_version(base_path: str) -> int:

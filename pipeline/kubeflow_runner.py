@@ -107,7 +107,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser.add_argument(
     "--schema_path",
     default=IMAGE_SCHEMA_PATH,
-    help="The schema as the components see it: a path inside the image or a URI.",
+    help="The schema as the components see it: a path inside the image, a URI, or a relative "
+    f"path in this checkout (e.g. `make kubeflow SCHEMA=...`), read at {IMAGE_WORKDIR}/<path> "
+    "in the image built from it.",
   )
   parser.add_argument(
     "--local_schema_path",
@@ -143,6 +145,46 @@ def storage_paths(args: argparse.Namespace) -> StoragePaths:
         "path mounted in every pod): components run in pods, not on this machine."
       )
   return paths
+
+
+def _image_paths() -> List[str]:
+  """What `COPY . .` puts into the image: the `!path` entries of the allowlist .dockerignore."""
+  with open(os.path.join(configs.PROJECT_ROOT, ".dockerignore")) as f:
+    lines = [line.strip() for line in f]
+  return [line[1:].strip("/") for line in lines if line.startswith("!")]
+
+
+def image_schema_path(schema_path: str) -> str:
+  """Where the components read `--schema_path`: a relative one is this checkout's file in the image.
+
+  `make kubeflow SCHEMA=schemas/examples/departments.pbtxt` names a file in
+  this checkout, as `make run SCHEMA=...` does; the image holds the checkout at
+  IMAGE_WORKDIR (the Dockerfile's `COPY . .`), so the components read it at
+  IMAGE_WORKDIR/schemas/examples/departments.pbtxt. A URI or an absolute
+  path is already where the components read it.
+
+  Raises:
+    ValueError: for a relative path that does not exist, lies outside this
+      checkout, or is left out of the image by .dockerignore.
+  """
+  if "://" in schema_path or os.path.isabs(schema_path):
+    return schema_path
+  local = os.path.abspath(schema_path)
+  relative = os.path.relpath(local, configs.PROJECT_ROOT)
+  if not os.path.isfile(local):
+    raise ValueError(f"--schema_path {schema_path} does not exist (relative to {os.getcwd()}).")
+  if relative.startswith(".."):
+    raise ValueError(
+      f"--schema_path {schema_path} is outside this checkout ({configs.PROJECT_ROOT}), which is "
+      "all the image holds; put the schema under schemas/ or give a URI such as gs://..."
+    )
+  copied = _image_paths()
+  if not any(relative == path or relative.startswith(path + os.sep) for path in copied):
+    raise ValueError(
+      f"--schema_path {schema_path} is not copied into the image: .dockerignore lets in only "
+      f"{', '.join(copied)}; put the schema under schemas/."
+    )
+  return f"{IMAGE_WORKDIR}/{relative.replace(os.sep, '/')}"
 
 
 def _compile_time_schema(args: argparse.Namespace, scratch_dir: str) -> str:
@@ -186,9 +228,10 @@ def build_pipeline(args: argparse.Namespace) -> tfx.dsl.Pipeline:
 
   Raises:
     ValueError: for settings that cannot work, or a schema not readable here
-      (`_compile_time_schema`).
+      (`image_schema_path`, `_compile_time_schema`).
   """
   paths = storage_paths(args)
+  args = argparse.Namespace(**{**vars(args), "schema_path": image_schema_path(args.schema_path)})
   with tempfile.TemporaryDirectory() as scratch_dir:
     contract_args = argparse.Namespace(
       **{**vars(args), "schema_path": _compile_time_schema(args, scratch_dir)}

@@ -69,6 +69,28 @@ def _check_field(text: str, name: str, lowest: int, highest: int) -> None:
       raise ValueError(f"the {name} step in {part!r} is 0.")
 
 
+def unix_cron(cron: str) -> str:
+  """A standard 5-field cron (minute hour day-of-month month day-of-week), single-spaced.
+
+  Vertex AI takes this form (`pipeline.vertex_schedule`).
+
+  Raises:
+    ValueError: naming the field that is malformed.
+  """
+  fields = cron.split()
+  if len(fields) != 5:
+    raise ValueError(
+      f"The cron schedule {cron!r} has {len(fields)} fields; give 5 (minute hour day-of-month "
+      "month day-of-week), e.g. '0 3 * * *' for 03:00 every day."
+    )
+  for field, (name, lowest, highest) in zip(fields, _FIELDS, strict=True):
+    try:
+      _check_field(field, name, lowest, highest)
+    except ValueError as e:
+      raise ValueError(f"The cron schedule {cron!r} is malformed: {e}") from None
+  return " ".join(fields)
+
+
 def kfp_cron(cron: str) -> str:
   """KFP's 6-field form of a cron schedule.
 

@@ -3,8 +3,12 @@
 It replaces a Resolver (`LatestBlessedModelStrategy`): open-source Kubeflow
 Pipelines runs only container and importer steps, and "the model serving now"
 is what a new model must not be worse than. It reads state outside the
-pipeline (the push destination), so it must never be served from cache:
-`READS_OUTSIDE_STATE` tells `pipeline.caching` to turn caching off for it.
+pipeline (the push destination), so its inputs and parameters cannot tell
+whether a cached execution is still right: its driver
+(`components.serving_baseline.driver`) fingerprints the push destination
+before the cache lookup, where the orchestrator runs drivers (the Beam and
+local runners), and `READS_OUTSIDE_STATE` tells `pipeline.caching` to turn
+caching off for it where none runs (Kubeflow).
 """
 
 from tfx import types
@@ -14,13 +18,18 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ExecutionParameter
 
+from components.serving_baseline import driver
 from components.serving_baseline import executor
 
 
 class ServingBaselineSpec(types.ComponentSpec):
   """Parameters and outputs of ServingBaseline (it has no inputs)."""
 
-  PARAMETERS = {executor.SERVING_MODEL_DIR_KEY: ExecutionParameter(type=str)}
+  PARAMETERS = {
+    executor.SERVING_MODEL_DIR_KEY: ExecutionParameter(type=str),
+    # Filled in by the driver at run time, never by the pipeline.
+    executor.SERVING_FINGERPRINT_KEY: ExecutionParameter(type=str, optional=True),
+  }
   INPUTS = {}
   OUTPUTS = {executor.BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model)}
 
@@ -45,7 +54,9 @@ class ServingBaseline(base_component.BaseComponent):
 
   SPEC_CLASS = ServingBaselineSpec
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
-  # Its output depends on the push destination, not only on its inputs.
+  DRIVER_CLASS = driver.Driver
+  # Its output depends on the push destination, not only on its inputs: only
+  # an orchestrator that runs DRIVER_CLASS before the cache lookup may cache it.
   READS_OUTSIDE_STATE = True
 
   def __init__(self, serving_model_dir: str):

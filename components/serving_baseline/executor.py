@@ -24,6 +24,8 @@ from components import serving_versions
 # Keys of the component's parameters and outputs.
 SERVING_MODEL_DIR_KEY = "serving_model_dir"
 BASELINE_MODEL_KEY = "baseline_model"
+# Set by the driver (`components.serving_baseline.driver`), where one runs: what serves now.
+SERVING_FINGERPRINT_KEY = "serving_fingerprint"
 
 # Custom properties of the output Model.
 HAS_MODEL_PROPERTY = "has_model"
@@ -47,11 +49,13 @@ class Executor(base_executor.BaseExecutor):
       output_dict: `baseline_model`, a Model. Its custom properties:
         `has_model` (0 or 1), and with a model `serving_version` and
         `source_path` (the version directory it was copied from).
-      exec_properties: `serving_model_dir`, the Pusher's push destination.
+      exec_properties: `serving_model_dir`, the Pusher's push destination,
+        and, where the driver ran, `serving_fingerprint`, what served then.
 
     Raises:
       RuntimeError: if the copy is not a complete SavedModel (the version was
-        deleted while being copied).
+        deleted while being copied), or if another model serves now than the
+        driver fingerprinted (the cache key would name the wrong model).
     """
     self._log_startup(input_dict, output_dict, exec_properties)
     baseline = artifact_utils.get_single_instance(output_dict[BASELINE_MODEL_KEY])
@@ -66,6 +70,13 @@ class Executor(base_executor.BaseExecutor):
       baseline.set_int_custom_property(HAS_MODEL_PROPERTY, 0)
       return
     version, source = found
+    expected = exec_properties.get(SERVING_FINGERPRINT_KEY)
+    if expected and serving_versions.version_fingerprint(version, source) != expected:
+      # The cache key says what the driver saw: never record another model under it.
+      raise RuntimeError(
+        f"The model serving under {base_path} changed after this step's driver looked "
+        f"(it saw {expected}; version {version} serves now); run the pipeline again."
+      )
     destination = path_utils.serving_model_path(baseline.uri)
     io_utils.copy_dir(source, destination)
     if not serving_versions.is_complete_saved_model(destination):

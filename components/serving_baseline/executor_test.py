@@ -15,11 +15,13 @@ def model(tmp_path_factory):
   return saved_models.write(str(tmp_path_factory.mktemp("model") / "m"))
 
 
-def _run(base_path, output_dir):
+def _run(base_path, output_dir, **exec_properties):
   baseline = standard_artifacts.Model()
   baseline.uri = str(output_dir)
   executor.Executor().Do(
-    {}, {executor.BASELINE_MODEL_KEY: [baseline]}, {executor.SERVING_MODEL_DIR_KEY: str(base_path)}
+    {},
+    {executor.BASELINE_MODEL_KEY: [baseline]},
+    {executor.SERVING_MODEL_DIR_KEY: str(base_path), **exec_properties},
   )
   return baseline
 
@@ -58,3 +60,17 @@ def test_highest_complete_version_is_copied_with_its_version_and_source(tmp_path
   assert executor.holds_model(baseline)
   copied = os.path.join(str(tmp_path / "out"), "Format-Serving")
   assert serving_versions.fingerprint(copied) == serving_versions.fingerprint(other)
+
+
+def test_a_version_pushed_after_the_driver_looked_is_refused(tmp_path, model):
+  base = tmp_path / "serving"
+  saved_models.copy(model, str(base / "9"))
+  seen = serving_versions.serving_fingerprint(str(base))
+  baseline = _run(base, tmp_path / "same", **{executor.SERVING_FINGERPRINT_KEY: seen})
+  assert baseline.get_int_custom_property(executor.SERVING_VERSION_PROPERTY) == 9
+  saved_models.copy(model, str(base / "10"))
+  with pytest.raises(RuntimeError) as error:
+    _run(base, tmp_path / "changed", **{executor.SERVING_FINGERPRINT_KEY: seen})
+  assert f"changed after this step's driver looked (it saw {seen}; version 10 serves now)" in (
+    str(error.value)
+  )

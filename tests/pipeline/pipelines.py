@@ -1,7 +1,9 @@
-"""Pipelines for tests: one built with placeholder paths, and real runs of the Beam runner."""
+"""Pipelines for tests: one built with placeholder paths, real runs of the Beam runner, and
+the flags a Makefile target passes."""
 
 import dataclasses
 import os
+import shlex
 import subprocess
 import sys
 
@@ -74,3 +76,19 @@ def summary(output_root: str) -> run_summary.RunSummary:
     os.path.join(output_root, "metadata.sqlite")
   )
   return run_summary.summarize(connection, configs.PIPELINE_NAME)
+
+
+def make_target_flags(target: str, module: str, *variables: str):
+  """The arguments after `python -m MODULE` in what `make TARGET VARIABLES...` runs (`make -n`)."""
+  result = subprocess.run(
+    ["make", "-n", "--no-print-directory", target, *variables],
+    cwd=configs.PROJECT_ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  (command,) = [
+    line for line in result.stdout.replace("\\\n", " ").splitlines() if f"-m {module} " in line
+  ]
+  words = shlex.split(command)
+  return words[words.index(module) + 1 :]

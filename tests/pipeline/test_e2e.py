@@ -2,7 +2,8 @@
 
 Checks executions through ML Metadata, the pushed model's serving signature,
 a second run served from cache that evaluates against the pushed model and,
-after a simulated kill, pushes nothing again, and a failing component's exit
+after a simulated kill, pushes nothing again, a third, unchanged run served
+wholly from cache (the Evaluator included), and a failing component's exit
 status.
 """
 
@@ -146,7 +147,7 @@ def test_second_run_after_a_kill_is_cached_compares_with_the_served_model_and_pu
     "Trainer",
   ):
     assert states[node] == "CACHED", states
-  # The baseline step reads the push destination on every run.
+  # The push destination changed (the first run pushed): a new baseline.
   assert states["ServingBaseline"] == "COMPLETE", states
   (baseline,) = summary.component("ServingBaseline").outputs["baseline_model"]
   assert baseline.custom_properties["serving_version"].int_value == int(version)
@@ -166,6 +167,27 @@ def test_second_run_after_a_kill_is_cached_compares_with_the_served_model_and_pu
   assert _children(tflite_base) == ([version] if tflite_shipped else [os.path.basename(stale)])
   if tflite_shipped:
     assert os.path.exists(os.path.join(tflite_base, version, "model.tflite"))
+
+
+def test_an_unchanged_rerun_evaluates_nothing_again(first_run):
+  # After the second run: the same candidate and the same serving version.
+  data_root, output_root, _ = first_run
+  serving_base = os.path.join(output_root, "serving", configs.SERVING_MODEL_NAME)
+  versions = _children(serving_base)
+  before = _summary(output_root)
+  (baseline_before,) = before.component("ServingBaseline").outputs["baseline_model"]
+  (blessing_before,) = before.component("Evaluator").outputs["blessing"]
+  result = _run_pipeline(data_root, output_root, "--accuracy_threshold=0.05")
+  assert result.returncode == 0, result.stderr[-5000:]
+  summary = _summary(output_root)
+  states = {c.node_id: c.state for c in summary.components}
+  # The baseline step's driver found the same version serving: every step,
+  # the Evaluator included, is served from cache.
+  assert states == {node: "CACHED" for node in _NODES}, states
+  (baseline,) = summary.component("ServingBaseline").outputs["baseline_model"]
+  (blessing,) = summary.component("Evaluator").outputs["blessing"]
+  assert (baseline.id, blessing.id) == (baseline_before.id, blessing_before.id)
+  assert summary.blessed is True and _children(serving_base) == versions
 
 
 def test_unblessed_model_is_not_pushed(first_run):

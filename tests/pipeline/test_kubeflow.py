@@ -357,6 +357,69 @@ def test_a_schema_not_readable_at_compile_time_is_refused(tmp_path, capsys, flag
   assert not os.path.exists(kubeflow_package.package_path(str(tmp_path)))
 
 
+def _make_kubeflow_flags(*variables):
+  return pipelines.make_target_flags("kubeflow", "pipeline.kubeflow_runner", *variables)
+
+
+def _compiled_tasks(output_root):
+  with open(kubeflow_package.package_path(str(output_root))) as f:
+    job = json.load(f)
+  return json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec()).root.dag.tasks
+
+
+def test_make_kubeflow_passes_schema_through_to_the_compiled_steps(tmp_path, monkeypatch):
+  # The default SCHEMA is the image's curated schema, as the Dockerfile puts it.
+  assert "--schema_path=schemas/schema.pbtxt" in _make_kubeflow_flags()
+  assert kubeflow_runner.image_schema_path("schemas/schema.pbtxt") == (
+    kubeflow_runner.IMAGE_SCHEMA_PATH
+  )
+  flags = _make_kubeflow_flags(
+    "SCHEMA=schemas/examples/departments.pbtxt",
+    f"OUTPUT_ROOT={tmp_path}",
+    f"KFP_STORAGE_ROOT={_STORAGE_ROOT}",
+  )
+  assert "--schema_path=schemas/examples/departments.pbtxt" in flags
+  # make runs in the checkout's root.
+  monkeypatch.chdir(_PROJECT_ROOT)
+  assert kubeflow_runner.main(flags) == 0
+  tasks = _compiled_tasks(tmp_path)
+  # The components read the image's copy of the file; the label and slices are its.
+  assert _constant(tasks["ImportSchemaGen"], "schema_file") == (
+    f"{kubeflow_runner.IMAGE_WORKDIR}/schemas/examples/departments.pbtxt"
+  )
+  assert _evaluation(tasks) == _DEPARTMENTS_EVALUATION
+  # No step is left with the default schema.
+  constants = json.dumps({name: json_format.MessageToDict(task) for name, task in tasks.items()})
+  assert "schemas/schema.pbtxt" not in constants
+
+
+@pytest.mark.parametrize(
+  "schema, message",
+  [
+    ("schemas/nope.pbtxt", "--schema_path schemas/nope.pbtxt does not exist (relative to "),
+    ("outside.pbtxt", "--schema_path outside.pbtxt is outside this checkout ("),
+    (
+      "docs/kubeflow.md",
+      "--schema_path docs/kubeflow.md is not copied into the image: .dockerignore lets in only "
+      "requirements.lock, setup.py, components, contract, dataset, pipeline, serving, schemas;",
+    ),
+  ],
+)
+def test_a_relative_schema_the_image_lacks_is_refused(
+  tmp_path, monkeypatch, capsys, schema, message
+):
+  monkeypatch.chdir(_PROJECT_ROOT)
+  if schema == "outside.pbtxt":
+    (tmp_path / schema).write_text("")
+    monkeypatch.chdir(tmp_path)
+  code = kubeflow_runner.main(
+    [f"--output_root={tmp_path}", f"--storage_root={_STORAGE_ROOT}", f"--schema_path={schema}"]
+  )
+  assert code == 2
+  assert message in capsys.readouterr().err
+  assert not os.path.exists(kubeflow_package.package_path(str(tmp_path)))
+
+
 def _normalised(job):
   """The package without what changes with the TFX or Python version."""
   job = copy.deepcopy(job)

@@ -6,6 +6,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from tfx import v1 as tfx
+from tfx.proto.orchestration import executable_spec_pb2
+from tfx.proto.orchestration import pipeline_pb2
 
 from components import version_signing
 from pipeline import beam_runner
@@ -61,15 +63,23 @@ def test_pipeline_has_every_component_wired():
   assert components["ServingBaseline"].exec_properties == {"serving_model_dir": "/tmp/s"}
 
 
-def test_only_the_baseline_step_is_never_cached():
+def test_the_baseline_step_is_cached_only_where_its_driver_runs():
   pipeline = _create(enable_cache=True)
+  # Kubeflow runs no custom driver but ImportExampleGen's: never cached there.
   assert caching.uncached_node_ids(pipeline) == ["ServingBaseline"]
+  # The Beam and local runners run its driver, which fingerprints what serves now.
+  assert caching.uncached_node_ids(pipeline, drivers_run=True) == []
   ir = caching.compile_ir(pipeline)
   enabled = {
     n.pipeline_node.node_info.id: n.pipeline_node.execution_options.caching_options.enable_cache
     for n in ir.nodes
   }
-  assert enabled == {c.id: c.id != "ServingBaseline" for c in pipeline.components}
+  assert enabled == {c.id: True for c in pipeline.components}
+  deployment = pipeline_pb2.IntermediateDeploymentConfig()
+  ir.deployment_config.Unpack(deployment)
+  driver_spec = executable_spec_pb2.PythonClassExecutableSpec()
+  deployment.custom_driver_specs["ServingBaseline"].Unpack(driver_spec)
+  assert driver_spec.class_path == "components.serving_baseline.driver.Driver"
 
 
 def test_tflite_conversion_follows_the_pusher_when_asked_for():
