@@ -145,7 +145,6 @@ class ServerOptions:
   rest_body_timeout_seconds: float = 30.0
   rest_max_connections_per_client: int = 256
   max_request_bytes_before_auth: int = 64 * 1024
-  grpc_max_request_bytes_before_auth: int = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,12 +408,6 @@ FLAGS: Tuple[Flag, ...] = (
     "int64",
     "With access control on: the most of a REST body read before the request's credentials "
     "checked out (they are checked from the headers; a refused body is never read).",
-  ),
-  _ours(
-    "grpc_max_request_bytes_before_auth",
-    "int64",
-    "With access control on: gRPC requests larger than this are refused unparsed when "
-    "their metadata's credentials do not check out.",
   ),
 )
 FLAGS_BY_NAME: Dict[str, Flag] = {flag.name: flag for flag in FLAGS}
