@@ -226,7 +226,14 @@ class _Handler:
         self._completions.after_response(self._policy.finish, record)
       else:
         self._policy.finish(record)
-    await context.abort(code, status.client_message(message))
+    # The status, without raising: an aborted call's exception and its
+    # traceback would keep this frame, and so the request (up to
+    # --max_request_bytes), in a reference cycle with the call's state until
+    # the garbage collector's next full pass. grpc.aio sends no message with
+    # a status that is not OK.
+    context.set_code(code)
+    context.set_details(status.client_message(message))
+    return None
 
 
 def _keeping_bytes(message_class) -> Callable[[bytes], tuple]:

@@ -247,9 +247,7 @@ class _TornadoServer(tcpserver.TCPServer, httputil.HTTPServerConnectionDelegate)
 
   def handle_stream(self, stream: iostream.IOStream, address) -> None:
     client = _Client(address)
-    if self._max_per_client and self._per_address.get(client.address, 0) >= (
-      self._max_per_client
-    ):
+    if self._max_per_client and self._per_address.get(client.address, 0) >= (self._max_per_client):
       logging.debug("REST: %s has too many connections; closing a new one.", client.address)
       stream.close()
       return
