@@ -200,10 +200,10 @@ class _Request(httputil.HTTPMessageDelegate):
       self._connection.write_headers(
         httputil.ResponseStartLine("HTTP/1.1", code, http.HTTPStatus(code).phrase),
         headers,
-        body,
+        body if self._method != "HEAD" else None,  # A HEAD answer has headers only.
       )
       self._connection.finish()
-    except iostream.StreamClosedError:  # The client went away first.
+    except (iostream.StreamClosedError, httputil.HTTPOutputError):  # The client went away.
       pass
     self._client.waiting_since = time.monotonic()
 
