@@ -363,17 +363,25 @@ class RestServer:
     ssl_context: Optional[ssl.SSLContext] = None,
     cors: bool = False,
   ):
-    for name, value in (
-      ("header_timeout_seconds", header_timeout_seconds),
-      ("body_timeout_seconds", body_timeout_seconds),
-      ("max_connections", max_connections),
+    for what, flag, value in (
+      ("header deadline", "--rest_header_timeout_seconds", header_timeout_seconds),
+      ("body deadline", "--rest_body_timeout_seconds", body_timeout_seconds),
+      (
+        "body limit before authentication",
+        "--max_request_bytes_before_auth",
+        max_body_bytes_before_auth,
+      ),
     ):
       if value <= 0:
-        raise ValueError(f"The REST server's {name} must be positive; it is {value}.")
+        raise ValueError(f"The REST {what} ({flag}) must be positive; it is {value}.")
+    if max_connections <= 0:
+      raise ValueError(
+        f"The REST server's max_connections must be positive; it is {max_connections}."
+      )
     if max_connections_per_client < 0:
       raise ValueError(
-        "The REST server's max_connections_per_client must be 0 (no cap) or more; it is "
-        f"{max_connections_per_client}."
+        "The REST connections per client address (--rest_max_connections_per_client) must be "
+        f"0 (no cap) or more; it is {max_connections_per_client}."
       )
     self.api = api
     self.cors = cors
