@@ -209,6 +209,7 @@ def _feature_flags(
     with open(config, "w") as f:
       f.write(
         f'model_config_list {{ config {{ name: "{MODEL_NAME}" base_path: "{base_path}" '
+        'model_platform: "tensorflow" '
         f"logging_config {{ sampling_config {{ sampling_rate: {sampling_rate} }} "
         f'log_collector_config {{ type: "tfrecord" filename_prefix: "{prefix}" }} }} }} }}\n'
       )

@@ -299,7 +299,11 @@ class ModelServer:
         options.host,
         options.rest_api_port,
         num_threads=options.rest_api_num_threads,
+        header_timeout_seconds=options.rest_header_timeout_seconds,
+        body_timeout_seconds=options.rest_body_timeout_seconds,
         max_body_bytes=options.max_request_bytes,
+        max_body_bytes_before_auth=options.max_request_bytes_before_auth,
+        max_connections_per_client=options.rest_max_connections_per_client,
         ssl_context=ssl_context,
         cors=options.rest_api_enable_cors_support,
       )

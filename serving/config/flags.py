@@ -141,6 +141,10 @@ class ServerOptions:
   request_log_max_file_bytes: int = request_log.DEFAULT_MAX_FILE_BYTES
   request_log_max_files: int = request_log.DEFAULT_MAX_FILES
   model_verification_key_file: str = ""
+  rest_header_timeout_seconds: float = 10.0
+  rest_body_timeout_seconds: float = 30.0
+  rest_max_connections_per_client: int = 256
+  max_request_bytes_before_auth: int = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,6 +390,24 @@ FLAGS: Tuple[Flag, ...] = (
     "string",
     "ECDSA public key (PEM, `make keygen`): load only versions signed with it for their model "
     "name and version (OpenSSF model signing), verified and loaded from a private copy.",
+  ),
+  _ours(
+    "rest_header_timeout_seconds",
+    "float",
+    "REST: a request's whole header must arrive within this of the connection opening or "
+    "the previous answer (also how long an idle keep-alive connection stays open).",
+  ),
+  _ours("rest_body_timeout_seconds", "float", "REST: a request's whole body within this."),
+  _ours(
+    "rest_max_connections_per_client",
+    "int32",
+    "REST: open connections from one client address at most; 0: no cap.",
+  ),
+  _ours(
+    "max_request_bytes_before_auth",
+    "int64",
+    "With access control on: the most of a REST body read before the request's credentials "
+    "checked out (they are checked from the headers; a refused body is never read).",
   ),
 )
 FLAGS_BY_NAME: Dict[str, Flag] = {flag.name: flag for flag in FLAGS}

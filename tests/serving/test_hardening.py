@@ -268,3 +268,21 @@ def test_a_model_no_version_of_which_can_load_exits_without_waiting(tmp_path):
     "{{{name: m version: 1} due to error: DATA_LOSS: "
     "Can't parse the SavedModel as a binary proto" in stdout
   )
+
+
+@pytest.mark.parametrize(
+  "flag, message",
+  [
+    ("--rest_header_timeout_seconds=0", "The REST header deadline (--rest_header_timeout_seconds)"),
+    ("--rest_body_timeout_seconds=-1", "The REST body deadline (--rest_body_timeout_seconds)"),
+    ("--rest_max_connections_per_client=-1", "(--rest_max_connections_per_client) must be 0"),
+  ],
+)
+def test_a_bad_rest_limit_stops_the_server_naming_the_flag(canned, flag, message):
+  stdout = _server_that_does_not_start(
+    f"--rest_api_port={portpicker.pick_unused_port()}",
+    f"--model_name={MODEL_NAME}",
+    f"--model_base_path={canned.base_path}",
+    flag,
+  )
+  assert message in stdout

@@ -11,6 +11,7 @@ from typing import List
 import grpc
 
 from serving.apis import inference
+from serving.apis.grpc import credentials
 from serving.apis.grpc import health
 from serving.apis.grpc import profiler
 from serving.apis.grpc import servicer
@@ -81,7 +82,12 @@ def create(
     ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", max_request_bytes),
   ] + channel_arguments(grpc_channel_arguments)
-  server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
+  server = grpc.aio.server(
+    options=options,
+    maximum_concurrent_rpcs=max_concurrent_rpcs,
+    # With access control on: credentials checked before a message is read.
+    interceptors=credentials.interceptors(policy),
+  )
   servicer.add_services(server, service, policy)
   if health_check:
     server.add_generic_rpc_handlers((health.handler(),))

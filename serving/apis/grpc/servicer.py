@@ -28,6 +28,7 @@ from tensorflow_serving.apis import regression_pb2
 from tensorflow_serving.apis import status_pb2
 
 from serving import status
+from serving.apis import heap
 from serving.apis import inference
 from serving.observability import request_policy
 
@@ -120,7 +121,8 @@ def _served_version(response) -> str:
 _CALL_METADATA: contextvars.ContextVar = contextvars.ContextVar("invocation_metadata", default=None)
 
 
-def _metadata_value(metadata, key: str):
+def metadata_value(metadata, key: str):
+  """The value of `key` in a call's invocation metadata (None if absent)."""
   for item in metadata or ():
     if item.key == key:
       return item.value
@@ -169,7 +171,7 @@ class _Handler:
         if metadata is None:  # Not looked up through _MethodHandlers.
           metadata = context.invocation_metadata()
         principal = self._policy.authorize(
-          _metadata_value(metadata, request_policy.AUTHORIZATION), model_name
+          metadata_value(metadata, request_policy.AUTHORIZATION), model_name
         )
         authenticated = True
       result = call()
@@ -216,12 +218,22 @@ class _Handler:
       )
       record.runtime = runtime
       record.authenticated = authenticated
+      if code is not grpc.StatusCode.OK:
+        # A large refused request's memory goes back to the system.
+        heap.after_failed_request(len(request_bytes) + len(model_name))
       if code is grpc.StatusCode.OK and is_future:
         # The response leaves first: logging it does not delay it.
         self._completions.after_response(self._policy.finish, record)
       else:
         self._policy.finish(record)
-    await context.abort(code, status.client_message(message))
+    # The status, without raising: an aborted call's exception and its
+    # traceback would keep this frame, and so the request (up to
+    # --max_request_bytes), in a reference cycle with the call's state until
+    # the garbage collector's next full pass. grpc.aio sends no message with
+    # a status that is not OK.
+    context.set_code(code)
+    context.set_details(status.client_message(message))
+    return None
 
 
 def _keeping_bytes(message_class) -> Callable[[bytes], tuple]:
@@ -376,7 +388,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         await context.abort(code, message)
       try:
         principal = self._policy.authorize_admin(
-          _metadata_value(context.invocation_metadata(), request_policy.AUTHORIZATION)
+          metadata_value(context.invocation_metadata(), request_policy.AUTHORIZATION)
         )
         authenticated = self._policy.authenticator is not None
       except request_policy.AccessDenied as e:

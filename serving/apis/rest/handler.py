@@ -141,6 +141,37 @@ class RestApi:
     # The model's part of the request this thread answers (the runtime metric).
     self._runtime = threading.local()
 
+  @property
+  def checks_credentials(self) -> bool:
+    """Whether access control is on (requests need credentials)."""
+    return self._policy.authenticator is not None
+
+  def refusal(
+    self,
+    method: str,
+    path: str,
+    authorization: Optional[str] = None,
+    peer: str = "",
+    origin: str = "",
+  ) -> Optional[Tuple[int, str, bytes]]:
+    """The answer to a request whose credentials do not check out, from its headers alone.
+
+    None when they check out (or access control is off): then read the body
+    and call `handle`. Otherwise the request is answered as `handle` answers
+    it with an empty body (401 for an API path, and audited there as refused,
+    with the principal claimed), so that a body nobody vouched for is never
+    read; a path that needs no credentials (404, metrics, a CORS preflight) is
+    answered as always.
+    """
+    authenticator = self._policy.authenticator
+    if authenticator is None:
+      return None
+    try:
+      authenticator.authenticate(authorization)
+    except status.ServingError:
+      return self.handle(method, path, b"", authorization, peer, origin)
+    return None
+
   def handle(
     self,
     method: str,

@@ -1,32 +1,63 @@
-"""The HTTP/1.1 server of the REST API: connections, bodies, keep-alive, TLS.
+"""The HTTP/1.1 server of the REST API, on tornado: connections, deadlines, bodies, TLS.
 
 Reads each request's method, path, headers and body and hands them to a
 `RestApi` (handler.py), which answers; nothing here knows the API. As
 TensorFlow Serving's own REST server (tensorflow_serving/model_servers/
-http_server.cc, on libevent), it is event-driven between requests.
+http_server.cc, on libevent), it is event-driven: one event loop reads and
+writes every connection, so a slow or idle client holds a socket, never a
+thread. tornado's HTTP/1.1 connection (`tornado.http1connection`) parses the
+requests; tornado was chosen over the hand-written server this replaces by
+bench/rest_server_bench.py (docs/serving-production.md has the figures).
+
+What a client cannot do here:
+- hold the server with a slow header: the whole header must arrive within
+  `header_timeout_seconds` of the connection opening or of the previous
+  answer (tornado's `header_timeout`, one deadline for the whole header, not
+  per read); so an idle keep-alive connection is closed after that long too;
+- hold it with a slow body: the whole body within `body_timeout_seconds`;
+- open more than `max_connections_per_client` connections from one address;
+  beyond `max_connections` in all, the connection waiting longest for its
+  next request is closed;
+- make the server read a body before its credentials checked out: they are
+  checked from the headers, and a refused request's body is never read (with
+  access control on, a connection reads at most `max_body_bytes_before_auth`
+  of a body until its request's credentials check out, then up to
+  `max_body_bytes`).
 """
 
-import collections
+import asyncio
 import concurrent.futures
 import http
-import http.server
 import json
 import logging
-import selectors
 import socket
 import ssl
 import threading
 import time
-from typing import Any
 from typing import Dict
 from typing import Optional
-from typing import Tuple
+
+import uvloop
+from tornado import gen
+from tornado import http1connection
+from tornado import httputil
+from tornado import iostream
+from tornado import netutil
+from tornado import tcpserver
 
 from serving.apis.rest import handler
 
-# A refused request's remaining body is read and dropped for at most this long and this much.
+# A refused request's remaining body is read and dropped for at most this long
+# and this much (a lingering close, as web servers do: closing with the body
+# still arriving would reset the connection and the client could lose the
+# answer).
 _LINGER_SECONDS = 2.0
-_LINGER_BYTES = 16 * 1024 * 1024
+_LINGER_BYTES = 1024 * 1024
+# With access control on, the most of a body a connection reads before its
+# request's credentials checked out (tornado's max_body_size, raised per
+# request once they have).
+DEFAULT_MAX_BODY_BYTES_BEFORE_AUTH = 64 * 1024
+_SERVER = "TensorFlowServingCompatible"
 # http_rest_api_util.cc:40-44 (`AddCORSHeaders`).
 _CORS_HEADERS = (
   ("Access-Control-Allow-Origin", "*"),
@@ -50,162 +81,268 @@ def ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
   return context
 
 
-class _Connection(http.server.BaseHTTPRequestHandler):
-  """One keep-alive connection, served one request at a time by the pool.
+def _error_body(message: str) -> bytes:
+  return json.dumps({"error": message}).encode("utf-8")
 
-  `BaseHTTPRequestHandler` serves a whole connection in its constructor; here
-  the constructor only sets the connection up, and `serve_one` answers one
-  request, so the thread goes back to the pool between requests.
-  """
 
-  protocol_version = "HTTP/1.1"  # Keep-alive: clients reuse connections.
-  # Buffered: headers and a small body leave in one packet when the request
-  # handler flushes.
-  wbufsize = -1
-  server_version = "TensorFlowServingCompatible"
-  api: handler.RestApi = None  # Set on the subclass RestServer makes.
-  max_body_bytes = 0
-  cors = False
+class _Client:
+  """One connection: its address, and since when it waits for a request's header (None: busy)."""
 
-  def __init__(self, request, client_address, server, timeout_seconds: float):
-    self.request = request
-    self.client_address = client_address
-    self.server = server
-    self.timeout = timeout_seconds
-    self.setup()
-    # Small responses must not wait for the client's delayed ACK (Nagle).
-    self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+  __slots__ = ("address", "peer", "waiting_since", "connection", "lingering")
 
-  def serve_one(self) -> bool:
-    """Answers one request; True when the connection stays open for the next."""
-    self.close_connection = True
-    self.handle_one_request()
-    return not self.close_connection
+  def __init__(self, address):
+    self.address = address[0] if isinstance(address, tuple) else str(address)
+    self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+    self.waiting_since: Optional[float] = time.monotonic()
+    self.connection: Optional[http1connection.HTTP1ServerConnection] = None
+    self.lingering = False
 
-  def has_buffered_request(self) -> bool:
-    """Whether the next request's bytes already arrived (pipelining, or read ahead)."""
-    try:
-      self.connection.setblocking(False)
-      return bool(self.rfile.peek(1))
-    except (OSError, ValueError):  # Nothing to read now (SSL raises its own WantRead).
-      return False
-    finally:
+  def __str__(self) -> str:  # tornado names the connection so in its log lines.
+    return self.peer
+
+
+class _Request(httputil.HTTPMessageDelegate):
+  """One request on a connection: refused from its headers, or read and answered."""
+
+  def __init__(self, server: "_TornadoServer", client: _Client, connection):
+    self._server = server
+    self._client = client
+    self._connection = connection
+    self._method = ""
+    self._path = ""
+    self._headers: Optional[httputil.HTTPHeaders] = None
+    self._chunks = []
+    self._refused = False
+
+  def headers_received(self, start_line, headers):
+    self._client.waiting_since = None
+    self._method, self._path, self._headers = start_line.method, start_line.path, headers
+    server = self._server
+    has_body = "Content-Length" in headers or "Transfer-Encoding" in headers
+    if "chunked" in headers.get("Transfer-Encoding", "").lower():
+      return self._refuse(
+        http.HTTPStatus.LENGTH_REQUIRED,
+        _error_body("Send a Content-Length; chunked bodies are not supported."),
+      )
+    length = 0
+    if has_body:
       try:
-        self.connection.settimeout(self.timeout)
-      except OSError:
-        pass
-
-  def close(self) -> None:
-    try:
-      self.finish()
-    except OSError:
-      pass
-    try:
-      self.connection.close()
-    except OSError:
-      pass
-
-  def _respond(self, code: int, content_type: str, body: bytes, headers=()) -> None:
-    self.send_response(code)
-    if content_type:
-      self.send_header("Content-Type", content_type)
-    for name, value in headers:
-      self.send_header(name, value)
-    self.send_header("Content-Length", str(len(body)))
-    self.end_headers()
-    self.wfile.write(body)
-
-  def _refuse(self, code: int, message: str) -> None:
-    self.close_connection = True
-    self._respond(code, "application/json", json.dumps({"error": message}).encode("utf-8"))
-    # A lingering close, as web servers do: closing with the body still arriving
-    # would reset the connection and the client could lose this answer. What
-    # arrives is read and dropped, for a bounded time and size.
-    try:
-      self.wfile.flush()
-      self.connection.shutdown(socket.SHUT_WR)
-      self.connection.settimeout(_LINGER_SECONDS / 2)
-      deadline, drained = time.monotonic() + _LINGER_SECONDS, 0
-      while drained < _LINGER_BYTES and time.monotonic() < deadline:
-        chunk = self.connection.recv(65536)
-        if not chunk:
-          break
-        drained += len(chunk)
-    except OSError:
-      pass
-
-  def _serve(self, method: str) -> None:
-    body = b""
-    if method in ("POST", "OPTIONS"):
-      if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-        self._refuse(
-          http.HTTPStatus.LENGTH_REQUIRED,
-          "Send a Content-Length; chunked bodies are not supported.",
-        )
-        return
-      try:
-        length = int(self.headers.get("Content-Length", "0"))
+        length = int(headers.get("Content-Length", "0"))
       except ValueError:
         length = -1
       if length < 0:
-        self._refuse(http.HTTPStatus.BAD_REQUEST, "Invalid Content-Length.")
-        return
-      if length > self.max_body_bytes:
+        return self._refuse(http.HTTPStatus.BAD_REQUEST, _error_body("Invalid Content-Length."))
+      if length > server.max_body_bytes:
         # Refused before it is read: a large body costs no memory.
-        self._refuse(
+        return self._refuse(
           http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-          f"The request body ({length} bytes) is larger than the server's limit of "
-          f"{self.max_body_bytes} bytes (--max_request_bytes).",
+          _error_body(
+            f"The request body ({length} bytes) is larger than the server's limit of "
+            f"{server.max_body_bytes} bytes (--max_request_bytes)."
+          ),
         )
-        return
-      body = self.rfile.read(length)
-    response = self.api.handle(
-      method,
-      self.path,
-      body,
-      authorization=self.headers.get("Authorization"),
-      peer=f"{self.client_address[0]}:{self.client_address[1]}",
-      origin=self.headers.get("Origin", ""),
+    # Credentials from the headers, before any of the body is read: a refused
+    # request is answered (and audited) as the API answers it, unread.
+    refusal = server.api.refusal(
+      self._method,
+      self._path,
+      headers.get("Authorization"),
+      self._client.peer,
+      headers.get("Origin", ""),
     )
-    headers = ()
-    if self.cors and handler.is_api_path(self.path):
-      headers = _CORS_HEADERS
-    self._respond(*response, headers=headers)
+    if refusal is not None:
+      code, content_type, body = refusal
+      if length:
+        return self._refuse(code, body, content_type)
+      self._refused = True
+      self._respond(code, content_type, body)
+      return None
+    if server.checks_credentials:
+      self._connection.set_max_body_size(server.max_body_bytes)
+    return None
 
-  def do_GET(self):  # noqa: N802 (BaseHTTPRequestHandler's naming)
-    self._serve("GET")
+  def data_received(self, chunk):
+    if not self._refused:
+      self._chunks.append(chunk)
 
-  def do_OPTIONS(self):  # noqa: N802
-    self._serve("OPTIONS")
+  def finish(self):
+    if self._refused:
+      return
+    body = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
+    self._chunks = []
+    self._server.answer(self, body)
 
-  def do_POST(self):  # noqa: N802
-    self._serve("POST")
+  def on_connection_close(self):
+    self._chunks = []
 
-  def log_message(self, format, *args):  # noqa: A002
-    logging.debug("REST %s - %s", self.address_string(), format % args)
+  def answer(self, body: bytes) -> None:
+    """On a pool thread: the API's answer, then back to the loop to send it."""
+    response = self._server.api.handle(
+      self._method,
+      self._path,
+      body,
+      authorization=self._headers.get("Authorization"),
+      peer=self._client.peer,
+      origin=self._headers.get("Origin", ""),
+    )
+    self._server.loop.call_soon_threadsafe(self._respond, *response)
+
+  def _respond(self, code: int, content_type: str, body: bytes) -> None:
+    headers = httputil.HTTPHeaders()
+    headers["Server"] = _SERVER
+    if content_type:
+      headers["Content-Type"] = content_type
+    if self._server.cors and handler.is_api_path(self._path):
+      for name, value in _CORS_HEADERS:
+        headers[name] = value
+    headers["Content-Length"] = str(len(body))
+    try:
+      self._connection.write_headers(
+        httputil.ResponseStartLine("HTTP/1.1", code, http.HTTPStatus(code).phrase),
+        headers,
+        body if self._method != "HEAD" else None,  # A HEAD answer has headers only.
+      )
+      self._connection.finish()
+    except (iostream.StreamClosedError, httputil.HTTPOutputError):  # The client went away.
+      pass
+    self._client.waiting_since = time.monotonic()
+
+  def _refuse(self, code: int, body: bytes, content_type: str = "application/json") -> None:
+    """Answers from the headers alone and closes, the body unread (lingering briefly)."""
+    stream = self._connection.detach()
+    self._client.lingering = True
+    reason = http.HTTPStatus(code).phrase
+    head = (
+      f"HTTP/1.1 {code} {reason}\r\nServer: {_SERVER}\r\nContent-Type: {content_type}\r\n"
+      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1")
+    self._server.loop.create_task(self._server.linger(self._client, stream, head + body))
+
+
+class _TornadoServer(tcpserver.TCPServer, httputil.HTTPServerConnectionDelegate):
+  """tornado's TCP server with HTTP/1.1 connections, capped per address and in all."""
+
+  def __init__(self, owner: "RestServer", ssl_options):
+    super().__init__(ssl_options=ssl_options, max_buffer_size=owner.max_body_bytes + 65536)
+    self.api = owner.api
+    self.cors = owner.cors
+    self.max_body_bytes = owner.max_body_bytes
+    self.checks_credentials = owner.api.checks_credentials
+    self.loop = asyncio.get_running_loop()
+    self._pool = owner.pool
+    self._max_connections = owner.max_connections
+    self._max_per_client = owner.max_connections_per_client
+    self._params = http1connection.HTTP1ConnectionParameters(
+      header_timeout=owner.header_timeout_seconds,
+      body_timeout=owner.body_timeout_seconds,
+      max_body_size=(
+        min(owner.max_body_bytes_before_auth, owner.max_body_bytes)
+        if self.checks_credentials
+        else owner.max_body_bytes
+      ),
+      max_header_size=64 * 1024,
+    )
+    self.clients: Dict[_Client, None] = {}  # Insertion-ordered: oldest first.
+    self._per_address: Dict[str, int] = {}
+
+  def handle_stream(self, stream: iostream.IOStream, address) -> None:
+    client = _Client(address)
+    if self._max_per_client and self._per_address.get(client.address, 0) >= (self._max_per_client):
+      logging.debug("REST: %s has too many connections; closing a new one.", client.address)
+      stream.close()
+      return
+    if len(self.clients) >= self._max_connections and not self._close_longest_waiting():
+      stream.close()
+      return
+    try:
+      stream.set_nodelay(True)  # Small answers must not wait for the client's delayed ACK.
+    except OSError:
+      pass
+    self.clients[client] = None
+    self._per_address[client.address] = self._per_address.get(client.address, 0) + 1
+    client.connection = http1connection.HTTP1ServerConnection(stream, self._params, client)
+    client.connection.start_serving(self)
+
+  def _close_longest_waiting(self) -> bool:
+    """Closes the connection that has waited longest for a request's header; False if none waits."""
+    waiting = [c for c in self.clients if c.waiting_since is not None and c.connection]
+    if not waiting:
+      return False
+    oldest = min(waiting, key=lambda c: c.waiting_since)
+    oldest.connection.stream.close()
+    self._forget(oldest)
+    return True
+
+  def _forget(self, client: _Client) -> None:
+    if self.clients.pop(client, 0) is None:
+      left = self._per_address[client.address] - 1
+      if left:
+        self._per_address[client.address] = left
+      else:
+        del self._per_address[client.address]
+
+  def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
+    client = request_conn.context
+    if client.waiting_since is None:
+      client.waiting_since = time.monotonic()
+    return _Request(self, client, request_conn)
+
+  def on_close(self, server_conn) -> None:
+    client = server_conn.context
+    if not client.lingering:
+      self._forget(client)
+
+  def answer(self, request: _Request, body: bytes) -> None:
+    try:
+      self._pool.submit(request.answer, body)
+    except RuntimeError:  # Stopping: the pool takes no more.
+      request._connection.stream.close()
+
+  async def linger(self, client: _Client, stream: iostream.IOStream, answer: bytes) -> None:
+    """Sends `answer`, stops sending, and drops what the client still sends, briefly; closes."""
+    try:
+      await stream.write(answer)
+      stream.socket.shutdown(socket.SHUT_WR)
+      deadline, drained = self.loop.time() + _LINGER_SECONDS, 0
+      while drained < _LINGER_BYTES:
+        chunk = await gen.with_timeout(
+          deadline, stream.read_bytes(65536, partial=True), quiet_exceptions=(Exception,)
+        )
+        drained += len(chunk)
+    except (iostream.StreamClosedError, OSError, gen.TimeoutError, AttributeError):
+      pass
+    finally:
+      stream.close()
+      self._forget(client)
+
+  async def close_all(self) -> None:
+    for client in list(self.clients):
+      if client.connection is not None and client.connection.stream is not None:
+        client.connection.stream.close()
+      self._forget(client)
 
 
 class RestServer:
-  """Serves a `RestApi` over HTTP/1.1 (or HTTPS), event-driven between requests.
+  """Serves a `RestApi` over HTTP/1.1 (or HTTPS) on tornado, on an event loop of its own.
 
-  One thread waits on every open connection with a selector; a connection
-  with a request to read goes to a pool of `num_threads` threads for that one
-  request, then back to the selector. So idle keep-alive connections hold no
-  thread and cannot shut others out (TensorFlow Serving's REST server is
-  event-driven too, on libevent). Idle connections are closed after
-  `idle_timeout_seconds`; beyond `max_connections` the longest idle is closed.
-  A client that stops in the middle of a request holds its thread for at most
-  `request_timeout_seconds` per read.
+  The loop reads and writes every connection; `num_threads` threads run the
+  API (`RestApi.handle` waits for the model). See the module docstring for the
+  limits.
 
   Args:
     api: the API.
     host: the address to bind.
-    port: the port to bind.
-    num_threads: requests read and answered at once.
-    idle_timeout_seconds: idle keep-alive connections are closed after this.
-    request_timeout_seconds: the most a read of a started request may wait.
+    port: the port to bind (0: any free one).
+    num_threads: requests answered at once.
+    header_timeout_seconds: a request's whole header must arrive within this
+      of the connection opening or of the previous answer.
+    body_timeout_seconds: a request's whole body must arrive within this.
     max_body_bytes: larger request bodies are refused (413) without being read.
+    max_body_bytes_before_auth: with access control on, the most of a body
+      read before the request's credentials checked out.
     max_connections: open connections kept at most.
+    max_connections_per_client: open connections from one address at most (0:
+      no cap).
     ssl_context: serve HTTPS with this server-side context.
     cors: add TensorFlow Serving's CORS headers to the answers of `/v1/`
       requests (`--rest_api_enable_cors_support`).
@@ -217,168 +354,82 @@ class RestServer:
     host: str,
     port: int,
     num_threads: int = 64,
-    idle_timeout_seconds: float = 30.0,
-    request_timeout_seconds: float = 10.0,
+    header_timeout_seconds: float = 10.0,
+    body_timeout_seconds: float = 30.0,
     max_body_bytes: int = 32 * 1024 * 1024,
+    max_body_bytes_before_auth: int = DEFAULT_MAX_BODY_BYTES_BEFORE_AUTH,
     max_connections: int = 4096,
+    max_connections_per_client: int = 256,
     ssl_context: Optional[ssl.SSLContext] = None,
     cors: bool = False,
   ):
-    self._handler = type(
-      "Connection",
-      (_Connection,),
-      {"api": api, "max_body_bytes": max_body_bytes, "cors": cors},
-    )
-    self._idle_timeout_seconds = idle_timeout_seconds
-    self._request_timeout_seconds = request_timeout_seconds
-    self._max_connections = max_connections
+    for what, flag, value in (
+      ("header deadline", "--rest_header_timeout_seconds", header_timeout_seconds),
+      ("body deadline", "--rest_body_timeout_seconds", body_timeout_seconds),
+      (
+        "body limit before authentication",
+        "--max_request_bytes_before_auth",
+        max_body_bytes_before_auth,
+      ),
+    ):
+      if value <= 0:
+        raise ValueError(f"The REST {what} ({flag}) must be positive; it is {value}.")
+    if max_connections <= 0:
+      raise ValueError(
+        f"The REST server's max_connections must be positive; it is {max_connections}."
+      )
+    if max_connections_per_client < 0:
+      raise ValueError(
+        "The REST connections per client address (--rest_max_connections_per_client) must be "
+        f"0 (no cap) or more; it is {max_connections_per_client}."
+      )
+    self.api = api
+    self.cors = cors
+    self.max_body_bytes = max_body_bytes
+    self.max_body_bytes_before_auth = max_body_bytes_before_auth
+    self.header_timeout_seconds = header_timeout_seconds
+    self.body_timeout_seconds = body_timeout_seconds
+    self.max_connections = max_connections
+    self.max_connections_per_client = max_connections_per_client
     self._ssl_context = ssl_context
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    self._socket = socket.socket(family, socket.SOCK_STREAM)
-    self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-      self._socket.bind((host, port))
-      self._socket.listen(1024)
-    except OSError:
-      self._socket.close()
-      raise
-    self._socket.setblocking(False)
-    self._pool = concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="rest")
-    self._selector = selectors.DefaultSelector()
-    self._wake_read, self._wake_write = socket.socketpair()
-    self._wake_read.setblocking(False)
-    self._returned = collections.deque()  # Connections the pool hands back.
-    self._idle: Dict[socket.socket, Tuple[Any, float]] = {}  # socket -> (connection, since)
-    self._open = set()  # Every connection, served or idle.
-    self._open_lock = threading.Lock()
-    self._stopping = threading.Event()
-    self._thread = threading.Thread(target=self._run, name="rest-server", daemon=True)
+    # Bound here, so that a port in use fails the constructor (OSError).
+    self._sockets = netutil.bind_sockets(port, address=host, backlog=1024)
+    self.pool = concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="rest")
+    self._loop: Optional[asyncio.AbstractEventLoop] = None
+    self._thread: Optional[threading.Thread] = None
+    self._server: Optional[_TornadoServer] = None
 
   @property
   def port(self) -> int:
-    return self._socket.getsockname()[1]
+    return self._sockets[0].getsockname()[1]
 
   def start(self) -> None:
-    self._selector.register(self._socket, selectors.EVENT_READ, "accept")
-    self._selector.register(self._wake_read, selectors.EVENT_READ, "wake")
+    # uvloop, as the gRPC server's loop: less CPU per request on the loop.
+    self._loop = uvloop.new_event_loop()
+    self._thread = threading.Thread(target=self._loop.run_forever, name="rest-server", daemon=True)
     self._thread.start()
+    asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
 
-  def _run(self) -> None:
-    while not self._stopping.is_set():
-      for key, _ in self._selector.select(timeout=1.0):
-        if key.data == "accept":
-          self._accept()
-        elif key.data == "wake":
-          self._take_back()
-        else:
-          self._selector.unregister(key.fileobj)
-          connection, _ = self._idle.pop(key.fileobj)
-          self._pool.submit(self._serve, connection)
-      self._close_idle()
+  async def _start(self) -> None:
+    self._server = _TornadoServer(self, self._ssl_context)
+    self._server.add_sockets(self._sockets)
 
-  def _accept(self) -> None:
-    while True:
-      try:
-        sock, address = self._socket.accept()
-      except (BlockingIOError, InterruptedError):
-        return
-      except OSError as e:  # Out of file descriptors: keep serving the open ones.
-        logging.warning("REST accept failed: %s", e)
-        return
-      if len(self._idle) >= self._max_connections:
-        oldest = min(self._idle, key=lambda s: self._idle[s][1])
-        self._selector.unregister(oldest)
-        self._forget(self._idle.pop(oldest)[0])
-      sock.setblocking(True)
-      with self._open_lock:
-        self._open.add(sock)
-      self._watch(sock, (sock, address))
-
-  def _watch(self, sock, connection) -> None:
-    self._idle[sock] = (connection, time.monotonic())
-    self._selector.register(sock, selectors.EVENT_READ, "connection")
-
-  def _take_back(self) -> None:
-    try:
-      while self._wake_read.recv(4096):
-        pass
-    except (BlockingIOError, InterruptedError):
-      pass
-    while self._returned:
-      connection = self._returned.popleft()
-      if self._stopping.is_set():
-        self._forget(connection)
-      else:
-        self._watch(connection.connection, connection)
-
-  def _close_idle(self) -> None:
-    deadline = time.monotonic() - self._idle_timeout_seconds
-    for sock in [s for s, (_, since) in self._idle.items() if since < deadline]:
-      self._selector.unregister(sock)
-      self._forget(self._idle.pop(sock)[0])
-
-  def _forget(self, connection) -> None:
-    """Closes a connection: a new one, `(socket, address)`, or a `_Connection`."""
-    sock = connection[0] if isinstance(connection, tuple) else connection.connection
-    with self._open_lock:
-      self._open.discard(sock)
-    if isinstance(connection, tuple):
-      try:
-        sock.close()
-      except OSError:
-        pass
-    else:
-      connection.close()
-
-  def _serve(self, connection) -> None:
-    """On a pool thread: one request (more if already buffered), then back to the selector."""
-    try:
-      if isinstance(connection, tuple):  # New: TLS handshake, then the handler.
-        sock, address = connection
-        sock.settimeout(self._request_timeout_seconds)
-        if self._ssl_context is not None:
-          with self._open_lock:
-            self._open.discard(sock)
-            sock = self._ssl_context.wrap_socket(
-              sock, server_side=True, do_handshake_on_connect=False
-            )
-            self._open.add(sock)
-          connection = (sock, address)
-          sock.do_handshake()
-        connection = self._handler(sock, address, self, self._request_timeout_seconds)
-      while connection.serve_one():
-        if self._stopping.is_set():
-          break
-        if not connection.has_buffered_request():
-          self._returned.append(connection)
-          self._wake_write.send(b"x")
-          return
-    except (OSError, ValueError) as e:  # Handshake failed, client went away.
-      logging.debug("REST connection ended: %s", e)
-    except Exception:  # No connection may take the server down.
-      logging.exception("REST connection failed")
-    self._forget(connection)
+  async def _stop(self) -> None:
+    self._server.stop()
+    await self._server.close_all()
 
   def stop(self) -> None:
-    self._stopping.set()
+    if self._loop is None:
+      for sock in self._sockets:
+        sock.close()
+      self.pool.shutdown(wait=False, cancel_futures=True)
+      return
     try:
-      self._wake_write.send(b"x")
-    except OSError:
-      pass
-    self._thread.join()
-    for connection, _ in list(self._idle.values()):
-      self._forget(connection)
-    self._idle.clear()
+      asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
+    except (concurrent.futures.TimeoutError, RuntimeError) as e:
+      logging.warning("Stopping the REST server: %s", e)
     # Requests in progress end when their connections close under them.
-    with self._open_lock:
-      open_sockets = list(self._open)
-    for sock in open_sockets:
-      try:
-        sock.shutdown(socket.SHUT_RDWR)
-      except OSError:
-        pass
-    self._pool.shutdown(wait=True, cancel_futures=True)
-    self._selector.close()
-    self._socket.close()
-    self._wake_read.close()
-    self._wake_write.close()
+    self.pool.shutdown(wait=True, cancel_futures=True)
+    self._loop.call_soon_threadsafe(self._loop.stop)
+    self._thread.join()
+    self._loop.close()
