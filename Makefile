@@ -49,6 +49,8 @@ VERBOSE ?=
 RUN ?=
 TENSORBOARD_PORT ?= 6006
 BENCH_RUNS ?= 3
+# `make bench-scale`: example counts to run (comma-separated), e.g. SCALE_SIZES=50000 for a quick run.
+SCALE_SIZES ?= 50000,1000000,5000000
 # `make bench-quality`: which corpora (comma-separated; default all) and at most how many
 # documents of each (default all).
 CORPORA ?=
@@ -72,7 +74,7 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
 	kubeflow-submit kubeflow-schedule vertex-schedule skew-report keygen \
 	serve query bench-serving bench-tensors bench-tflite bench-multi-worker report tensorboard \
-	bench-run bench-verification
+	bench-run bench-verification bench-scale
 
 install: $(STAMP)
 
@@ -120,6 +122,11 @@ tensorboard: install
 # `make run` BENCH_RUNS times from a cold ML Metadata store: median per component.
 bench-run: install
 	$(PY) -m bench.run_bench --data_root=$(DATA_ROOT) --runs=$(BENCH_RUNS)
+
+# The default pipeline on each of SCALE_SIZES generated examples: per component seconds and
+# peak RSS of the process tree, accuracy (bench/results/scale.json).
+bench-scale: install
+	$(PY) -m bench.scale_bench --sizes=$(SCALE_SIZES) $(BEAM_ARGS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

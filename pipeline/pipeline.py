@@ -22,6 +22,9 @@ from components.tflite_converter.component import TFLiteConverter
 from pipeline import configs
 from pipeline import settings
 
+# The Evaluator's own metrics (`components/evaluator/metrics.py`).
+_METRICS_MODULE = "components.evaluator.metrics"
+
 
 def _eval_config(
   label_key: str,
@@ -48,8 +51,13 @@ def _eval_config(
       tfma.MetricsSpec(
         metrics=[
           tfma.MetricConfig(class_name="ExampleCount"),
+          # Top-1 and top-3 as Keras's sparse_categorical_accuracy and
+          # sparse_top_k_categorical_accuracy, computed in NumPy rather than by
+          # TFMA's Keras metric wrapper (about half the Evaluator's time).
           tfma.MetricConfig(
-            class_name="SparseCategoricalAccuracy",
+            class_name="SparseTopKAccuracy",
+            module=_METRICS_MODULE,
+            config='"top_k": 1, "name": "sparse_categorical_accuracy"',
             # Blessing looks at the whole eval split only: small slices
             # are too noisy to gate on, and are reported instead.
             per_slice_thresholds=[
@@ -70,7 +78,9 @@ def _eval_config(
             ],
           ),
           tfma.MetricConfig(
-            class_name="SparseTopKCategoricalAccuracy", config='"k": 3, "name": "top_3_accuracy"'
+            class_name="SparseTopKAccuracy",
+            module=_METRICS_MODULE,
+            config='"top_k": 3, "name": "top_3_accuracy"',
           ),
           # For the run report.
           tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),

@@ -304,12 +304,29 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return "\n".join(out)
 
 
+def _metric_name(metric: Dict[str, Any]) -> str:
+  """The name TFMA reports a MetricConfig's values under.
+
+  The `name` in its JSON config, else its class's default: the class name in
+  snake case (Keras's and TFMA's metrics, e.g. SparseCategoricalAccuracy ->
+  sparse_categorical_accuracy, as configs of earlier runs name it).
+  """
+  try:
+    name = json.loads("{" + metric.get("config", "") + "}").get("name")
+  except json.JSONDecodeError:
+    name = None
+  if name:
+    return name
+  class_name = metric.get("class_name", "")
+  return "".join(f"_{c.lower()}" if c.isupper() else c for c in class_name).lstrip("_")
+
+
 def _thresholds(eval_config: Optional[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
   """metric name -> {"lower_bound": ..., "change": ...} from the eval config's thresholds."""
   found: Dict[str, Dict[str, float]] = {}
   for spec in (eval_config or {}).get("metrics_specs", []):
     for metric in spec.get("metrics", []):
-      name = metric.get("class_name", "")
+      name = _metric_name(metric)
       for threshold in [metric.get("threshold")] + [
         t.get("threshold") for t in metric.get("per_slice_thresholds", [])
       ]:
@@ -354,7 +371,7 @@ def _section_evaluation(data: RunData) -> str:
   if not metrics:
     return '<p class="muted">No evaluation in this run.</p>'
   thresholds = _thresholds(data.eval_config)
-  lower = thresholds.get("SparseCategoricalAccuracy", {}).get("lower_bound")
+  lower = thresholds.get(_ACCURACY, {}).get("lower_bound")
   names = [name for name, _ in metrics]
   accuracy = [values.get(_ACCURACY, np.nan) for _, values in metrics]
   top3 = [values.get(_TOP_3, np.nan) for _, values in metrics]
@@ -382,7 +399,7 @@ def _section_evaluation(data: RunData) -> str:
   notes = []
   if lower is not None:
     notes.append(f"top-1 accuracy of the whole eval split must be at least {lower:g}")
-  change = thresholds.get("SparseCategoricalAccuracy", {}).get("change")
+  change = thresholds.get(_ACCURACY, {}).get("change")
   if change is not None:
     notes.append(f"and at least {change:+g} against the baseline model, when there is one")
   text = f"<p>Blessing: {'; '.join(notes)}.</p>" if notes else ""
@@ -691,7 +708,7 @@ def _section_blessing(data: RunData) -> str:
     parts.append("<p>Why not: the thresholds it failed:</p>")
     parts.append(_table(["slice", "metric", "value", "threshold", "message"], rows))
   elif summary.blessed:
-    thresholds = _thresholds(data.eval_config).get("SparseCategoricalAccuracy", {})
+    thresholds = _thresholds(data.eval_config).get(_ACCURACY, {})
     overall = dict(summary.slice_metrics).get("Overall", {})
     if "lower_bound" in thresholds and _ACCURACY in overall:
       parts.append(

@@ -374,3 +374,24 @@ def test_chromium_check_catches_a_blank_image_and_a_console_error(tmp_path):
   verdicts = render_in_chromium(str(path), str(tmp_path / "profile"))
   assert verdicts["images"][0].startswith("component times=blank")
   assert any("boom" in e for e in verdicts["errors"])
+
+
+def test_thresholds_are_keyed_by_the_metric_name_of_old_and_new_configs():
+  new_config = {
+    "metrics_specs": [
+      {
+        "metrics": [
+          {
+            "class_name": "SparseTopKAccuracy",
+            "module": "components.evaluator.metrics",
+            "config": '"top_k": 1, "name": "sparse_categorical_accuracy"',
+            "per_slice_thresholds": [{"threshold": {"value_threshold": {"lower_bound": 0.6}}}],
+          }
+        ]
+      }
+    ]
+  }
+  assert run_report._thresholds(new_config) == {"sparse_categorical_accuracy": {"lower_bound": 0.6}}
+  assert run_report._thresholds(_EVAL_CONFIG) == {
+    "sparse_categorical_accuracy": {"lower_bound": 0.5, "change": -1e-10}
+  }
