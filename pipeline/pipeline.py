@@ -142,6 +142,10 @@ def create_pipeline(
   slice_features: Optional[Sequence[str]] = None,
   label_key: Optional[str] = None,
   trainer_custom_config: Optional[Dict[str, Any]] = None,
+  tune: bool = False,
+  tuner_fn: Optional[str] = None,
+  tune_trials: int = 6,
+  tune_train_steps: int = 200,
   enable_cache: bool = True,
   metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
   beam_pipeline_args: Optional[List[str]] = None,
@@ -183,6 +187,12 @@ def create_pipeline(
       None: the data contract's (`contract`, read from `schema_path`).
     label_key: the label feature; None: the data contract's.
     trainer_custom_config: passed to `run_fn` as `fn_args.custom_config`.
+    tune: put TFX's Tuner before the Trainer, which then trains with the best
+      hyperparameters it found over the preset's.
+    tuner_fn: dotted path of the Tuner's `tuner_fn`; needed when `tune`.
+    tune_trials: hyperparameter sets the Tuner tries.
+    tune_train_steps: training steps of each trial (each is scored on
+      `eval_args`' steps).
     enable_cache: reuse outputs of unchanged components.
     metadata_connection_config: ML Metadata connection (None: the runner's
       default, as on Kubeflow).
@@ -202,6 +212,13 @@ def create_pipeline(
     )
   if span is not None and span < 1:
     raise ValueError(f"span must be a span number of at least 1, got {span}.")
+  if tune:
+    if not tuner_fn:
+      raise ValueError("tune needs tuner_fn, the dotted path of the Tuner's tuner_fn.")
+    if tune_trials < 1:
+      raise ValueError(f"tune_trials must be at least 1, got {tune_trials}.")
+    if tune_train_steps < 1:
+      raise ValueError(f"tune_train_steps must be at least 1, got {tune_train_steps}.")
   if slice_features is None or label_key is None:
     data_contract = contract.load(schema_path)
     slice_features = data_contract.slice_features if slice_features is None else slice_features
@@ -254,13 +271,30 @@ def create_pipeline(
     report_dir=report_dir,
   )
 
-  # Trains the Transformer under MultiWorkerMirroredStrategy.
+  tuner = None
+  if tune:
+    # Searches the preset's hyperparameters with KerasTuner: `tune_trials`
+    # trainings of `tune_train_steps` steps each, ranked by eval accuracy.
+    tuner = tfx.components.Tuner(
+      tuner_fn=tuner_fn,
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"],
+      train_args=tfx.proto.TrainArgs(num_steps=tune_train_steps),
+      eval_args=eval_args,
+      custom_config={**(trainer_custom_config or {}), "tune_trials": tune_trials},
+    )
+    # Like the Trainer, it waits for the gate.
+    tuner.add_upstream_node(anomaly_gate)
+
+  # Trains the Transformer under MultiWorkerMirroredStrategy (with the Tuner's
+  # best hyperparameters over the preset's, when it ran).
   trainer = tfx.components.Trainer(
     run_fn=run_fn,
     examples=example_gen.outputs["examples"],
     schema=schema_gen.outputs["schema"],
     train_args=train_args,
     eval_args=eval_args,
+    hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
     custom_config=dict(trainer_custom_config or {}),
   )
   # The Trainer consumes no output of the gate, so the order is explicit.
@@ -307,6 +341,7 @@ def create_pipeline(
     schema_gen,
     example_validator,
     anomaly_gate,
+    *([tuner] if tuner else []),
     trainer,
     serving_baseline,
     evaluator,

@@ -177,6 +177,37 @@ def test_each_step_names_the_classes_of_its_artifacts(executors):
   }
 
 
+def test_tune_compiles_the_tuner_step_feeding_the_trainer(tmp_path):
+  code = kubeflow_runner.main(
+    [f"--output_root={tmp_path}", f"--storage_root={_STORAGE_ROOT}", "--tune", "--tune_trials=3"]
+  )
+  assert code == 0
+  with open(kubeflow_package.package_path(str(tmp_path))) as f:
+    job = json.load(f)
+  tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+  assert set(tasks["Tuner"]["dependentTasks"]) == {
+    "ImportExampleGen",
+    "ImportSchemaGen",
+    "AnomalyGate",
+  }
+  assert "Tuner" in tasks["Trainer"]["dependentTasks"]
+  assert tasks["Trainer"]["inputs"]["artifacts"]["hyperparameters"] == {
+    "taskOutputArtifact": {"outputArtifactKey": "best_hyperparameters", "producerTask": "Tuner"}
+  }
+  tuner_parameters = tasks["Tuner"]["inputs"]["parameters"]
+  assert tuner_parameters["tuner_fn"]["runtimeValue"]["constant"] == configs.TUNER_FN
+  assert (
+    json.loads(tuner_parameters["custom_config"]["runtimeValue"]["constant"])["tune_trials"] == 3
+  )
+  executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+  tuner_args = executors["Tuner_executor"]["container"]["args"]
+  assert tuner_args[0] == "--artifact_types"
+  assert json.loads(tuner_args[1])["outputs"] == {
+    "best_hyperparameters": "tfx.types.standard_artifacts.HyperParameters",
+    "tuner_results": "tfx.types.standard_artifacts.TunerResults",
+  }
+
+
 def test_only_steps_reading_outside_state_are_never_cached(spec):
   caching = {name: task.caching_options.enable_cache for name, task in spec.root.dag.tasks.items()}
   assert {name for name, cached in caching.items() if not cached} == {
