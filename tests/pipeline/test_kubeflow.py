@@ -666,6 +666,21 @@ def test_train_worker_gives_run_fn_the_trainers_fn_args(tmp_path):
   }
   assert fn_args.serving_model_dir == os.path.join(output_uri, "model", "Format-Serving")
   assert fn_args.model_run_dir == os.path.join(output_uri, "model_run")
+  assert fn_args.hyperparameters is None
+  # With a Tuner's output, the best values as the Trainer would pass them.
+  best = {"space": [], "values": {"learning_rate": 0.009, "num_layers": 3}}
+  (tmp_path / "best").mkdir()
+  (tmp_path / "best" / "best_hyperparameters.txt").write_text(json.dumps(best))
+  _RECORDED_FN_ARGS.clear()
+  train_worker.main(
+    [
+      f"--examples_uri={examples_uri}",
+      f"--output_uri={output_uri}",
+      f"--hyperparameters_uri={tmp_path / 'best'}",
+      f"--run_fn={__name__}.record_fn_args",
+    ]
+  )
+  assert _RECORDED_FN_ARGS[0].hyperparameters == best
 
 
 def _dockerfile_lines():
