@@ -66,8 +66,24 @@ class _TransformerHyperModel(keras_tuner.HyperModel):
     return model_lib._build_model(config, self.data_contract)
 
 
-class _TfKerasRandomSearch(keras_tuner.RandomSearch):
-  """RandomSearch whose trials train the Trainer's tf.keras (Keras 2) model.
+class _PresetFirstOracle(keras_tuner.oracles.RandomSearchOracle):
+  """Random search whose first trial is the preset itself (every hyperparameter's default).
+
+  So the search always scores the untuned model beside the others, and the
+  best values it hands on are never worse than the preset's by its measure.
+  """
+
+  def populate_space(self, trial_id):
+    if not self.trials:
+      return {
+        "status": keras_tuner.engine.trial.TrialStatus.RUNNING,
+        "values": self.get_space().values,
+      }
+    return super().populate_space(trial_id)
+
+
+class _TfKerasTuner(keras_tuner.Tuner):
+  """A Tuner whose trials train the Trainer's tf.keras (Keras 2) model.
 
   KerasTuner 1.4 runs on Keras 3 and its default `run_trial` refuses a model
   of any other Keras; the pipeline's models are tf.keras (TFX 1.16 needs
@@ -86,11 +102,12 @@ class _TfKerasRandomSearch(keras_tuner.RandomSearch):
 
 # TFX Tuner calls this.
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
-  """Returns a KerasTuner RandomSearch over the preset's hyperparameters and its fit arguments.
+  """Returns a KerasTuner random search over the preset's hyperparameters and its fit arguments.
 
   `fn_args.custom_config` holds what the Trainer's gets (`preset`, `hparams`,
   `seed` and the contract overrides) and `tune_trials`, the number of trials
-  (default 4). Each trial trains `fn_args.train_steps` steps of the preset's
+  (default 4); the first trial is the preset's own values, the others are
+  drawn at random. Each trial trains `fn_args.train_steps` steps of the preset's
   batch size and is scored by its top-1 accuracy on `fn_args.eval_steps` eval
   batches.
 
@@ -108,12 +125,14 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
   seed = int(custom_config.get("seed", 42))
   tf.keras.utils.set_random_seed(seed)
 
-  tuner = _TfKerasRandomSearch(
+  tuner = _TfKerasTuner(
+    oracle=_PresetFirstOracle(
+      objective=_OBJECTIVE,
+      max_trials=trials,
+      seed=seed,
+      hyperparameters=_search_space(config),
+    ),
     hypermodel=_TransformerHyperModel(preset, hparams, data_contract),
-    objective=_OBJECTIVE,
-    max_trials=trials,
-    seed=seed,
-    hyperparameters=_search_space(config),
     directory=fn_args.working_dir,
     project_name=_PROJECT_NAME,
   )
