@@ -43,6 +43,10 @@ KFP_HOST ?=
 EXPERIMENT ?= next-category
 RUN_NAME ?=
 BEAM_ARGS ?=
+# TUNE=1 puts TFX's Tuner before the Trainer, trying TUNE_TRIALS hyperparameter sets
+# (default pipeline/configs.py's TUNE_TRIALS).
+TUNE ?=
+TUNE_TRIALS ?=
 # VERBOSE=1 shows every log line on the terminal instead of OUTPUT_ROOT/logs/<run>.log.
 VERBOSE ?=
 # `make report`: the run to rebuild the report of (default: the latest).
@@ -64,12 +68,13 @@ VERTEX_PROJECT ?=
 VERTEX_REGION ?=
 VERTEX_API_ENDPOINT ?=
 
+TUNE_FLAGS := $(if $(filter-out 0,$(TUNE)),--tune) $(if $(TUNE_TRIALS),--tune_trials=$(TUNE_TRIALS))
 RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path=$(SCHEMA) \
 	--preset=$(PRESET) \
 	$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) --num_workers=$(NUM_WORKERS) \
 	$(if $(TOLERATE_ANOMALIES),--tolerate_anomalies=$(TOLERATE_ANOMALIES)) \
 	$(if $(RUN_SPAN),--span=$(RUN_SPAN)) $(if $(filter-out 0,$(VERBOSE)),--verbose) \
-	$(if $(MODEL_SIGNING_KEY),--model_signing_key=$(MODEL_SIGNING_KEY))
+	$(if $(MODEL_SIGNING_KEY),--model_signing_key=$(MODEL_SIGNING_KEY)) $(TUNE_FLAGS)
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
 	kubeflow-submit kubeflow-schedule vertex-schedule skew-report keygen \
@@ -200,7 +205,7 @@ kubeflow: install
 		--schema_path=$(SCHEMA) --preset=$(PRESET) --num_workers=$(NUM_WORKERS) \
 		$(if $(KFP_STORAGE_ROOT),--storage_root=$(KFP_STORAGE_ROOT)) \
 		$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) \
-		$(if $(MODEL_SIGNING_KEY),--model_signing_key=$(MODEL_SIGNING_KEY)) $(BEAM_ARGS)
+		$(if $(MODEL_SIGNING_KEY),--model_signing_key=$(MODEL_SIGNING_KEY)) $(TUNE_FLAGS) $(BEAM_ARGS)
 
 # Submits the compiled pipeline to the KFP v2 API at KFP_HOST.
 kubeflow-submit: install

@@ -28,6 +28,12 @@ TRAIN_NUM_STEPS = 400
 EVAL_NUM_STEPS = 40
 TRAINING_SEED = 42
 
+# TFX's Tuner (`--tune`): the user code it calls, how many hyperparameter sets
+# it tries, and the training steps of each (its eval steps are the Trainer's).
+TUNER_FN = "components.trainer.tuning.tuner_fn"
+TUNE_TRIALS = 6
+TUNE_TRAIN_STEPS = 200
+
 # Blessing: top-1 accuracy on the eval split must reach this, and must not be
 # worse than the model serving now (the highest complete pushed version).
 EVAL_ACCURACY_THRESHOLD = 0.5

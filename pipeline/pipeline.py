@@ -122,6 +122,13 @@ def _check_settings(data: settings.DataSettings, training: settings.TrainingSett
     raise ValueError(f"span must be a span number of at least 1, got {data.span}.")
   if training.eval_steps < 1:
     raise ValueError(f"training.eval_steps must be positive, got {training.eval_steps}.")
+  if training.tune:
+    if not training.tuner_fn:
+      raise ValueError("tune needs tuner_fn, the dotted path of the Tuner's tuner_fn.")
+    if training.tune_trials < 1:
+      raise ValueError(f"tune_trials must be at least 1, got {training.tune_trials}.")
+    if training.tune_train_steps < 1:
+      raise ValueError(f"tune_train_steps must be at least 1, got {training.tune_train_steps}.")
 
 
 def create_pipeline(
@@ -214,13 +221,30 @@ def create_pipeline(
     report_dir=paths.report_dir,
   )
 
-  # Trains the Transformer under MultiWorkerMirroredStrategy.
+  tuner = None
+  if training.tune:
+    # Searches the preset's hyperparameters with KerasTuner: `tune_trials`
+    # trainings of `tune_train_steps` steps each, ranked by eval accuracy.
+    tuner = tfx.components.Tuner(
+      tuner_fn=training.tuner_fn,
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"],
+      train_args=tfx.proto.TrainArgs(num_steps=training.tune_train_steps),
+      eval_args=eval_args,
+      custom_config={**training.custom_config, "tune_trials": training.tune_trials},
+    )
+    # Like the Trainer, it waits for the gate.
+    tuner.add_upstream_node(anomaly_gate)
+
+  # Trains the Transformer under MultiWorkerMirroredStrategy (with the Tuner's
+  # best hyperparameters over the preset's, when it ran).
   trainer = tfx.components.Trainer(
     run_fn=training.run_fn,
     examples=example_gen.outputs["examples"],
     schema=schema_gen.outputs["schema"],
     train_args=train_args,
     eval_args=eval_args,
+    hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
     custom_config=dict(training.custom_config),
   )
   # The Trainer consumes no output of the gate, so the order is explicit.
@@ -267,6 +291,7 @@ def create_pipeline(
     schema_gen,
     example_validator,
     anomaly_gate,
+    *([tuner] if tuner else []),
     trainer,
     serving_baseline,
     evaluator,

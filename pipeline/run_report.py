@@ -46,6 +46,7 @@ SECTIONS = (
   ("evaluation", "Evaluation per slice"),
   ("confusion", "Confusion matrix"),
   ("training", "Training curves"),
+  ("tuning", "Hyperparameter search (Tuner)"),
   ("data", "Feature distributions: train vs eval"),
   ("drift", "This span vs the previous span"),
   ("tflite", "int8 TFLite vs SavedModel"),
@@ -85,6 +86,9 @@ class RunData:
   tflite_metrics: Optional[Dict[str, Any]] = None
   baseline_uri: Optional[str] = None
   model_uri: Optional[str] = None
+  # The Tuner's best values and its trials (tuner_results.json rows), when it ran.
+  best_hyperparameters: Optional[Dict[str, Any]] = None
+  tuner_trials: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 # --- Gathering ---------------------------------------------------------------
@@ -179,6 +183,19 @@ def _class_names(schema, label_key: Optional[str], size: int, labels: Sequence[s
   return [str(i) for i in range(size)]
 
 
+def _read_tuning(best_uri: str, results) -> Tuple[Optional[Dict[str, Any]], List[Dict[str, Any]]]:
+  """The Tuner's best values and its trials, from the files TFX's Tuner writes (absent: none)."""
+  best, trials = None, []
+  with contextlib.suppress(FileNotFoundError):
+    with open(os.path.join(best_uri, "best_hyperparameters.txt")) as f:
+      best = json.load(f).get("values")
+  if results is not None:
+    with contextlib.suppress(FileNotFoundError):
+      with open(os.path.join(results.uri, "tuner_results.json")) as f:
+        trials = json.load(f)
+  return best, trials
+
+
 def gather(connection_config, pipeline_name: str, run_id: Optional[str] = None) -> RunData:
   """Reads a run from ML Metadata (the latest, or `run_id`) and the files its artifacts point to.
 
@@ -220,6 +237,11 @@ def gather(connection_config, pipeline_name: str, run_id: Optional[str] = None) 
     model_run = _first(outputs, "model_run")
     if model_run is not None:
       data.curves = read_curves(model_run.uri)
+    best_hyperparameters = _first(outputs, "best_hyperparameters")
+    if best_hyperparameters is not None:
+      data.best_hyperparameters, data.tuner_trials = _read_tuning(
+        best_hyperparameters.uri, _first(outputs, "tuner_results")
+      )
     tflite = _first(outputs, "tflite_model")
     if tflite is not None and os.path.exists(os.path.join(tflite.uri, "metrics.json")):
       with open(os.path.join(tflite.uri, "metrics.json")) as f:
@@ -631,6 +653,23 @@ def _section_drift(data: RunData) -> str:
   return "\n".join(parts)
 
 
+def _section_tuning(data: RunData) -> str:
+  if data.best_hyperparameters is None:
+    return '<p class="muted">No Tuner in this run (`make run TUNE=1` adds it).</p>'
+  names = sorted(data.best_hyperparameters)
+  best = ", ".join(f"{name} {data.best_hyperparameters[name]:g}" for name in names)
+  rows = [
+    [trial.get("trial_id", ""), float(trial.get("score", float("nan")))]
+    # As given (a learning rate of 3e-4 would read 0.0003 as a table number).
+    + [f"{trial[name]:g}" if name in trial else "" for name in names]
+    for trial in data.tuner_trials
+  ]
+  return (
+    f"<p>The Trainer trained with the best values over the preset's: {html.escape(best)}.</p>"
+    + _table(["trial", "eval accuracy"] + names, rows)
+  )
+
+
 def _section_tflite(data: RunData) -> str:
   metrics = data.tflite_metrics
   if not metrics:
@@ -747,6 +786,7 @@ def render(data: RunData, links: Optional[Dict[str, str]] = None) -> str:
     "evaluation": lambda: _section_evaluation(data),
     "confusion": lambda: _section_confusion(data),
     "training": lambda: _section_training(data),
+    "tuning": lambda: _section_tuning(data),
     "data": lambda: _section_data(data),
     "drift": lambda: _section_drift(data),
     "tflite": lambda: _section_tflite(data),

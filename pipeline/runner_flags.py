@@ -122,6 +122,24 @@ def add_pipeline_flags(
     help="Minimum eval accuracy for the model to be pushed.",
   )
   parser.add_argument(
+    "--tune",
+    action="store_true",
+    help="Put TFX's Tuner (KerasTuner) before the Trainer: it searches the preset's learning "
+    "rate, dropout, width and depth, and the Trainer trains with the best values.",
+  )
+  parser.add_argument(
+    "--tune_trials",
+    type=int,
+    default=configs.TUNE_TRIALS,
+    help="With --tune: hyperparameter sets tried, each trained --tune_steps steps.",
+  )
+  parser.add_argument(
+    "--tune_steps",
+    type=int,
+    default=configs.TUNE_TRAIN_STEPS,
+    help="With --tune: training steps of each trial.",
+  )
+  parser.add_argument(
     "--no_cache", action="store_true", help="Re-run every component even if unchanged."
   )
   parser.add_argument(
@@ -181,6 +199,9 @@ def parse_with_beam_args(
     parser.error(f"unexpected arguments {stray}; Beam args must be --name=value.")
   if args.num_workers < 1:
     parser.error(f"--num_workers must be at least 1, got {args.num_workers}.")
+  for flag in ("tune_trials", "tune_steps"):
+    if getattr(args, flag) < 1:
+      parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
   args.beam_pipeline_args = list(unknown) or list(configs.BEAM_PIPELINE_ARGS)
   return args
 
@@ -307,6 +328,9 @@ def pipeline_settings(args: argparse.Namespace) -> Dict[str, Any]:
         "num_workers": args.num_workers,
         **_contract_overrides(args),
       },
+      tune=args.tune,
+      tune_trials=args.tune_trials,
+      tune_train_steps=args.tune_steps,
     ),
     gates=settings.GateSettings(
       tolerated_anomalies=args.tolerate_anomalies,

@@ -69,12 +69,22 @@ class TrainingSettings:
     custom_config: passed to `run_fn` as `fn_args.custom_config`
       (the preset, the seed, the number of workers, the data contract's
       overrides).
+    tune: put TFX's Tuner before the Trainer, which then trains with the best
+      hyperparameters it found over the preset's.
+    tuner_fn: dotted path of the Tuner's `tuner_fn`.
+    tune_trials: hyperparameter sets the Tuner tries.
+    tune_train_steps: training steps of each trial (each is scored on
+      `eval_steps`).
   """
 
   run_fn: str = configs.RUN_FN
   train_steps: Any = configs.TRAIN_NUM_STEPS
   eval_steps: int = configs.EVAL_NUM_STEPS
   custom_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  tune: bool = False
+  tuner_fn: str = configs.TUNER_FN
+  tune_trials: int = configs.TUNE_TRIALS
+  tune_train_steps: int = configs.TUNE_TRAIN_STEPS
 
 
 @dataclasses.dataclass(frozen=True)

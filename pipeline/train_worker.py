@@ -16,9 +16,11 @@ from typing import Sequence
 
 from tfx import v1 as tfx
 from tfx.components.trainer import fn_args_utils
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 from tfx.utils import import_utils
+from tfx.utils import io_utils
 from tfx.utils import path_utils
 
 from pipeline import configs
@@ -52,6 +54,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     default=configs.SCHEMA_PATH,
     help="The schema the pipeline's ImportSchemaGen imported (the data contract).",
   )
+  parser.add_argument(
+    "--hyperparameters_uri",
+    default=None,
+    help="A run's Tuner best_hyperparameters artifact (with --tune): run_fn gets its values "
+    "as the Trainer would give them, over the preset's.",
+  )
   args = parser.parse_args(argv)
   if args.train_steps < 1 or args.eval_steps < 1 or args.num_workers < 1:
     parser.error("--train_steps, --eval_steps and --num_workers must be positive.")
@@ -76,6 +84,11 @@ def fn_args_for(args: argparse.Namespace) -> tfx.components.FnArgs:
   fn_args.serving_model_dir = path_utils.serving_model_dir(f"{output_uri}/model")
   fn_args.eval_model_dir = path_utils.eval_model_dir(f"{output_uri}/model")
   fn_args.model_run_dir = f"{output_uri}/model_run"
+  if args.hyperparameters_uri:
+    # As the Trainer's executor reads its `hyperparameters` input
+    # (tfx/components/trainer/executor.py): the one file in the artifact.
+    path = io_utils.get_only_uri_in_dir(args.hyperparameters_uri)
+    fn_args.hyperparameters = json.loads(fileio.open(path).read())
   return fn_args
 
 

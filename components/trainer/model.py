@@ -22,6 +22,7 @@ from tfx import v1 as tfx
 import contract
 from components.trainer import export
 from components.trainer import features
+from components.trainer import hyperparameters
 from components.trainer import layers
 from components.trainer import multi_worker
 from components.trainer import presets
@@ -300,7 +301,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
   Raises:
     ValueError: for a bad preset, worker count or schema, before training.
   """
-  custom_config = fn_args.custom_config or {}
+  # The Tuner's best values, when the Trainer was given them, override the preset's.
+  fn_args.custom_config = hyperparameters.tuned_custom_config(
+    fn_args.custom_config, fn_args.hyperparameters
+  )
+  custom_config = fn_args.custom_config
   # Fail on a bad preset or schema here, before any worker process starts.
   presets.get(custom_config.get("preset", "small"), **custom_config.get("hparams", {}))
   _data_contract(fn_args)

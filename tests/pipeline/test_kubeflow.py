@@ -177,6 +177,37 @@ def test_each_step_names_the_classes_of_its_artifacts(executors):
   }
 
 
+def test_tune_compiles_the_tuner_step_feeding_the_trainer(tmp_path):
+  code = kubeflow_runner.main(
+    [f"--output_root={tmp_path}", f"--storage_root={_STORAGE_ROOT}", "--tune", "--tune_trials=3"]
+  )
+  assert code == 0
+  with open(kubeflow_package.package_path(str(tmp_path))) as f:
+    job = json.load(f)
+  tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+  assert set(tasks["Tuner"]["dependentTasks"]) == {
+    "ImportExampleGen",
+    "ImportSchemaGen",
+    "AnomalyGate",
+  }
+  assert "Tuner" in tasks["Trainer"]["dependentTasks"]
+  assert tasks["Trainer"]["inputs"]["artifacts"]["hyperparameters"] == {
+    "taskOutputArtifact": {"outputArtifactKey": "best_hyperparameters", "producerTask": "Tuner"}
+  }
+  tuner_parameters = tasks["Tuner"]["inputs"]["parameters"]
+  assert tuner_parameters["tuner_fn"]["runtimeValue"]["constant"] == configs.TUNER_FN
+  assert (
+    json.loads(tuner_parameters["custom_config"]["runtimeValue"]["constant"])["tune_trials"] == 3
+  )
+  executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+  tuner_args = executors["Tuner_executor"]["container"]["args"]
+  assert tuner_args[0] == "--artifact_types"
+  assert json.loads(tuner_args[1])["outputs"] == {
+    "best_hyperparameters": "tfx.types.standard_artifacts.HyperParameters",
+    "tuner_results": "tfx.types.standard_artifacts.TunerResults",
+  }
+
+
 def test_only_steps_reading_outside_state_are_never_cached(spec):
   caching = {name: task.caching_options.enable_cache for name, task in spec.root.dag.tasks.items()}
   assert {name for name, cached in caching.items() if not cached} == {
@@ -698,6 +729,21 @@ def test_train_worker_gives_run_fn_the_trainers_fn_args(tmp_path):
   }
   assert fn_args.serving_model_dir == os.path.join(output_uri, "model", "Format-Serving")
   assert fn_args.model_run_dir == os.path.join(output_uri, "model_run")
+  assert fn_args.hyperparameters is None
+  # With a Tuner's output, the best values as the Trainer would pass them.
+  best = {"space": [], "values": {"learning_rate": 0.009, "num_layers": 3}}
+  (tmp_path / "best").mkdir()
+  (tmp_path / "best" / "best_hyperparameters.txt").write_text(json.dumps(best))
+  _RECORDED_FN_ARGS.clear()
+  train_worker.main(
+    [
+      f"--examples_uri={examples_uri}",
+      f"--output_uri={output_uri}",
+      f"--hyperparameters_uri={tmp_path / 'best'}",
+      f"--run_fn={__name__}.record_fn_args",
+    ]
+  )
+  assert _RECORDED_FN_ARGS[0].hyperparameters == best
 
 
 def _dockerfile_lines():

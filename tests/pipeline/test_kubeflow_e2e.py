@@ -13,7 +13,9 @@ import json
 import os
 
 import pytest
+import tensorflow as tf
 
+from components.trainer import layers  # noqa: F401  (registers the layers load_model needs)
 from dataset import clickstream
 from pipeline import configs
 from pipeline import kubeflow_package
@@ -139,3 +141,50 @@ def test_both_runs_push_and_the_second_evaluates_against_the_first(runs):
     converted = run["TFLiteConverter"].outputs["tflite_model"]["metadata"]
     shipped = os.path.isfile(os.path.join(tflite, str(version), "model.tflite"))
     assert shipped == (converted["blessed"] == 1), converted
+
+
+def test_a_tuned_package_runs_the_tuner_step_and_the_trainer_trains_with_its_best_values(
+  tmp_path,
+):
+  """`--tune` compiled and run as open-source KFP: the Tuner's output reaches the Trainer."""
+  storage_root = str(tmp_path / "storage")
+  _write_span(os.path.join(storage_root, "data"), 1)
+  code = kubeflow_runner.main(
+    [
+      f"--output_root={tmp_path / 'out'}",
+      f"--storage_root={storage_root}",
+      f"--schema_path={configs.SCHEMA_PATH}",
+      "--preset=tiny",
+      "--train_steps=10",
+      "--eval_steps=2",
+      "--accuracy_threshold=0.01",
+      "--tune",
+      "--tune_trials=2",
+      "--tune_steps=5",
+      "--direct_running_mode=in_memory",
+      "--direct_num_workers=1",
+      "--sdk_container_image=next-category-beam-worker:0.1.0",
+    ]
+  )
+  assert code == 0
+  with open(kubeflow_package.package_path(str(tmp_path / "out"))) as f:
+    job = json.load(f)
+  run = kfp_emulator.Backend(
+    kfp_emulator.OPEN_SOURCE, str(tmp_path / "pods"), configs.PROJECT_ROOT
+  ).run(job)
+  assert set(run) == set(job["pipelineSpec"]["root"]["dag"]["tasks"])
+  assert list(run).index("Tuner") < list(run).index("Trainer")
+  best_uri = run["Tuner"].outputs["best_hyperparameters"]["uri"]
+  with open(os.path.join(best_uri, "best_hyperparameters.txt")) as f:
+    best = json.load(f)["values"]
+  with open(os.path.join(run["Tuner"].outputs["tuner_results"]["uri"], "tuner_results.json")) as f:
+    assert len(json.load(f)) == 2
+  (given,) = run["Trainer"].executor_input["inputs"]["artifacts"]["hyperparameters"]["artifacts"]
+  assert given["uri"] == best_uri
+  # The trained model has the best width and depth.
+  model = tf.keras.models.load_model(
+    os.path.join(run["Trainer"].outputs["model"]["uri"], "Format-Serving")
+  )
+  assert model.get_layer("head").units == best["hidden_dim"]
+  blocks = [layer for layer in model.layers if layer.name.startswith("transformer_encoder_")]
+  assert len(blocks) == best["num_layers"]

@@ -159,3 +159,62 @@ def test_a_missing_or_public_signing_key_is_a_clear_error(tmp_path, capsys):
   )
   assert beam_runner.main([*flags, f"--model_signing_key={ed25519_key}"]) == 2
   assert "is an Ed25519 key; OpenSSF model signing signs with ECDSA keys" in capsys.readouterr().err
+
+
+def test_tune_puts_the_tuner_before_the_trainer_and_hands_it_the_best_hyperparameters():
+  untuned = {c.id: c for c in _create().components}
+  assert "Tuner" not in untuned
+  assert "hyperparameters" not in untuned["Trainer"].inputs
+  components = {
+    c.id: c
+    for c in _create(
+      tune=True,
+      tuner_fn=configs.TUNER_FN,
+      tune_trials=3,
+      tune_train_steps=7,
+      custom_config={"preset": "tiny", "seed": 1},
+    ).components
+  }
+  tuner = components["Tuner"]
+  assert {c.id for c in tuner.upstream_nodes} == {
+    "ImportExampleGen",
+    "ImportSchemaGen",
+    "AnomalyGate",
+  }
+  assert tuner.exec_properties["tuner_fn"] == "components.trainer.tuning.tuner_fn"
+  assert json.loads(tuner.exec_properties["train_args"]) == {"num_steps": 7}
+  assert json.loads(tuner.exec_properties["eval_args"]) == {"num_steps": 2}
+  assert json.loads(tuner.exec_properties["custom_config"]) == {
+    "preset": "tiny",
+    "seed": 1,
+    "tune_trials": 3,
+  }
+  trainer = components["Trainer"]
+  assert trainer.inputs["hyperparameters"].producer_component_id == "Tuner"
+  assert trainer.inputs["hyperparameters"].output_key == "best_hyperparameters"
+  assert "Tuner" in {c.id for c in trainer.upstream_nodes}
+  # The Trainer's own settings are the untuned ones; the best values arrive at run time.
+  assert json.loads(trainer.exec_properties["custom_config"]) == {"preset": "tiny", "seed": 1}
+
+
+def test_tune_flags_and_bad_tune_settings():
+  args = runner_flags.parse_args(["--tune", "--tune_trials=3", "--tune_steps=9"], "")
+  training = runner_flags.pipeline_settings(args)["training"]
+  assert {
+    k: getattr(training, k) for k in ("tune", "tuner_fn", "tune_trials", "tune_train_steps")
+  } == {
+    "tune": True,
+    "tuner_fn": configs.TUNER_FN,
+    "tune_trials": 3,
+    "tune_train_steps": 9,
+  }
+  args = runner_flags.parse_args([], "")
+  assert runner_flags.pipeline_settings(args)["training"].tune is False
+  with pytest.raises(SystemExit):
+    runner_flags.parse_args(["--tune", "--tune_trials=0"], "")
+  with pytest.raises(ValueError, match=r"^tune needs tuner_fn"):
+    _create(tune=True, tuner_fn="")
+  with pytest.raises(ValueError, match=r"^tune_trials must be at least 1, got 0\.$"):
+    _create(tune=True, tuner_fn=configs.TUNER_FN, tune_trials=0)
+  with pytest.raises(ValueError, match=r"^tune_train_steps must be at least 1, got -2\.$"):
+    _create(tune=True, tuner_fn=configs.TUNER_FN, tune_train_steps=-2)

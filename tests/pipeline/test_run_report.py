@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -164,6 +165,7 @@ def test_every_section_and_image_of_a_blessed_run_with_drift():
     "evaluation": ["accuracy and top-3 per slice"],
     "confusion": ["confusion matrix"],
     "training": ["training and validation curves"],
+    "tuning": [],
     "data": ["item_history distributions", "user_segment distributions"],
     "drift": ["drift measurements", "item_history distributions", "user_segment distributions"],
     "tflite": ["tflite size latency accuracy"],
@@ -197,7 +199,33 @@ def test_an_unblessed_first_run_says_why_and_what_is_missing():
   assert re.search(r"Overall\s+sparse_categorical_accuracy\s+0\.2024", text)
   assert "Span 1 is the first span: nothing to compare with." in text
   assert "No TFLite conversion in this run." in text
+  assert "No Tuner in this run" in text
   assert "No SavedModel was pushed in this run." in text
+
+
+def test_a_tuned_run_shows_the_best_values_and_every_trial(tmp_path):
+  best = {"learning_rate": 0.009, "dropout": 0.0, "hidden_dim": 64, "num_layers": 2}
+  (tmp_path / "best").mkdir()
+  (tmp_path / "best" / "best_hyperparameters.txt").write_text(json.dumps({"values": best}))
+  (tmp_path / "results").mkdir()
+  trials = [
+    {"trial_id": "1", "score": 0.6312, **best},
+    {"trial_id": "0", "score": 0.5987, **dict(best, learning_rate=0.001, num_layers=1)},
+  ]
+  (tmp_path / "results" / "tuner_results.json").write_text(json.dumps(trials))
+  results = types.SimpleNamespace(uri=str(tmp_path / "results"))
+  data = _run_data()
+  data.best_hyperparameters, data.tuner_trials = run_report._read_tuning(
+    str(tmp_path / "best"), results
+  )
+  text = _text(run_report.render(data))
+  assert (
+    "best values over the preset's: dropout 0, hidden_dim 64, learning_rate 0.009, num_layers 2."
+    in text
+  )
+  assert re.search(r"1\s+0\.6312\s+0\s+64\s+0\.009\s+2\s+0\s+0\.5987\s+0\s+64\s+0\.001\s+1", text)
+  # A Tuner whose files are missing (a failed run) shows no values and breaks nothing.
+  assert run_report._read_tuning(str(tmp_path / "none"), None) == (None, [])
 
 
 def test_write_links_the_gate_pages_and_the_log(tmp_path):
