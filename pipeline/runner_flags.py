@@ -111,7 +111,17 @@ def add_pipeline_flags(
   )
   parser.add_argument("--num_workers", type=int, default=1, help=num_workers_help)
   parser.add_argument(
-    "--train_steps", type=int, default=configs.TRAIN_NUM_STEPS, help=train_steps_help
+    "--train_epochs",
+    type=int,
+    default=configs.TRAIN_EPOCHS,
+    help="Passes over the train split, with early stopping on the eval split and a step cap "
+    "that grows with the square root of the data (docs/model.md).",
+  )
+  parser.add_argument(
+    "--train_steps",
+    type=int,
+    default=configs.TRAIN_NUM_STEPS,
+    help=train_steps_help or "An exact number of training steps; overrides --train_epochs.",
   )
   parser.add_argument("--eval_steps", type=int, default=configs.EVAL_NUM_STEPS)
   parser.add_argument(
@@ -179,6 +189,10 @@ def parse_with_beam_args(
     parser.error(f"unexpected arguments {stray}; Beam args must be --name=value.")
   if args.num_workers < 1:
     parser.error(f"--num_workers must be at least 1, got {args.num_workers}.")
+  if args.train_epochs < 1:
+    parser.error(f"--train_epochs must be at least 1, got {args.train_epochs}.")
+  if args.train_steps is not None and args.train_steps < 1:
+    parser.error(f"--train_steps must be at least 1, got {args.train_steps}.")
   return args, list(unknown) or list(configs.BEAM_PIPELINE_ARGS)
 
 
@@ -221,7 +235,8 @@ def build_pipeline(args, beam_pipeline_args: List[str]) -> tfx.dsl.Pipeline:
     metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
       paths.metadata_path
     ),
-    train_args=tfx.proto.TrainArgs(num_steps=args.train_steps),
+    # No num_steps: the Trainer trains for --train_epochs (custom_config).
+    train_args=tfx.proto.TrainArgs(num_steps=args.train_steps or 0),
     eval_args=tfx.proto.EvalArgs(num_steps=args.eval_steps),
     beam_pipeline_args=beam_pipeline_args,
     **{**settings, "model_signing_key": model_signing_key},
@@ -291,6 +306,7 @@ def pipeline_settings(args: argparse.Namespace) -> Dict[str, Any]:
       "preset": args.preset,
       "seed": configs.TRAINING_SEED,
       "num_workers": args.num_workers,
+      "train_epochs": args.train_epochs,
       **_contract_overrides(args),
     },
     enable_cache=not args.no_cache,

@@ -20,7 +20,11 @@ class TransformerConfig:
     intermediate_dim: width of each block's feed-forward network.
     dropout: dropout rate inside the blocks.
     batch_size: per-replica training batch size.
-    learning_rate: peak Adam learning rate.
+    learning_rate: peak Adam learning rate (after warmup; see
+      `components.trainer.budget`).
+    weight_decay: decoupled weight decay of every weight, per step, times
+      the learning rate.
+    label_smoothing: mass spread over all classes in the training targets.
   """
 
   num_layers: int = 2
@@ -30,6 +34,8 @@ class TransformerConfig:
   dropout: float = 0.1
   batch_size: int = 256
   learning_rate: float = 3e-3
+  weight_decay: float = 0.0
+  label_smoothing: float = 0.0
 
   def __post_init__(self):
     if self.hidden_dim % self.num_heads:
