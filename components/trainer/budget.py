@@ -1,7 +1,9 @@
 """How long the Trainer trains: a number of epochs that follows the data, with a cap.
 
 The default budget is `train_epochs` passes over the train split, so a larger
-dataset trains longer. Passes over a large split are capped by
+dataset trains longer. A small split still gets `MIN_STEPS` steps (many
+epochs of a few thousand documents), early stopping ending it once the eval
+loss stops falling. Passes over a large split are capped by
 `max_steps_for`, which grows with the square root of the split's size:
 on 2 CPU cores a million examples must still train in about two minutes, and
 early stopping on the eval split's loss (checked every `validation_every`
@@ -20,6 +22,12 @@ from typing import Optional
 
 # Epochs of the train split when neither `train_epochs` nor `train_steps` is given.
 DEFAULT_EPOCHS = 4
+# The fewest steps of an epochs budget: a few thousand examples need many epochs.
+MIN_STEPS = 400
+# Early stopping waits for this many validations without a better eval loss,
+# and for at least `_PATIENCE_STEPS` steps.
+_PATIENCE = 2
+_PATIENCE_STEPS = 100
 # The step cap is this many steps at `_REFERENCE_EXAMPLES` train examples and
 # grows with the square root of the size beyond (see `max_steps_for`).
 _REFERENCE_STEPS = 640
@@ -46,6 +54,7 @@ class TrainingBudget:
     warmup_steps: steps of linear learning-rate warmup before the cosine decay.
     epochs: the epochs asked for (None when `train_steps` set the budget).
     capped: whether `max_steps_for` cut the epochs short.
+    patience: validations without a better eval loss before training stops.
   """
 
   total_steps: int
@@ -54,6 +63,7 @@ class TrainingBudget:
   warmup_steps: int
   epochs: Optional[int] = None
   capped: bool = False
+  patience: int = _PATIENCE
 
   @property
   def periods(self) -> int:
@@ -114,7 +124,7 @@ def plan(
     total = train_steps
   else:
     epochs = train_epochs or DEFAULT_EPOCHS
-    total = epochs * steps_per_epoch
+    total = max(epochs * steps_per_epoch, MIN_STEPS)
     cap = max_steps_for(num_train_examples)
     if total > cap:
       total, capped = cap, True
@@ -125,7 +135,8 @@ def plan(
     # Whole periods: the last partial period would end without validation.
     total = total // every * every
   warmup = min(_MAX_WARMUP_STEPS, int(total * _WARMUP_FRACTION))
-  return TrainingBudget(total, steps_per_epoch, every, warmup, epochs, capped)
+  patience = max(_PATIENCE, math.ceil(_PATIENCE_STEPS / every))
+  return TrainingBudget(total, steps_per_epoch, every, warmup, epochs, capped, patience)
 
 
 @dataclasses.dataclass(frozen=True)

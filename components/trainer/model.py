@@ -42,8 +42,6 @@ _WARMUP_EXAMPLES = 8
 _TRAIN_FN = "components.trainer.model._train"
 # The learning rate ends its cosine decay at this fraction of the peak.
 _FINAL_LEARNING_RATE_FRACTION = 0.05
-# Validations without a better eval loss before training stops (best weights kept).
-_EARLY_STOPPING_PATIENCE = 2
 # custom_config keys that override the contract's rules (README: Data contract).
 _CONTRACT_OVERRIDES = ("label_feature", "sequence_feature", "slice_features")
 
@@ -174,6 +172,10 @@ def _build_model(
     embedding_dim=config.hidden_dim,
     name=f"{sequence.name}_embedding",
   )(ids)
+  if config.neighbour_loss_weight:
+    embedded_items = layers.NeighbourContrast(
+      weight=config.neighbour_loss_weight, name="neighbour_contrast"
+    )(embedded_items, padding_mask=padding_mask)
   x = tf.keras.layers.Dropout(config.dropout)(embedded_items)
   for i in range(config.num_layers):
     x = layers.TransformerEncoder(
@@ -323,6 +325,10 @@ def _train(fn_args: tfx.components.FnArgs) -> None:
     train_epochs=int(train_epochs) if train_epochs else None,
     train_steps=fn_args.train_steps,
   )
+  # Validation reads the eval split at most once (a small split is not
+  # re-read to make up `eval_steps`).
+  eval_batches = max(1, -(-_count_examples(fn_args.eval_files) // config.batch_size))
+  validation_steps = min(fn_args.eval_steps or eval_batches, eval_batches)
   train_dataset = _input_fn(
     data_contract, fn_args.train_files, config.batch_size, shuffle=True, seed=seed
   )
@@ -339,14 +345,14 @@ def _train(fn_args: tfx.components.FnArgs) -> None:
   # Keras epochs are validation periods of `budget.validation_every` steps;
   # progress and the run report speak of epochs of the train split.
   early_stopping = tf.keras.callbacks.EarlyStopping(
-    monitor="val_loss", patience=_EARLY_STOPPING_PATIENCE, restore_best_weights=True
+    monitor="val_loss", patience=budget.patience, restore_best_weights=True
   )
   history = model.fit(
     train_dataset,
     epochs=budget.periods,
     steps_per_epoch=budget.validation_every,
     validation_data=eval_dataset,
-    validation_steps=fn_args.eval_steps,
+    validation_steps=validation_steps,
     callbacks=[
       tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=max(1, budget.total_steps // 20)),
       # A restarted worker resumes from the last backup instead of step 0.

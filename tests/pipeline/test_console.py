@@ -165,7 +165,7 @@ def test_progress_callback_reports_steps_then_validation_then_export(tmp_path, m
 
   path = tmp_path / "progress.jsonl"
   monkeypatch.setenv(progress.ENV_VAR, str(path))
-  plan = budget.plan(num_train_examples=12, batch_size=4, train_epochs=2)
+  plan = budget.plan(num_train_examples=12, batch_size=4, train_steps=6)
   assert (plan.total_steps, plan.steps_per_epoch) == (6, 3)
   assert progress_callback.callbacks(plan, 4, chief=False) == []
   [callback] = progress_callback.callbacks(plan, 4)

@@ -111,6 +111,18 @@ def test_train_and_eval_args_reach_the_trainer():
   assert json.loads(trainer.exec_properties["eval_args"]) == {"num_steps": 3}
 
 
+def test_training_budget_flags_default_to_epochs_and_reach_the_trainer(capsys):
+  args, _ = runner_flags.parse_args([], "")
+  assert (args.train_epochs, args.train_steps) == (configs.TRAIN_EPOCHS, None)
+  settings = runner_flags.pipeline_settings(args)
+  assert settings["trainer_custom_config"]["train_epochs"] == configs.TRAIN_EPOCHS == 4
+  args, _ = runner_flags.parse_args(["--train_epochs=2", "--train_steps=50"], "")
+  assert (args.train_epochs, args.train_steps) == (2, 50)
+  with pytest.raises(SystemExit):
+    runner_flags.parse_args(["--train_epochs=0"], "")
+  assert "--train_epochs must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_beam_args_default_and_override():
   _, beam_args = runner_flags.parse_args([], "")
   assert beam_args == list(configs.BEAM_PIPELINE_ARGS)

@@ -29,7 +29,10 @@ def test_large_data_is_capped_by_the_square_root_of_its_size_and_validated_every
 def test_train_steps_override_epochs_and_cap():
   plan = budget.plan(num_train_examples=800_000, batch_size=256, train_epochs=9, train_steps=60)
   assert (plan.total_steps, plan.validation_every, plan.periods, plan.epochs) == (60, 60, 1, None)
-  assert budget.plan(1000, 32, train_epochs=2).total_steps == 62
+  # A small split gets MIN_STEPS (many epochs), with patience of at least 100 steps.
+  small = budget.plan(1000, 32, train_epochs=2)
+  assert (small.total_steps, small.validation_every, small.patience) == (372, 31, 4)
+  assert budget.MIN_STEPS == 400
 
 
 def test_bad_budgets_name_the_problem():

@@ -129,6 +129,7 @@ def test_serving_rejects_examples_without_required_features(tiny_model):
     layers.MaskedMeanPooling(),
     layers.LastPositionPooling(),
     layers.RecencyWeightedBag(vocabulary_size=100, max_length=8, output_dim=3),
+    layers.NeighbourContrast(weight=0.5),
   ],
 )
 def test_layer_config_round_trips(layer):
@@ -142,6 +143,18 @@ def test_last_position_pooling_picks_the_most_recent_real_position():
   np.testing.assert_array_equal(
     layers.LastPositionPooling()(x, padding_mask=mask).numpy(), [[2.0], [0.0]]
   )
+
+
+def test_neighbour_contrast_adds_its_loss_in_training_only():
+  layer = layers.NeighbourContrast(weight=2.0)
+  # Row 0: two real neighbours (1, 0) and (1, 0); row 1: (0, 1) then padding.
+  x = tf.constant([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [5.0, 5.0]]])
+  mask = tf.constant([[True, True], [True, False]])
+  assert layer(x, padding_mask=mask) is x and not layer.losses
+  np.testing.assert_array_equal(layer(x, padding_mask=mask, training=True).numpy(), x.numpy())
+  # One pair: positive 1·1/2 = 0.5; its negative (row 1's padding) does not count.
+  (loss,) = layer.losses
+  np.testing.assert_allclose(loss.numpy(), 2.0 * np.log1p(np.exp(-0.5)), rtol=1e-6)
 
 
 def test_recency_weighted_bag_sums_item_vectors_by_recency_weight():
