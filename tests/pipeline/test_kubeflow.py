@@ -241,6 +241,7 @@ def test_trainer_custom_config_travels_into_the_spec(spec):
     "num_workers": _NUM_WORKERS,
     "train_epochs": _TRAIN_EPOCHS,
   }
+  assert _constant(trainer, "run_fn") == configs.RUN_FN
 
 
 def test_train_args_without_steps_leave_the_budget_to_the_epochs():
@@ -248,7 +249,6 @@ def test_train_args_without_steps_leave_the_budget_to_the_epochs():
   assert json.loads(kubeflow_package.train_args_value(None)) == {}
   with pytest.raises(ValueError, match="train_steps must be positive, got 0"):
     kubeflow_package.train_args_value(0)
-  assert _constant(trainer, "run_fn") == configs.RUN_FN
 
 
 def test_storage_uris_and_image_schema_path(compiled, spec):
