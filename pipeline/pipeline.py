@@ -106,10 +106,12 @@ def _check_steps_args(name: str, value, proto_class) -> None:
       f"{name} must be a tfx.proto.{proto_class.__name__} or a RuntimeParameter, "
       f"got {type(value).__name__}."
     )
-  if value.num_steps < 1:
+  # A train_args without num_steps (0) leaves the budget to the Trainer's
+  # train_epochs (components/trainer/budget.py).
+  if value.num_steps < 0 or (value.num_steps == 0 and proto_class is tfx.proto.EvalArgs):
     raise ValueError(
-      f"{name}.num_steps must be positive (the run_fn trains and evaluates a fixed number of "
-      f"steps), got {value.num_steps}."
+      f"{name}.num_steps must be positive (0 in train_args: train for train_epochs), "
+      f"got {value.num_steps}."
     )
   unknown = sorted(set(value.splits) - set(_SPLITS))
   if unknown:

@@ -83,10 +83,12 @@ def test_tflite_conversion_follows_the_pusher_when_asked_for():
 
 
 def test_bad_settings_are_refused():
-  with pytest.raises(ValueError, match=r"^train_args.num_steps must be positive .*, got 0\.$"):
-    _create(train_args=tfx.proto.TrainArgs(num_steps=0))
-  with pytest.raises(ValueError, match=r"^eval_args.num_steps must be positive .*, got -1\.$"):
-    _create(eval_args=tfx.proto.EvalArgs(num_steps=-1))
+  with pytest.raises(ValueError, match=r"^train_args.num_steps must be positive .*, got -1\.$"):
+    _create(train_args=tfx.proto.TrainArgs(num_steps=-1))
+  with pytest.raises(ValueError, match=r"^eval_args.num_steps must be positive .*, got 0\.$"):
+    _create(eval_args=tfx.proto.EvalArgs(num_steps=0))
+  # No train steps: the Trainer trains for its train_epochs.
+  _create(train_args=tfx.proto.TrainArgs())
   with pytest.raises(ValueError, match="train_args.splits names test, which ImportExampleGen"):
     _create(train_args=tfx.proto.TrainArgs(num_steps=5, splits=["train", "test"]))
   with pytest.raises(ValueError, match="train_args must be a tfx.proto.TrainArgs or a Runtime"):
