@@ -26,5 +26,8 @@ class LastPositionPooling(tf.keras.layers.Layer):
     valid = tf.cast(padding_mask, tf.int32)
     # 0 at the last real position, counting up towards the first.
     recency = tf.cumsum(valid, axis=1, reverse=True) - valid
-    weights = tf.cast(tf.logical_and(padding_mask, tf.equal(recency, 0)), inputs.dtype)
+    is_last = tf.cast(tf.logical_and(padding_mask, tf.equal(recency, 0)), tf.int32)
+    # A lookup by an integer index rather than a cast of the mask to float:
+    # the int8 TFLite model then has no float tensor here.
+    weights = tf.gather(tf.constant([0.0, 1.0], inputs.dtype), is_last)
     return tf.squeeze(tf.matmul(weights[:, tf.newaxis, :], inputs), axis=1)

@@ -57,8 +57,11 @@ class RecencyWeightedBag(tf.keras.layers.Layer):
     ids = tf.minimum(tf.where(valid, item_ids, tf.zeros_like(item_ids)), self.vocabulary_size)
     recency = tf.cumsum(tf.cast(valid, tf.int32), axis=1, reverse=True) - 1
     recency = tf.clip_by_value(recency, 0, self.max_length - 1)
-    weights = tf.gather(self.recency_weights.embeddings[:, 0], recency)
-    weights *= tf.cast(valid, weights.dtype)
+    # Padding looks up a constant zero after the learned weights (an integer
+    # index rather than a float mask, so the int8 TFLite model stays integer).
+    recency = tf.where(valid, recency, tf.fill(tf.shape(recency), self.max_length))
+    table = tf.concat([self.recency_weights.embeddings[:, 0], tf.zeros([1], self.compute_dtype)], 0)
+    weights = tf.gather(table, recency)
     vectors = tf.gather(self.item_vectors.embeddings, ids)
     return tf.squeeze(tf.matmul(weights[:, tf.newaxis, :], vectors), axis=1)
 
