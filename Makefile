@@ -17,6 +17,9 @@ OUTPUT_ROOT ?= artifacts
 RUNNER ?= beam
 PRESET ?= small
 NUM_WORKERS ?= 1
+# Training budget: TRAIN_EPOCHS passes over the train split (default 4, with early
+# stopping and a cap for large data: docs/model.md); TRAIN_STEPS, if set, overrides it.
+TRAIN_EPOCHS ?=
 TRAIN_STEPS ?=
 SPAN ?= 1
 DRIFT ?=
@@ -59,6 +62,8 @@ SCALE_SIZES ?= 50000,1000000,5000000
 # documents of each (default all).
 CORPORA ?=
 MAX_EXAMPLES ?=
+# `make bench-bayes`: score these examples instead of generating NUM_EXAMPLES.
+BAYES_DATA_ROOT ?=
 # `make kubeflow-schedule`: a 5-field cron (KFP's seconds field is added).
 CRON ?=
 SCHEDULE_NAME ?=
@@ -71,15 +76,15 @@ VERTEX_API_ENDPOINT ?=
 TUNE_FLAGS := $(if $(filter-out 0,$(TUNE)),--tune) $(if $(TUNE_TRIALS),--tune_trials=$(TUNE_TRIALS))
 RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path=$(SCHEMA) \
 	--preset=$(PRESET) \
-	$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) --num_workers=$(NUM_WORKERS) \
-	$(if $(TOLERATE_ANOMALIES),--tolerate_anomalies=$(TOLERATE_ANOMALIES)) \
+	$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) $(if $(TRAIN_EPOCHS),--train_epochs=$(TRAIN_EPOCHS)) \
+	--num_workers=$(NUM_WORKERS) $(if $(TOLERATE_ANOMALIES),--tolerate_anomalies=$(TOLERATE_ANOMALIES)) \
 	$(if $(RUN_SPAN),--span=$(RUN_SPAN)) $(if $(filter-out 0,$(VERBOSE)),--verbose) \
 	$(if $(MODEL_SIGNING_KEY),--model_signing_key=$(MODEL_SIGNING_KEY)) $(TUNE_FLAGS)
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
 	kubeflow-submit kubeflow-schedule vertex-schedule skew-report keygen \
 	serve query bench-serving bench-tensors bench-tflite bench-multi-worker report tensorboard \
-	bench-run bench-verification bench-scale
+	bench-run bench-verification bench-scale bench-bayes
 
 install: $(STAMP)
 
@@ -155,6 +160,12 @@ bench-multi-worker: install
 # BENCH_SERVING_ARGS, e.g. "--baseline_tree=../wt-base --repeats=5": before/after in one run.
 bench-serving: install
 	$(PY) -m bench.serving_bench --preset=$(PRESET) $(BENCH_SERVING_ARGS)
+
+# The generator's Bayes-optimal accuracy (the best possible) on NUM_EXAMPLES of seed 42,
+# or on the examples under BAYES_DATA_ROOT (docs/model.md).
+bench-bayes: install
+	$(PY) -m bench.bayes --num_examples=$(NUM_EXAMPLES) --schema_path=$(SCHEMA) \
+		$(if $(BAYES_DATA_ROOT),--data_root=$(BAYES_DATA_ROOT))
 
 bench-tensors: install
 	$(PY) -m bench.tensors_bench

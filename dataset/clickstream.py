@@ -223,6 +223,98 @@ def generate_examples(
     yield make_example(data_contract, history, context, label)
 
 
+class LabelModel:
+  """The generator's own p(label | example): what the best possible classifier knows.
+
+  The label depends only on the last item's category c and the city tier:
+  p(label) = 0.15·[label = c] + 0.65·[label = successor(c)]
+  + 0.20·tier_mix[tier][label] (`_next_category` with the label's
+  probabilities). Ranking classes by it is the Bayes-optimal classifier, so
+  its accuracy on a set of examples is the best any model can score there
+  (`bench/bayes.py`); its `category`, `successor` and `tier_of` name where a
+  model's errors come from (`bench/model_errors.py`).
+
+  Args:
+    data_contract: the features; None for the default schema's.
+    drift: the drift the examples were written with (its `category_mix`
+      changes the tier mixes).
+
+  Example:
+
+  >>> label_model = LabelModel()
+  >>> label_model.probabilities([[5, 17, 3]], ["tier1"]).shape
+  (1, 10)
+  """
+
+  def __init__(
+    self, data_contract: Optional[contract.DataContract] = None, drift: Optional[Drift] = None
+  ):
+    self.data_contract = data_contract or contract.load()
+    self.drift = drift or Drift()
+    self._world = _make_world(np.random.default_rng(DEFAULT_SEED), self.drift, self.data_contract)
+    tier_cdf = self._world.tier_cdf
+    self.tier_mix = np.diff(tier_cdf, axis=1, prepend=0.0)
+    context = self.data_contract.context
+    self._tiers = list(context[1].vocabulary) if len(context) > 1 else []
+
+  @property
+  def successor(self) -> np.ndarray:
+    """[num_classes] the category a session most often moves on to from each one."""
+    return self._world.successor
+
+  def category(self, item_ids: np.ndarray) -> np.ndarray:
+    """The category of each item id (ids outside the contract's range raise IndexError)."""
+    return self._world.item_category[np.asarray(item_ids, dtype=np.int64)]
+
+  def popularity_rank(self, item_ids: np.ndarray) -> np.ndarray:
+    """Each item's rank by popularity inside its category (0 = the most popular)."""
+    ranks = np.zeros(len(self._world.item_category), dtype=np.int64)
+    for items in self._world.category_items:
+      ranks[items] = np.arange(len(items))
+    return ranks[np.asarray(item_ids, dtype=np.int64)]
+
+  def tier_of(self, tiers: Sequence[str]) -> np.ndarray:
+    """The tier index of each city-tier value (0 when the contract has no tier feature).
+
+    Raises:
+      ValueError: for a value that is not in the tier feature's vocabulary.
+    """
+    if not self._tiers:
+      return np.zeros(len(tiers), dtype=np.int64)
+    unknown = sorted(set(tiers) - set(self._tiers))
+    if unknown:
+      raise ValueError(f"Unknown city tier values {unknown}; expected some of {self._tiers}.")
+    return np.array([self._tiers.index(t) for t in tiers], dtype=np.int64)
+
+  def probabilities(self, histories: Sequence[Sequence[int]], tiers: Sequence[str]) -> np.ndarray:
+    """[n, num_classes] p(label | history, tier) for each example.
+
+    Args:
+      histories: each example's item ids, oldest first.
+      tiers: each example's city-tier value (ignored without a tier feature).
+    """
+    if len(histories) != len(tiers):
+      raise ValueError(f"Got {len(histories)} histories but {len(tiers)} tiers.")
+    last = self.category([history[-1] for history in histories])
+    rows = np.arange(len(last))
+    p = _P_LABEL_STAY + _P_LABEL_SUCCESSOR
+    probabilities = (1 - p) * self.tier_mix[self.tier_of(tiers)]
+    probabilities[rows, last] += _P_LABEL_STAY
+    probabilities[rows, self.successor[last]] += _P_LABEL_SUCCESSOR
+    return probabilities
+
+  def probabilities_of_examples(self, examples: Sequence[tf.train.Example]) -> np.ndarray:
+    """`probabilities` of tf.Examples with the contract's features."""
+    sequence = self.data_contract.sequence.name
+    histories = [list(e.features.feature[sequence].int64_list.value) for e in examples]
+    if self._tiers:
+      name = self.data_contract.context[1].name
+      tiers = [e.features.feature[name].bytes_list.value[0].decode() for e in examples]
+    else:
+      tiers = [""] * len(examples)
+    return self.probabilities(histories, tiers)
+
+
 def make_example(
   data_contract: contract.DataContract,
   history: Sequence[int],

@@ -24,7 +24,11 @@ EVAL_HASH_BUCKETS = 1
 # User code the Trainer calls.
 RUN_FN = "components.trainer.model.run_fn"
 MODEL_PRESET = "small"
-TRAIN_NUM_STEPS = 400
+# The training budget: epochs of the train split, with early stopping on the
+# eval split and a cap for large data (components/trainer/budget.py). A set
+# number of steps (--train_steps, TRAIN_STEPS) overrides it; None: no override.
+TRAIN_EPOCHS = 4
+TRAIN_NUM_STEPS = None
 EVAL_NUM_STEPS = 40
 TRAINING_SEED = 42
 

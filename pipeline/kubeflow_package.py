@@ -9,6 +9,7 @@ import json
 import os
 from typing import Any
 from typing import Dict
+from typing import Optional
 
 # The package is a KFP v2 PipelineJob (what Vertex AI Pipelines runs as is);
 # its `pipelineSpec` is the PipelineSpec the open-source KFP API takes.
@@ -52,12 +53,17 @@ def bare_spec(job: Dict[str, Any]) -> Dict[str, Any]:
   return spec
 
 
-def train_args_value(train_steps: int) -> str:
+def train_args_value(train_steps: Optional[int]) -> str:
   """The `train_args` runtime parameter value for `train_steps` steps.
+
+  None leaves `num_steps` out: the Trainer then trains for its
+  `train_epochs` (custom_config).
 
   Raises:
     ValueError: if `train_steps` is not positive.
   """
+  if train_steps is None:
+    return json.dumps({})
   if train_steps < 1:
     raise ValueError(f"train_steps must be positive, got {train_steps}.")
   return json.dumps({"num_steps": train_steps})

@@ -269,7 +269,7 @@ def build_pipeline(args: argparse.Namespace) -> tfx.dsl.Pipeline:
 
 
 def compile_pipeline(
-  pipeline: tfx.dsl.Pipeline, image: str, package_path: str, train_steps: int
+  pipeline: tfx.dsl.Pipeline, image: str, package_path: str, train_steps: Optional[int]
 ) -> dict:
   """Writes the KFP v2 PipelineJob of `pipeline` to `package_path`, and its bare spec beside it.
 

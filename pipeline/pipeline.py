@@ -105,9 +105,12 @@ def _train_args(training: settings.TrainingSettings):
         f"TrainArgs as JSON), got {value.ptype.__name__}."
       )
     return value
+  if value is None:
+    # No num_steps: the Trainer trains for train_epochs (components/trainer/budget.py).
+    return tfx.proto.TrainArgs()
   if not isinstance(value, int) or isinstance(value, bool) or value < 1:
     raise ValueError(
-      "training.train_steps must be a positive number of steps or a RuntimeParameter, "
+      "training.train_steps must be a positive number of steps, None or a RuntimeParameter, "
       f"got {value!r}."
     )
   return tfx.proto.TrainArgs(num_steps=value)
@@ -122,6 +125,8 @@ def _check_settings(data: settings.DataSettings, training: settings.TrainingSett
     raise ValueError(f"span must be a span number of at least 1, got {data.span}.")
   if training.eval_steps < 1:
     raise ValueError(f"training.eval_steps must be positive, got {training.eval_steps}.")
+  if training.train_epochs < 1:
+    raise ValueError(f"training.train_epochs must be positive, got {training.train_epochs}.")
   if training.tune:
     if not training.tuner_fn:
       raise ValueError("tune needs tuner_fn, the dotted path of the Tuner's tuner_fn.")
@@ -221,6 +226,8 @@ def create_pipeline(
     report_dir=paths.report_dir,
   )
 
+  # run_fn reads the budget with the rest of its settings.
+  trainer_config = {**training.custom_config, "train_epochs": training.train_epochs}
   tuner = None
   if training.tune:
     # Searches the preset's hyperparameters with KerasTuner: `tune_trials`
@@ -231,7 +238,7 @@ def create_pipeline(
       schema=schema_gen.outputs["schema"],
       train_args=tfx.proto.TrainArgs(num_steps=training.tune_train_steps),
       eval_args=eval_args,
-      custom_config={**training.custom_config, "tune_trials": training.tune_trials},
+      custom_config={**trainer_config, "tune_trials": training.tune_trials},
     )
     # Like the Trainer, it waits for the gate.
     tuner.add_upstream_node(anomaly_gate)
@@ -245,7 +252,7 @@ def create_pipeline(
     train_args=train_args,
     eval_args=eval_args,
     hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
-    custom_config=dict(training.custom_config),
+    custom_config=trainer_config,
   )
   # The Trainer consumes no output of the gate, so the order is explicit.
   trainer.add_upstream_node(anomaly_gate)

@@ -39,6 +39,8 @@ matplotlib.use("Agg")  # No display: draw to PNG only.
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
+from components.trainer import budget as training_budget  # noqa: E402
+
 REPORT_FILE = "index.html"
 # Sections of the page, in order: (id, title). Tests check every one.
 SECTIONS = (
@@ -482,6 +484,13 @@ def _section_training(data: RunData) -> str:
     axis.set_title(metric)
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
+  training = getattr(data.summary, "training", None)
+  stopping = ""
+  if training is not None:
+    for axis in axes:
+      axis.axvline(training["best_step"], color="gray", linestyle=":", label="weights kept")
+      axis.legend(fontsize=8)
+    stopping = f"<p>{html.escape(training_budget.describe(training))}.</p>"
   rows = []
   for run, tags in sorted(data.curves.items()):
     for tag, points in sorted(tags.items()):
@@ -489,6 +498,7 @@ def _section_training(data: RunData) -> str:
       rows.append([run, tag, step, float(value)])
   return (
     _img(figure, "training and validation curves")
+    + stopping
     + "<p>Last value of every scalar (TensorBoard: <code>make tensorboard</code>):</p>"
     + _table(["run", "tag", "step", "value"], rows)
   )

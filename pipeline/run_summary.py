@@ -1,13 +1,15 @@
 """A short report of one pipeline run, read back from ML Metadata.
 
 The runners print it at the end of `make run`: which components ran (or came
-from cache) and how long they took, the data anomalies, the evaluation metrics
-per slice, whether the model was blessed, and where it was pushed.
+from cache) and how long they took, where training stopped, the data
+anomalies, the evaluation metrics per slice, whether the model was blessed,
+and where it was pushed.
 """
 
 import dataclasses
 import json
 import os
+from typing import Any
 from typing import Dict
 from typing import List
 from typing import Optional
@@ -17,6 +19,8 @@ import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+from components.trainer import budget as training_budget
 
 _STATE_NAMES = metadata_store_pb2.Execution.State.Name
 
@@ -56,6 +60,8 @@ class RunSummary:
   # Set by the runner: the run's log file and its HTML run report.
   log_path: Optional[str] = None
   run_report: Optional[str] = None
+  # The Trainer's stopping point (`budget.StoppingPoint.as_dict`), when it wrote one.
+  training: Optional[Dict[str, Any]] = None
 
   def component(self, node_id: str) -> Optional[ComponentRun]:
     for run in self.components:
@@ -214,6 +220,11 @@ def summarize(
         [tuple(m) for m in json.loads(props["drift"].string_value)],
       )
       summary.reports = json.loads(props["reports"].string_value)
+    for artifact in run.outputs.get("model_run", []):
+      path = os.path.join(artifact.uri, training_budget.STOPPING_POINT_FILE)
+      if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+          summary.training = json.load(f)
     for artifact in run.outputs.get("evaluation", []):
       summary.slice_metrics = _read_slice_metrics(artifact)
     for artifact in run.outputs.get("blessing", []):
@@ -293,6 +304,8 @@ def format_summary(summary: RunSummary) -> str:
   lines = [f"Run {summary.run_id}", "", "Components:"]
   for run in summary.components:
     lines.append(f"  {run.node_id:<32} {run.state:<9} {run.seconds:7.1f} s")
+  if summary.training is not None:
+    lines += ["", f"Training: {training_budget.describe(summary.training)}"]
   lines.append("")
   total = sum(len(rows) for rows in summary.anomalies.values())
   lines.append(f"Data anomalies: {total if summary.anomalies else 'not checked'}")

@@ -112,7 +112,17 @@ def add_pipeline_flags(
   )
   parser.add_argument("--num_workers", type=int, default=1, help=num_workers_help)
   parser.add_argument(
-    "--train_steps", type=int, default=configs.TRAIN_NUM_STEPS, help=train_steps_help
+    "--train_epochs",
+    type=int,
+    default=configs.TRAIN_EPOCHS,
+    help="Passes over the train split, with early stopping on the eval split and a step cap "
+    "that grows with the square root of the data (docs/model.md).",
+  )
+  parser.add_argument(
+    "--train_steps",
+    type=int,
+    default=configs.TRAIN_NUM_STEPS,
+    help=train_steps_help or "An exact number of training steps; overrides --train_epochs.",
   )
   parser.add_argument("--eval_steps", type=int, default=configs.EVAL_NUM_STEPS)
   parser.add_argument(
@@ -199,6 +209,10 @@ def parse_with_beam_args(
     parser.error(f"unexpected arguments {stray}; Beam args must be --name=value.")
   if args.num_workers < 1:
     parser.error(f"--num_workers must be at least 1, got {args.num_workers}.")
+  if args.train_epochs < 1:
+    parser.error(f"--train_epochs must be at least 1, got {args.train_epochs}.")
+  if args.train_steps is not None and args.train_steps < 1:
+    parser.error(f"--train_steps must be at least 1, got {args.train_steps}.")
   for flag in ("tune_trials", "tune_steps"):
     if getattr(args, flag) < 1:
       parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
@@ -321,6 +335,7 @@ def pipeline_settings(args: argparse.Namespace) -> Dict[str, Any]:
     ),
     training=settings.TrainingSettings(
       train_steps=args.train_steps,
+      train_epochs=args.train_epochs,
       eval_steps=args.eval_steps,
       custom_config={
         "preset": args.preset,

@@ -62,9 +62,11 @@ class TrainingSettings:
 
   Attributes:
     run_fn: dotted path of the Trainer's `run_fn`.
-    train_steps: training steps, or None to let `run_fn` decide from the data;
-      or a RuntimeParameter of type str holding the whole `TrainArgs` as JSON
-      (KubeflowV2 binds it to a pipeline input).
+    train_steps: an exact number of training steps; None trains for
+      `train_epochs` (with early stopping and a cap that grows with the data:
+      components/trainer/budget.py); or a RuntimeParameter of type str holding
+      the whole `TrainArgs` as JSON (KubeflowV2 binds it to a pipeline input).
+    train_epochs: passes over the train split when `train_steps` is None.
     eval_steps: evaluation steps of the Trainer's own evaluation.
     custom_config: passed to `run_fn` as `fn_args.custom_config`
       (the preset, the seed, the number of workers, the data contract's
@@ -79,6 +81,7 @@ class TrainingSettings:
 
   run_fn: str = configs.RUN_FN
   train_steps: Any = configs.TRAIN_NUM_STEPS
+  train_epochs: int = configs.TRAIN_EPOCHS
   eval_steps: int = configs.EVAL_NUM_STEPS
   custom_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   tune: bool = False

@@ -40,7 +40,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     help="The model goes to OUTPUT_URI/model/Format-Serving, logs to OUTPUT_URI/model_run.",
   )
   parser.add_argument("--preset", default=configs.MODEL_PRESET)
-  parser.add_argument("--train_steps", type=int, default=configs.TRAIN_NUM_STEPS)
+  parser.add_argument("--train_epochs", type=int, default=configs.TRAIN_EPOCHS)
+  parser.add_argument(
+    "--train_steps",
+    type=int,
+    default=configs.TRAIN_NUM_STEPS,
+    help="An exact number of training steps; overrides --train_epochs.",
+  )
   parser.add_argument("--eval_steps", type=int, default=configs.EVAL_NUM_STEPS)
   parser.add_argument(
     "--num_workers",
@@ -61,8 +67,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     "as the Trainer would give them, over the preset's.",
   )
   args = parser.parse_args(argv)
-  if args.train_steps < 1 or args.eval_steps < 1 or args.num_workers < 1:
-    parser.error("--train_steps, --eval_steps and --num_workers must be positive.")
+  train_steps = 1 if args.train_steps is None else args.train_steps
+  if min(train_steps, args.train_epochs, args.eval_steps, args.num_workers) < 1:
+    parser.error("--train_steps, --train_epochs, --eval_steps and --num_workers must be positive.")
   return args
 
 
@@ -72,10 +79,15 @@ def fn_args_for(args: argparse.Namespace) -> tfx.components.FnArgs:
   examples.uri = args.examples_uri
   examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
   exec_properties = {
-    "train_args": json.dumps({"num_steps": args.train_steps}),
+    "train_args": json.dumps({"num_steps": args.train_steps or 0}),
     "eval_args": json.dumps({"num_steps": args.eval_steps}),
     "custom_config": json.dumps(
-      {"preset": args.preset, "seed": configs.TRAINING_SEED, "num_workers": args.num_workers}
+      {
+        "preset": args.preset,
+        "seed": configs.TRAINING_SEED,
+        "num_workers": args.num_workers,
+        "train_epochs": args.train_epochs,
+      }
     ),
   }
   fn_args = fn_args_utils.get_common_fn_args({"examples": [examples]}, exec_properties)

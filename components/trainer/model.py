@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfx import v1 as tfx
 
 import contract
+from components.trainer import budget as training_budget
 from components.trainer import export
 from components.trainer import features
 from components.trainer import hyperparameters
@@ -40,6 +41,8 @@ _LENGTH_BUCKET_BOUNDARIES = (9, 17, 33)
 _WARMUP_EXAMPLES = 8
 # The function each worker of a local cluster runs.
 _TRAIN_FN = "components.trainer.model._train"
+# The learning rate ends its cosine decay at this fraction of the peak.
+_FINAL_LEARNING_RATE_FRACTION = 0.05
 # custom_config keys that override the contract's rules (README: Data contract).
 _CONTRACT_OVERRIDES = ("label_feature", "sequence_feature", "slice_features")
 
@@ -112,8 +115,42 @@ def _input_fn(
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def _learning_rate(
+  config: presets.TransformerConfig, budget: Optional[training_budget.TrainingBudget]
+):
+  """The preset's learning rate, scheduled over the budget (warmup, then cosine decay)."""
+  if budget is None:
+    return config.learning_rate
+  decay_steps = max(1, budget.total_steps - budget.warmup_steps)
+  return tf.keras.optimizers.schedules.CosineDecay(
+    initial_learning_rate=config.learning_rate / 10
+    if budget.warmup_steps
+    else config.learning_rate,
+    decay_steps=decay_steps,
+    alpha=_FINAL_LEARNING_RATE_FRACTION,
+    warmup_target=config.learning_rate if budget.warmup_steps else None,
+    warmup_steps=budget.warmup_steps,
+  )
+
+
+def _loss(label_smoothing: float, num_classes: int):
+  """Cross-entropy of integer labels, smoothed when `label_smoothing` > 0."""
+  if not label_smoothing:
+    return tf.keras.losses.SparseCategoricalCrossentropy()
+
+  def smoothed_cross_entropy(labels, probabilities):
+    targets = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), num_classes)
+    return tf.keras.losses.categorical_crossentropy(
+      targets, probabilities, label_smoothing=label_smoothing
+    )
+
+  return smoothed_cross_entropy
+
+
 def _build_model(
-  config: presets.TransformerConfig, data_contract: contract.DataContract
+  config: presets.TransformerConfig,
+  data_contract: contract.DataContract,
+  budget: Optional[training_budget.TrainingBudget] = None,
 ) -> tf.keras.Model:
   """Builds the compiled next-category Transformer.
 
@@ -121,20 +158,26 @@ def _build_model(
   the sequence [batch, length] int64 ids (0 = padding) and each context
   feature [batch] int64 vocabulary indices. The output is `probabilities`
   [batch, num_classes]. Id range, sequence length, vocabularies and classes
-  come from the contract.
+  come from the contract. The learning rate warms up linearly to the
+  preset's over `budget.warmup_steps`, then decays along a cosine to 5% of it
+  at `budget.total_steps`; without a budget it is constant.
   """
   sequence = data_contract.sequence
   ids = tf.keras.Input(shape=(None,), dtype=tf.int64, name=sequence.name)
   context = [tf.keras.Input(shape=(), dtype=tf.int64, name=f.name) for f in data_contract.context]
 
   padding_mask = tf.math.not_equal(ids, 0)
-  x = layers.ItemHistoryEmbedding(
+  embedded_items = layers.ItemHistoryEmbedding(
     vocabulary_size=sequence.max_id + 1,
     max_length=sequence.max_length,
     embedding_dim=config.hidden_dim,
     name=f"{sequence.name}_embedding",
   )(ids)
-  x = tf.keras.layers.Dropout(config.dropout)(x)
+  if config.neighbour_loss_weight:
+    embedded_items = layers.NeighbourContrast(
+      weight=config.neighbour_loss_weight, name="neighbour_contrast"
+    )(embedded_items, padding_mask=padding_mask)
+  x = tf.keras.layers.Dropout(config.dropout)(embedded_items)
   for i in range(config.num_layers):
     x = layers.TransformerEncoder(
       intermediate_dim=config.intermediate_dim,
@@ -142,7 +185,15 @@ def _build_model(
       dropout=config.dropout,
       name=f"transformer_encoder_{i}",
     )(x, padding_mask=padding_mask)
-  pooled = layers.MaskedMeanPooling(name="pooling")(x, padding_mask=padding_mask)
+  # Three views of the sequence: the encoder at the most recent position
+  # (what comes next depends most on it), the encoder's mean, and the mean of
+  # the embeddings themselves, a bag of items as fastText pools words, which
+  # is what long documents need and a small dataset learns quickly.
+  pooled = [
+    layers.LastPositionPooling(name="last_position")(x, padding_mask=padding_mask),
+    layers.MaskedMeanPooling(name="pooling")(x, padding_mask=padding_mask),
+    layers.MaskedMeanPooling(name="bag_of_items")(embedded_items, padding_mask=padding_mask),
+  ]
   # The last row of each context embedding is the out-of-vocabulary bucket.
   embedded = [
     tf.keras.layers.Embedding(
@@ -150,12 +201,20 @@ def _build_model(
     )(index)
     for feature, index in zip(data_contract.context, context, strict=True)
   ]
-  x = tf.keras.layers.Concatenate()([pooled] + embedded) if embedded else pooled
+  x = tf.keras.layers.Concatenate()(pooled + embedded)
+  x = tf.keras.layers.Dropout(config.dropout)(x)
   x = tf.keras.layers.Dense(config.hidden_dim, activation="relu", name="head")(x)
   x = tf.keras.layers.Dropout(config.dropout)(x)
-  probabilities = tf.keras.layers.Dense(
-    data_contract.label.num_classes, activation="softmax", name=export.PROBABILITIES_KEY
-  )(x)
+  deep_logits = tf.keras.layers.Dense(data_contract.label.num_classes, name="deep_logits")(x)
+  # The wide half: class logits per item, summed over the history by recency.
+  wide_logits = layers.RecencyWeightedBag(
+    vocabulary_size=sequence.max_id + 1,
+    max_length=sequence.max_length,
+    output_dim=data_contract.label.num_classes,
+    name="wide_logits",
+  )(ids)
+  logits = tf.keras.layers.Add(name="logits")([deep_logits, wide_logits])
+  probabilities = tf.keras.layers.Softmax(name=export.PROBABILITIES_KEY)(logits)
   model = tf.keras.Model(
     inputs={
       sequence.name: ids,
@@ -165,8 +224,10 @@ def _build_model(
     name="next_category_transformer",
   )
   model.compile(
-    optimizer=tf.keras.optimizers.Adam(learning_rate=config.learning_rate),
-    loss=tf.keras.losses.SparseCategoricalCrossentropy(),
+    optimizer=tf.keras.optimizers.Adam(
+      learning_rate=_learning_rate(config, budget), weight_decay=config.weight_decay or None
+    ),
+    loss=_loss(config.label_smoothing, data_contract.label.num_classes),
     metrics=[
       tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
       tf.keras.metrics.SparseTopKCategoricalAccuracy(
@@ -175,6 +236,17 @@ def _build_model(
     ],
   )
   return model
+
+
+def _count_examples(file_pattern: List[str]) -> int:
+  """The number of records in the files (one pass over them, without parsing)."""
+  files = sorted(f for pattern in file_pattern for f in tf.io.gfile.glob(pattern))
+  if not files:
+    raise FileNotFoundError(f"No training data files match {file_pattern}.")
+  records = tf.data.TFRecordDataset(
+    files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE
+  )
+  return int(records.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
 
 
 def _warmup_examples(label: str, file_pattern: List[str]) -> List[bytes]:
@@ -225,6 +297,7 @@ def _train(fn_args: tfx.components.FnArgs) -> None:
 
   `fn_args.custom_config` may hold `preset` (a name in `presets.PRESETS`,
   default "small"), `hparams` (overrides of the preset's fields), `seed`,
+  `train_epochs` (the budget when `fn_args.train_steps` is None; see `budget`),
   `collective_timeout_seconds` and the contract overrides `label_feature`,
   `sequence_feature`, `slice_features`. The preset's batch size is the global
   batch, split across all replicas, so a run gives the same updates whatever
@@ -246,37 +319,60 @@ def _train(fn_args: tfx.components.FnArgs) -> None:
     raise ValueError(
       f"The batch size {config.batch_size} must be divisible by the {replicas} replicas."
     )
+  train_epochs = custom_config.get("train_epochs")
+  budget = training_budget.plan(
+    _count_examples(fn_args.train_files),
+    config.batch_size,
+    train_epochs=int(train_epochs) if train_epochs else None,
+    train_steps=fn_args.train_steps,
+  )
+  # Validation reads the eval split at most once (a small split is not
+  # re-read to make up `eval_steps`).
+  eval_batches = max(1, -(-_count_examples(fn_args.eval_files) // config.batch_size))
+  validation_steps = min(fn_args.eval_steps or eval_batches, eval_batches)
   train_dataset = _input_fn(
     data_contract, fn_args.train_files, config.batch_size, shuffle=True, seed=seed
   )
   eval_dataset = _input_fn(data_contract, fn_args.eval_files, config.batch_size, shuffle=False)
 
   with strategy.scope():
-    model = _build_model(config, data_contract)
+    model = _build_model(config, data_contract, budget)
 
   model_dir = _model_dir_for_worker(fn_args, strategy)
   # Only the chief's logs go to the run directory TensorBoard reads.
   log_dir = fn_args.model_run_dir
   if not _is_chief(strategy):
     log_dir = multi_worker.worker_dir(fn_args.model_run_dir, strategy.cluster_resolver.task_id)
+  # Keras epochs are validation periods of `budget.validation_every` steps;
+  # progress and the run report speak of epochs of the train split.
+  early_stopping = tf.keras.callbacks.EarlyStopping(
+    monitor="val_loss", patience=budget.patience, restore_best_weights=True
+  )
   history = model.fit(
     train_dataset,
-    epochs=1,
-    steps_per_epoch=fn_args.train_steps,
+    epochs=budget.periods,
+    steps_per_epoch=budget.validation_every,
     validation_data=eval_dataset,
-    validation_steps=fn_args.eval_steps,
+    validation_steps=validation_steps,
     callbacks=[
-      tf.keras.callbacks.TensorBoard(
-        log_dir=log_dir, update_freq=max(1, fn_args.train_steps // 20)
-      ),
+      tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=max(1, budget.total_steps // 20)),
       # A restarted worker resumes from the last backup instead of step 0.
       tf.keras.callbacks.BackupAndRestore(
         backup_dir=os.path.join(fn_args.model_run_dir, "backup"),
-        save_freq=max(1, fn_args.train_steps // 4),
       ),
-      *progress_callback.callbacks(fn_args.train_steps, config.batch_size, _is_chief(strategy)),
+      early_stopping,
+      *progress_callback.callbacks(budget, config.batch_size, _is_chief(strategy)),
     ],
     verbose=2,
+  )
+  val_losses = history.history.get("val_loss", [])
+  periods_run = len(val_losses)
+  best_period = int(min(range(periods_run), key=val_losses.__getitem__)) + 1 if val_losses else 0
+  stopping = training_budget.StoppingPoint(
+    budget=budget,
+    steps_run=periods_run * budget.validation_every,
+    best_step=best_period * budget.validation_every,
+    stopped_early=periods_run < budget.periods,
   )
   # TensorFlow Serving replays the warmup requests at load, so the first real
   # request does not pay for tracing and graph optimisation.
@@ -289,6 +385,7 @@ def _train(fn_args: tfx.components.FnArgs) -> None:
   if _is_chief(strategy):
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
       json.dump({k: [float(v) for v in values] for k, values in history.history.items()}, f)
+    training_budget.write_stopping_point(fn_args.model_run_dir, stopping)
 
 
 # TFX Trainer calls this.

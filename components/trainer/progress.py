@@ -18,6 +18,7 @@ ENV_VAR = "NEXT_CATEGORY_TRAINER_PROGRESS"
 # Phases a report can be in.
 TRAIN = "train"
 VALIDATE = "validate"
+VALIDATED = "validated"
 EXPORT = "export"
 
 
@@ -44,8 +45,13 @@ def describe(report: Dict[str, Any]) -> str:
     return "validating on the eval split"
   if phase == EXPORT:
     return "exporting the SavedModel"
+  if phase == VALIDATED:
+    return f"step {report['step']}: eval loss {report['val_loss']:.4f}"
   step, total = report["step"], report["total"]
-  text = f"step {step}/{total} ({100 * step / max(total, 1):3.0f}%)  loss {report['loss']:.4f}"
+  text = f"step {step}/{total} ({100 * step / max(total, 1):3.0f}%)"
+  if report.get("epoch") is not None:
+    text += f"  epoch {report['epoch']:.2f}"
+  text += f"  loss {report['loss']:.4f}"
   if report.get("examples_per_second"):
     text += f"  {report['examples_per_second']:,.0f} examples/s"
   if report.get("seconds_left") is not None:

@@ -2,6 +2,7 @@
 
 import collections
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -159,3 +160,31 @@ def test_generate_reports_a_schema_that_breaks_the_contract(tmp_path, capsys):
   schema.write_text('feature { name: "x" type: FLOAT }')
   assert generate.main([f"--data_root={tmp_path}", f"--schema_path={schema}"]) == 2
   assert "feature 'x' has type FLOAT" in capsys.readouterr().err
+
+
+def test_label_model_gives_the_generators_label_probabilities():
+  label_model = clickstream.LabelModel()
+  examples = list(clickstream.generate_examples(2000, seed=7))
+  p = label_model.probabilities_of_examples(examples)
+  np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-9)
+  rows = _columns(examples)
+  last = label_model.category([history[-1] for history, _, _, _ in rows])
+  successor = label_model.successor[last]
+  # Predicting the last item's successor is always best, and the label follows it
+  # about 0.65 + 0.2 · (its tier share) of the time.
+  np.testing.assert_array_equal(p.argmax(axis=1), successor)
+  hits = np.mean([label == s for (_, _, _, label), s in zip(rows, successor, strict=True)])
+  assert 0.64 < hits < 0.72
+  with pytest.raises(ValueError, match=r"Unknown city tier values \['tier9'\]"):
+    label_model.probabilities([[1]], ["tier9"])
+
+
+def test_bayes_bench_scores_generated_examples_as_pinned(tmp_path):
+  from bench import bayes  # pylint: disable=g-import-not-at-top
+
+  # The first 5,000 of seed 42; all 50,000 give 0.6697 / 0.8990 (docs/model.md).
+  output = tmp_path / "bayes.json"
+  assert bayes.main([f"--output={output}", "--num_examples=5000"]) == 0
+  result = json.loads(output.read_text())
+  assert (round(result["top_1"], 4), round(result["top_3"], 4)) == (0.6616, 0.8946)
+  assert bayes.main([f"--output={output}", f"--data_root={tmp_path / 'none'}"]) == 1

@@ -29,6 +29,9 @@ def test_progress_is_described_in_one_short_line():
   assert progress.describe(report) == (
     "step 120/400 ( 30%)  loss 1.7346  2,910 examples/s  1:36 left"
   )
+  assert progress.describe(dict(report, epoch=1.25)) == (
+    "step 120/400 ( 30%)  epoch 1.25  loss 1.7346  2,910 examples/s  1:36 left"
+  )
   assert progress.describe({"phase": "validate"}) == "validating on the eval split"
   assert progress.describe({"phase": "export"}) == "exporting the SavedModel"
 
@@ -157,12 +160,15 @@ def test_progress_callback_reports_steps_then_validation_then_export(tmp_path, m
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+  from components.trainer import budget  # pylint: disable=g-import-not-at-top
   from components.trainer import progress_callback  # pylint: disable=g-import-not-at-top
 
   path = tmp_path / "progress.jsonl"
   monkeypatch.setenv(progress.ENV_VAR, str(path))
-  assert progress_callback.callbacks(6, 4, chief=False) == []
-  [callback] = progress_callback.callbacks(6, 4)
+  plan = budget.plan(num_train_examples=12, batch_size=4, train_steps=6)
+  assert (plan.total_steps, plan.steps_per_epoch) == (6, 3)
+  assert progress_callback.callbacks(plan, 4, chief=False) == []
+  [callback] = progress_callback.callbacks(plan, 4)
   callback.interval_seconds = 0.0
   model = tf.keras.Sequential([tf.keras.layers.Dense(2, activation="softmax")])
   model.compile(loss="sparse_categorical_crossentropy")
@@ -178,8 +184,11 @@ def test_progress_callback_reports_steps_then_validation_then_export(tmp_path, m
     callbacks=[callback],
   )
   reports = [json.loads(line) for line in path.read_text().splitlines()]
-  assert [r["phase"] for r in reports] == ["train"] * 6 + ["validate", "export"]
+  assert [r["phase"] for r in reports] == ["train"] * 6 + ["validate", "validated", "export"]
   assert [r["step"] for r in reports[:6]] == [1, 2, 3, 4, 5, 6]
+  assert [r["epoch"] for r in reports[:6]] == [1 / 3, 2 / 3, 1.0, 4 / 3, 5 / 3, 2.0]
+  assert reports[7]["step"] == 6 and reports[7]["val_loss"] > 0
+  assert progress.describe(reports[7]) == f"step 6: eval loss {reports[7]['val_loss']:.4f}"
   assert all(r["total"] == 6 for r in reports[:6])
   assert reports[5]["seconds_left"] == 0
   assert reports[0]["examples_per_second"] == 0  # no rate from the first step alone

@@ -40,6 +40,7 @@ _IMAGE = "registry.example.com/ml/next-category-pipeline:test"
 _STORAGE_ROOT = "gs://test-bucket/next-category"
 _BEAM_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 _TRAIN_STEPS = 123
+_TRAIN_EPOCHS = 6
 _NUM_WORKERS = 3
 _EXAMPLE_GEN_DRIVER = "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver"
 
@@ -54,6 +55,7 @@ def compiled(tmp_path_factory):
       f"--image={_IMAGE}",
       f"--storage_root={_STORAGE_ROOT}",
       f"--train_steps={_TRAIN_STEPS}",
+      f"--train_epochs={_TRAIN_EPOCHS}",
       f"--num_workers={_NUM_WORKERS}",
       "--preset=small",
       "--tolerate_anomalies=ENUM_TYPE_UNEXPECTED_STRING_VALUES",
@@ -268,8 +270,16 @@ def test_trainer_custom_config_travels_into_the_spec(spec):
     "preset": "small",
     "seed": configs.TRAINING_SEED,
     "num_workers": _NUM_WORKERS,
+    "train_epochs": _TRAIN_EPOCHS,
   }
   assert _constant(trainer, "run_fn") == configs.RUN_FN
+
+
+def test_train_args_without_steps_leave_the_budget_to_the_epochs():
+  # No --train_steps: num_steps stays unset, so the Trainer trains for train_epochs.
+  assert json.loads(kubeflow_package.train_args_value(None)) == {}
+  with pytest.raises(ValueError, match="train_steps must be positive, got 0"):
+    kubeflow_package.train_args_value(0)
 
 
 def test_storage_uris_and_image_schema_path(compiled, spec):
@@ -726,6 +736,7 @@ def test_train_worker_gives_run_fn_the_trainers_fn_args(tmp_path):
     "preset": "small",
     "seed": configs.TRAINING_SEED,
     "num_workers": 4,
+    "train_epochs": configs.TRAIN_EPOCHS,
   }
   assert fn_args.serving_model_dir == os.path.join(output_uri, "model", "Format-Serving")
   assert fn_args.model_run_dir == os.path.join(output_uri, "model_run")

@@ -99,8 +99,14 @@ def test_bad_settings_are_refused():
     _create(train_steps=0)
   with pytest.raises(ValueError, match=r"^training.eval_steps must be positive, got -1\.$"):
     _create(eval_steps=-1)
-  with pytest.raises(ValueError, match="train_steps must be a positive number of steps or a Run"):
+  with pytest.raises(ValueError, match="train_steps must be a positive number of steps, None or a Run"):
     _create(train_steps="400")
+  with pytest.raises(ValueError, match=r"^training.train_epochs must be positive, got 0\.$"):
+    _create(train_epochs=0)
+  # No train steps: the Trainer trains for its train_epochs.
+  trainer = {c.id: c for c in _create(train_steps=None).components}["Trainer"]
+  assert json.loads(trainer.exec_properties["train_args"]) == {}
+  assert json.loads(trainer.exec_properties["custom_config"])["train_epochs"] == 4
   with pytest.raises(ValueError, match="runtime parameter 'steps' must have ptype str"):
     _create(train_steps=tfx.dsl.experimental.RuntimeParameter(name="steps", ptype=int))
   with pytest.raises(ValueError, match="must contain {SPAN}"):
@@ -115,6 +121,18 @@ def test_train_and_eval_args_reach_the_trainer():
   # A runtime parameter is passed through; a proto is stored as JSON.
   assert trainer.exec_properties["train_args"] is train_args
   assert json.loads(trainer.exec_properties["eval_args"]) == {"num_steps": 3}
+
+
+def test_training_budget_flags_default_to_epochs_and_reach_the_trainer(capsys):
+  args = runner_flags.parse_args([], "")
+  assert (args.train_epochs, args.train_steps) == (configs.TRAIN_EPOCHS, None)
+  training = runner_flags.pipeline_settings(args)["training"]
+  assert (training.train_epochs, training.train_steps) == (configs.TRAIN_EPOCHS, None) == (4, None)
+  args = runner_flags.parse_args(["--train_epochs=2", "--train_steps=50"], "")
+  assert (args.train_epochs, args.train_steps) == (2, 50)
+  with pytest.raises(SystemExit):
+    runner_flags.parse_args(["--train_epochs=0"], "")
+  assert "--train_epochs must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_beam_args_default_and_override():
@@ -187,6 +205,7 @@ def test_tune_puts_the_tuner_before_the_trainer_and_hands_it_the_best_hyperparam
   assert json.loads(tuner.exec_properties["custom_config"]) == {
     "preset": "tiny",
     "seed": 1,
+    "train_epochs": 4,
     "tune_trials": 3,
   }
   trainer = components["Trainer"]
@@ -194,7 +213,11 @@ def test_tune_puts_the_tuner_before_the_trainer_and_hands_it_the_best_hyperparam
   assert trainer.inputs["hyperparameters"].output_key == "best_hyperparameters"
   assert "Tuner" in {c.id for c in trainer.upstream_nodes}
   # The Trainer's own settings are the untuned ones; the best values arrive at run time.
-  assert json.loads(trainer.exec_properties["custom_config"]) == {"preset": "tiny", "seed": 1}
+  assert json.loads(trainer.exec_properties["custom_config"]) == {
+    "preset": "tiny",
+    "seed": 1,
+    "train_epochs": 4,
+  }
 
 
 def test_tune_flags_and_bad_tune_settings():

@@ -127,11 +127,45 @@ def test_serving_rejects_examples_without_required_features(tiny_model):
     layers.ItemHistoryEmbedding(vocabulary_size=100, max_length=8, embedding_dim=4),
     layers.TransformerEncoder(intermediate_dim=16, num_heads=2, dropout=0.1),
     layers.MaskedMeanPooling(),
+    layers.LastPositionPooling(),
+    layers.RecencyWeightedBag(vocabulary_size=100, max_length=8, output_dim=3),
+    layers.NeighbourContrast(weight=0.5),
   ],
 )
 def test_layer_config_round_trips(layer):
   config = layer.get_config()
   assert type(layer).from_config(config).get_config() == config
+
+
+def test_last_position_pooling_picks_the_most_recent_real_position():
+  x = tf.reshape(tf.range(8, dtype=tf.float32), (2, 4, 1))
+  mask = tf.constant([[True, True, True, False], [False, False, False, False]])
+  np.testing.assert_array_equal(
+    layers.LastPositionPooling()(x, padding_mask=mask).numpy(), [[2.0], [0.0]]
+  )
+
+
+def test_neighbour_contrast_adds_its_loss_in_training_only():
+  layer = layers.NeighbourContrast(weight=2.0)
+  # Row 0: two real neighbours (1, 0) and (1, 0); row 1: (0, 1) then padding.
+  x = tf.constant([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [5.0, 5.0]]])
+  mask = tf.constant([[True, True], [True, False]])
+  assert layer(x, padding_mask=mask) is x and not layer.losses
+  np.testing.assert_array_equal(layer(x, padding_mask=mask, training=True).numpy(), x.numpy())
+  # One pair: positive 1·1/2 = 0.5; its negative (row 1's padding) does not count.
+  (loss,) = layer.losses
+  np.testing.assert_allclose(loss.numpy(), 2.0 * np.log1p(np.exp(-0.5)), rtol=1e-6)
+
+
+def test_recency_weighted_bag_sums_item_vectors_by_recency_weight():
+  layer = layers.RecencyWeightedBag(vocabulary_size=4, max_length=2, output_dim=2)
+  layer.build((None, None))
+  # Rows 0..4: padding, ids 1..3, out of vocabulary.
+  layer.item_vectors.embeddings.assign([[9, 9], [1, 0], [0, 1], [1, 1], [5, 5]])
+  layer.recency_weights.embeddings.assign([[2.0], [0.5]])
+  out = layer(tf.constant([[1, 2, 0], [3, 7, 0], [0, 0, 0]])).numpy()
+  # [1, 2]: id 2 is the last (weight 2), id 1 before it (0.5); 7 is out of vocabulary.
+  np.testing.assert_allclose(out, [[0.5, 2.0], [10.5, 10.5], [0.0, 0.0]])
 
 
 def test_attention_key_bias_is_minus_log_of_real_keys_and_masks_padding():

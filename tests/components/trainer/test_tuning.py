@@ -34,10 +34,11 @@ def test_search_space_is_centred_on_the_preset():
     "learning_rate": [0.001, 0.003, 0.009],
     "dropout": [0.0, 0.1, 0.2],
     "hidden_dim": [16, 32, 64],
-    "num_layers": [1, 2, 3],
+    # From 1 to one more than the preset's (1 block).
+    "num_layers": [1, 2],
   }
   # Every default is the preset's value: the untuned model is a point of the space.
-  assert space.values == {"learning_rate": 3e-3, "dropout": 0.1, "hidden_dim": 32, "num_layers": 2}
+  assert space.values == {"learning_rate": 3e-3, "dropout": 0.2, "hidden_dim": 32, "num_layers": 1}
   # Widths the heads do not divide are left out.
   assert tuning._widths(presets.get("tiny", hidden_dim=6, num_heads=3)) == [3, 6, 12]
   assert tuning._widths(presets.get("tiny", hidden_dim=4, num_heads=4)) == [4, 8]
