@@ -99,7 +99,9 @@ def test_bad_settings_are_refused():
     _create(train_steps=0)
   with pytest.raises(ValueError, match=r"^training.eval_steps must be positive, got -1\.$"):
     _create(eval_steps=-1)
-  with pytest.raises(ValueError, match="train_steps must be a positive number of steps, None or a Run"):
+  with pytest.raises(
+    ValueError, match="train_steps must be a positive number of steps, None or a Run"
+  ):
     _create(train_steps="400")
   with pytest.raises(ValueError, match=r"^training.train_epochs must be positive, got 0\.$"):
     _create(train_epochs=0)
