@@ -3,8 +3,8 @@
 The block is written in operations that TensorFlow Lite runs fast in full
 integer (int8) form as well as in float. TFLite 2.16 has no XNNPACK int8
 kernel for SOFTMAX or RSQRT, and its own int8 kernels for them are slower than
-the float ones (softmax of the 2 x 50 x 50 attention logits: ~25 us in int8
-against ~15 us in float; one RSQRT: ~5 us against ~0.3 us). So:
+the float ones (measured: docs/tflite.md, "Why the encoder avoids SOFTMAX and
+RSQRT"). So:
 
 * attention weights are a sigmoid of the logits (LOGISTIC, which XNNPACK runs
   in int8) instead of a softmax, with a bias of -log(number of real keys)
