@@ -41,7 +41,7 @@ COPY --from=apache/beam_python3.11_sdk:2.59.0 /opt/apache/beam /opt/apache/beam
 ENTRYPOINT ["/opt/apache/beam/boot"]
 
 # Default target: the entry point every step of the compiled package names as
-# its command (pipeline/kfp_entrypoint.py, wrapping TFX's
+# its command (pipeline/kubeflow/entrypoint.py, wrapping TFX's
 # kubeflow_v2_run_executor so open-source KFP 2.x and Vertex AI both run it).
 FROM runtime AS pipeline
-ENTRYPOINT ["python", "-m", "pipeline.kfp_entrypoint"]
+ENTRYPOINT ["python", "-m", "next_category.pipeline.kubeflow.entrypoint"]

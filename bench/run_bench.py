@@ -33,8 +33,8 @@ def _summary(output_root: str) -> Dict[str, object]:
   # pylint: disable=g-import-not-at-top
   from tfx import v1 as tfx
 
-  from pipeline import configs
-  from pipeline import run_summary
+  from next_category.pipeline import configs
+  from next_category.pipeline.reports import run_summary
 
   # pylint: enable=g-import-not-at-top
   connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
@@ -57,7 +57,7 @@ def run_once(project_root: str, data_root: str, output_root: str, extra: List[st
   command = [
     sys.executable,
     "-m",
-    "pipeline.beam_runner",
+    "next_category.pipeline.run.beam_runner",
     f"--data_root={data_root}",
     f"--output_root={output_root}",
     *extra,

@@ -95,7 +95,7 @@ def generate(data_root: str, num_examples: int) -> Optional[float]:
     [
       sys.executable,
       "-m",
-      "dataset.generate",
+      "next_category.dataset.generate",
       f"--data_root={data_root}",
       "--span=1",
       f"--num_examples={num_examples}",
@@ -120,8 +120,8 @@ def _component_windows(output_root: str) -> Tuple[Dict[str, float], Dict[str, tu
   from ml_metadata.metadata_store import metadata_store
   from tfx import v1 as tfx
 
-  from pipeline import configs
-  from pipeline import run_summary
+  from next_category.pipeline import configs
+  from next_category.pipeline.reports import run_summary
 
   # pylint: enable=g-import-not-at-top
   connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
@@ -149,7 +149,7 @@ def run_size(num_examples: int, data_root: str, output_root: str, extra: List[st
   command = [
     sys.executable,
     "-m",
-    "pipeline.beam_runner",
+    "next_category.pipeline.run.beam_runner",
     f"--data_root={data_root}",
     f"--output_root={output_root}",
     *extra,

@@ -3,7 +3,7 @@
     python -m bench.serving_bench [--preset=small] [--duration_seconds=5]
         [--baseline_tree=../other-worktree --repeats=5]
 
-Builds an (untrained) model of the preset, starts `python -m serving.server`
+Builds an (untrained) model of the preset, starts `python -m next_category.serving.server`
 on loopback ports with batching off and on, and drives it from this process
 with closed-loop clients (each sends its next request when the previous
 answer arrives) at each concurrency, one example per request; gRPC also runs
@@ -71,7 +71,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving import client as client_lib
+from next_category.serving import client as client_lib
 
 MODEL_NAME = "next_category"
 RESULTS_PATH = os.path.join("bench", "results", "serving.json")
@@ -95,6 +95,25 @@ BASELINE_TREE = "baseline"
 # Load generators (see the module docstring).
 PYTHON_CLIENT = "python"
 H2LOAD_CLIENT = "h2load"
+
+
+def _server_module(tree: str) -> str:
+  """The server's module in `tree`: this tree's package, or an older tree's top-level `serving`.
+
+  Trees from before the `next_category` namespace (pyproject.toml) import
+  their server as `serving.server`, from the tree itself (PYTHONPATH).
+  """
+  if tree == _REPO_ROOT:
+    return "next_category.serving.server"
+  pyproject = os.path.join(tree, "pyproject.toml")
+  if os.path.isfile(pyproject):
+    with open(pyproject) as f:
+      if "next_category.serving" in f.read():
+        raise ValueError(
+          f"--baseline_tree {tree} installs the same next_category namespace as this tree; "
+          "its server cannot be told apart here. Use a tree from before the namespace."
+        )
+  return "serving.server"
 
 
 @dataclasses.dataclass
@@ -125,8 +144,8 @@ class RunResult:
 
 def serialized_examples(num_examples: int, seed: int = 11) -> List[bytes]:
   """Clickstream tf.Examples without the label, as clients send them."""
-  import contract  # pylint: disable=g-import-not-at-top
-  from dataset import clickstream  # pylint: disable=g-import-not-at-top
+  from next_category import contract  # pylint: disable=g-import-not-at-top
+  from next_category.dataset import clickstream  # pylint: disable=g-import-not-at-top
 
   label = contract.load().label.name
   examples = []
@@ -138,10 +157,10 @@ def serialized_examples(num_examples: int, seed: int = 11) -> List[bytes]:
 
 def build_model(preset: str, base_path: str) -> str:
   """Saves an untrained model of `preset` as version 1 under `base_path`."""
-  import contract  # pylint: disable=g-import-not-at-top
-  from components.trainer import export  # pylint: disable=g-import-not-at-top
-  from components.trainer import model as model_lib  # pylint: disable=g-import-not-at-top
-  from components.trainer import presets  # pylint: disable=g-import-not-at-top
+  from next_category import contract  # pylint: disable=g-import-not-at-top
+  from next_category.components.trainer import export  # pylint: disable=g-import-not-at-top
+  from next_category.components.trainer import model as model_lib  # pylint: disable=g-import-not-at-top
+  from next_category.components.trainer import presets  # pylint: disable=g-import-not-at-top
 
   tf.keras.utils.set_random_seed(0)
   data_contract = contract.load()
@@ -161,7 +180,7 @@ def in_process_call_ms(
   session run of the signature's tensors, on the frozen signature), so the
   rest of a request's time is the server's own overhead.
   """
-  from serving.models import saved_model  # pylint: disable=g-import-not-at-top
+  from next_category.serving.models import saved_model  # pylint: disable=g-import-not-at-top
 
   signature = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
   servable = saved_model.SavedModelServable(MODEL_NAME, 1, saved_model_dir)
@@ -233,7 +252,7 @@ def _process_cpu_seconds(pid: int) -> float:
 
 
 class _Server:
-  """`python -m serving.server` in a subprocess on free loopback ports."""
+  """`python -m next_category.serving.server` in a subprocess on free loopback ports."""
 
   def __init__(
     self,
@@ -250,7 +269,7 @@ class _Server:
     command = [
       sys.executable,
       "-m",
-      "serving.server",
+      _server_module(tree),
       "--host=127.0.0.1",
       f"--port={self.grpc_port}",
       f"--rest_api_port={self.rest_port}",
@@ -698,7 +717,7 @@ def run_benchmark(
   """Runs every configuration and writes the JSON report to `output`.
 
   With `baseline_tree`, every configuration also runs on a server from that
-  source tree (`python -m serving.server` there), taking turns with this
+  source tree (`python -m next_category.serving.server` there), taking turns with this
   tree's, `repeats` times each: before and after, side by side in one run.
   """
   load_before = os.getloadavg()

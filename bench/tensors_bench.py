@@ -3,9 +3,9 @@
     python -m bench.tensors_bench [--repeats=5] [--number=2000]
 
 Side by side in one process, microseconds per call (best of `repeats`):
-reading request tensors with `serving.apis.tensors.to_ndarray` against
+reading request tensors with `next_category.serving.apis.tensors.to_ndarray` against
 `tf.make_ndarray`, and writing outputs with
-`serving.apis.tensors.fill_tensor_proto` (typed `*_val` fields, TensorFlow
+`next_category.serving.apis.tensors.fill_tensor_proto` (typed `*_val` fields, TensorFlow
 Serving's default) against `tf.make_tensor_proto` (`tensor_content`). Every
 pair is first checked to give the same values. Writes bench/results/tensors.json and prints a table.
 """
@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
-from serving.apis import tensors
-from serving.testdata import make_canned_models
+from next_category.serving.apis import tensors
+from next_category.serving.testdata import make_canned_models
 
 RESULTS_PATH = os.path.join("bench", "results", "tensors.json")
 

@@ -32,12 +32,12 @@ import time
 
 import tensorflow as tf
 
-import contract
-from components.tflite_converter import executor
-from components.trainer import export
-from components.trainer import model as model_lib
-from components.trainer import presets
-from dataset import clickstream
+from next_category import contract
+from next_category.components.tflite_converter import executor
+from next_category.components.trainer import export
+from next_category.components.trainer import model as model_lib
+from next_category.components.trainer import presets
+from next_category.dataset import clickstream
 
 _RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 _NUM_SHARDS = 6  # Five train shards, one eval shard.

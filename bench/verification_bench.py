@@ -32,9 +32,9 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from components import version_signing
-from serving.models import loader
-from serving.models import verification
+from next_category.components import version_signing
+from next_category.serving.models import loader
+from next_category.serving.models import verification
 
 _RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 RESULTS_PATH = os.path.join(_RESULTS, "verification.json")

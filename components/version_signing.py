@@ -19,9 +19,9 @@ Anyone can check a pushed version with the OpenSSF CLI alone:
     --public_key model_signing_key.pub.pem --no-ignore-git-paths
 
 Usage:
-  python -m components.version_signing keygen --key_dir=DIR
-  python -m components.version_signing sign --version_dir=DIR --private_key_file=KEY \\
-    [--model_name=NAME] [--version=N]
+  python -m next_category.components.version_signing keygen --key_dir=DIR
+  python -m next_category.components.version_signing sign --version_dir=DIR \\
+    --private_key_file=KEY [--model_name=NAME] [--version=N]
 """
 
 import argparse
@@ -238,7 +238,7 @@ def signing_writer(
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-    prog="python -m components.version_signing",
+    prog="python -m next_category.components.version_signing",
     description=__doc__.splitlines()[0],
     epilog="Verify with the OpenSSF CLI: model_signing verify key --help.",
   )

@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-import contract
+from next_category import contract
 
 DEFAULT_NUM_EXAMPLES = 50_000
 DEFAULT_NUM_SHARDS = 4

@@ -1,7 +1,7 @@
 """Writes a span of the synthetic clickstream dataset as TFRecord files.
 
 Usage:
-  python -m dataset.generate --data_root data/default [--span 1]
+  python -m next_category.dataset.generate --data_root data/default [--span 1]
       [--num_examples 50000] [--seed 42] [--drift segment_mix=0.5,category_mix=0.3]
       [--schema_path schemas/schema.pbtxt]
 
@@ -12,8 +12,8 @@ range, history lengths, vocabularies, classes), read by `contract`.
 import argparse
 import sys
 
-import contract
-from dataset import clickstream
+from next_category import contract
+from next_category.dataset import clickstream
 
 
 def _parse_drift(text: str) -> clickstream.Drift:

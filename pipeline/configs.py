@@ -2,7 +2,7 @@
 
 import os
 
-import contract
+from next_category import contract
 
 PIPELINE_NAME = "next_category"
 # The model name TensorFlow Serving serves the pushed SavedModel under.
@@ -22,7 +22,7 @@ TRAIN_HASH_BUCKETS = 4
 EVAL_HASH_BUCKETS = 1
 
 # User code the Trainer calls.
-RUN_FN = "components.trainer.model.run_fn"
+RUN_FN = "next_category.components.trainer.model.run_fn"
 MODEL_PRESET = "small"
 # The training budget: epochs of the train split, with early stopping on the
 # eval split and a cap for large data (components/trainer/budget.py). A set
@@ -34,7 +34,7 @@ TRAINING_SEED = 42
 
 # TFX's Tuner (`--tune`): the user code it calls, how many hyperparameter sets
 # it tries, and the training steps of each (its eval steps are the Trainer's).
-TUNER_FN = "components.trainer.tuning.tuner_fn"
+TUNER_FN = "next_category.components.trainer.tuning.tuner_fn"
 TUNE_TRIALS = 6
 TUNE_TRAIN_STEPS = 200
 

@@ -12,18 +12,18 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
-import contract
-from components.anomaly_gate.component import AnomalyGate
-from components.evaluator.component import Evaluator
-from components.infra_validator.component import InfraValidator
-from components.pusher.component import Pusher
-from components.serving_baseline.component import ServingBaseline
-from components.tflite_converter.component import TFLiteConverter
-from pipeline import configs
-from pipeline import settings
+from next_category import contract
+from next_category.components.anomaly_gate.component import AnomalyGate
+from next_category.components.evaluator.component import Evaluator
+from next_category.components.infra_validator.component import InfraValidator
+from next_category.components.pusher.component import Pusher
+from next_category.components.serving_baseline.component import ServingBaseline
+from next_category.components.tflite_converter.component import TFLiteConverter
+from next_category.pipeline import configs
+from next_category.pipeline import settings
 
 # The Evaluator's own metrics (`components/evaluator/metrics.py`).
-_METRICS_MODULE = "components.evaluator.metrics"
+_METRICS_MODULE = "next_category.components.evaluator.metrics"
 
 
 def _eval_config(

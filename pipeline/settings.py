@@ -3,7 +3,7 @@
 Paths say where things are; the other groups say what the pipeline does with
 them: which data it reads, how it trains, which gates a model must pass, and
 where and how a blessed model is pushed. A runner fills them from its flags
-(`pipeline/runner_flags.py`); a test or notebook may build them directly.
+(`pipeline/run/runner_flags.py`); a test or notebook may build them directly.
 Nothing here imports TFX or TensorFlow, so flags parse before either is loaded.
 """
 
@@ -13,7 +13,7 @@ from typing import Mapping
 from typing import Optional
 from typing import Sequence
 
-from pipeline import configs
+from next_category.pipeline import configs
 
 
 @dataclasses.dataclass(frozen=True)

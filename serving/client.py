@@ -1,6 +1,6 @@
 """Asks a TensorFlow Serving model server to classify examples, or for its raw predictions.
 
-    python -m serving.client --server=localhost:8500 \\
+    python -m next_category.serving.client --server=localhost:8500 \\
         --examples=data/default/span-1/eval/data.tfrecord.gz --num_examples=5 \\
         --exclude_features=label
 
@@ -13,7 +13,7 @@ signature returns. `--api=classify` (the default) calls Classify on a
 classification signature (default `classification`) and prints the labels of
 its `classes` output; `--api=predict` calls Predict and prints the top indices
 of the signature's output. Only the standard APIs are used, so the client
-works the same against tensorflow_model_server and `serving.server`.
+works the same against tensorflow_model_server and `next_category.serving.server`.
 """
 
 import argparse
@@ -35,7 +35,7 @@ from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving.apis import json_tensor
+from next_category.serving.apis import json_tensor
 
 # Every call carries this deadline.
 DEADLINE_SECONDS = 10.0
@@ -293,7 +293,7 @@ def _feature_names(text: str) -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
-    prog="python -m serving.client",
+    prog="python -m next_category.serving.client",
     description="Print the top classes a model server gives for examples.",
   )
   parser.add_argument(

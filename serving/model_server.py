@@ -5,7 +5,7 @@ models (models/), the data plane and its two front ends (apis/), and what
 is recorded of every request (observability/, security/), in the order and
 with the checks of tensorflow_model_server's `Server::BuildAndStart`
 (tensorflow_serving/model_servers/server.cc:179-455): what it refuses fails
-here with its status and message. `python -m serving.server` runs one; tests
+here with its status and message. `python -m next_category.serving.server` runs one; tests
 start it in-process on free loopback ports.
 """
 
@@ -21,22 +21,22 @@ import grpc
 import tensorflow as tf
 import uvloop
 
-from serving import status
-from serving.apis import inference
-from serving.apis.grpc import server as grpc_server
-from serving.apis.rest import handler as rest_handler
-from serving.apis.rest import http_server
-from serving.config import flags
-from serving.config import server_config
-from serving.config import session_bundle
-from serving.models import batching
-from serving.models import loader
-from serving.models import model_manager
-from serving.observability import audit as audit_lib
-from serving.observability import metrics as metrics_lib
-from serving.observability import request_log
-from serving.observability import request_policy
-from serving.security import auth as auth_lib
+from next_category.serving import status
+from next_category.serving.apis import inference
+from next_category.serving.apis.grpc import server as grpc_server
+from next_category.serving.apis.rest import handler as rest_handler
+from next_category.serving.apis.rest import http_server
+from next_category.serving.config import flags
+from next_category.serving.config import server_config
+from next_category.serving.config import session_bundle
+from next_category.serving.models import batching
+from next_category.serving.models import loader
+from next_category.serving.models import model_manager
+from next_category.serving.observability import audit as audit_lib
+from next_category.serving.observability import metrics as metrics_lib
+from next_category.serving.observability import request_log
+from next_category.serving.observability import request_policy
+from next_category.serving.security import auth as auth_lib
 
 # Threads that run unbatched requests; TensorFlow's own pools do the math.
 _REQUEST_THREADS = 2 * (os.cpu_count() or 1)

@@ -1,6 +1,6 @@
 """A model server that speaks TensorFlow Serving's gRPC and REST APIs.
 
-    python -m serving.server --port=8500 --rest_api_port=8501 \\
+    python -m next_category.serving.server --port=8500 --rest_api_port=8501 \\
         --model_name=next_category --model_base_path=/abs/path/next_category
 
 The command line is tensorflow_model_server's (tensorflow_serving/model_servers/
@@ -29,12 +29,12 @@ from typing import Sequence
 
 import grpc
 
-from serving import model_server
-from serving import status
-from serving.config import flags
+from next_category.serving import model_server
+from next_category.serving import status
+from next_category.serving.config import flags
 
 # What the usage line names, where tensorflow_model_server prints its argv[0].
-PROGRAM = "python -m serving.server"
+PROGRAM = "python -m next_category.serving.server"
 # main.cc's `return -1`.
 _FAILURE_EXIT_STATUS = 255
 

@@ -31,9 +31,9 @@ from typing import List
 from typing import Optional
 from typing import Sequence
 
-import contract
 from bench.quality import corpora
 from bench.quality.documents import Document
+from next_category import contract
 
 # The vocabulary's train part: documents whose key hash is not 0 modulo this.
 _PARTS = 5

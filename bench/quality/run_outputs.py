@@ -14,8 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-import contract
 from bench.quality.baselines import Split
+from next_category import contract
 
 _ACCURACY = "sparse_categorical_accuracy"
 # The Trainer's SavedModel inside its `model` artifact (TFX's path_utils).
@@ -53,7 +53,7 @@ def read(output_root: str, pipeline_name: str) -> RunOutputs:
   # pylint: disable=g-import-not-at-top
   from tfx import v1 as tfx
 
-  from pipeline import run_summary
+  from next_category.pipeline.reports import run_summary
 
   # pylint: enable=g-import-not-at-top
   connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
@@ -111,7 +111,7 @@ def model_scores(model_dir: str, records: List[bytes]) -> np.ndarray:
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
 
-  from components.trainer import export
+  from next_category.components.trainer import export
 
   # pylint: enable=g-import-not-at-top
   serve = tf.saved_model.load(model_dir).signatures[export.DEFAULT_SIGNATURE_NAME]

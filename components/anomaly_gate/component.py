@@ -19,9 +19,9 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ExecutionParameter
 
-from components.anomaly_gate import anomalies as anomalies_lib
-from components.anomaly_gate import executor
-from components.anomaly_gate import spans
+from next_category.components.anomaly_gate import anomalies as anomalies_lib
+from next_category.components.anomaly_gate import executor
+from next_category.components.anomaly_gate import spans
 
 
 class AnomalyGateSpec(types.ComponentSpec):

@@ -33,10 +33,10 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils
 from tfx_bsl.public import tfxio
 
-from components.anomaly_gate import anomalies as anomalies_lib
-from components.anomaly_gate import comparators
-from components.anomaly_gate import report
-from components.anomaly_gate import spans
+from next_category.components.anomaly_gate import anomalies as anomalies_lib
+from next_category.components.anomaly_gate import comparators
+from next_category.components.anomaly_gate import report
+from next_category.components.anomaly_gate import spans
 
 # Keys of the component's inputs, outputs and parameters.
 EXAMPLES_KEY = "examples"

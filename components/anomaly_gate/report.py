@@ -16,8 +16,8 @@ from typing import Tuple
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
-from components.anomaly_gate import anomalies as anomalies_lib
-from components.anomaly_gate import comparators
+from next_category.components.anomaly_gate import anomalies as anomalies_lib
+from next_category.components.anomaly_gate import comparators
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }

@@ -1,9 +1,9 @@
-"""The Evaluator component: TFX's Evaluator running `components.evaluator.executor`."""
+"""The Evaluator component: TFX's Evaluator running this folder's `executor`."""
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
-from components.evaluator import executor
+from next_category.components.evaluator import executor
 
 
 class Evaluator(tfx.components.Evaluator):

@@ -18,7 +18,7 @@ from tfx import types
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.types import standard_component_specs
 
-from components.serving_baseline import executor as baseline_executor
+from next_category.components.serving_baseline import executor as baseline_executor
 
 
 class Executor(evaluator_executor.Executor):

@@ -32,7 +32,8 @@ class SparseTopKAccuracy(metric_types.Metric):
 
   Example:
     `tfma.MetricConfig(class_name="SparseTopKAccuracy",
-    module="components.evaluator.metrics", config='"top_k": 3, "name": "top_3_accuracy"')`
+    module="next_category.components.evaluator.metrics",
+    config='"top_k": 3, "name": "top_3_accuracy"')`
   """
 
   def __init__(self, top_k: int = 1, name: str = "sparse_categorical_accuracy"):

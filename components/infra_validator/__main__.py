@@ -1,6 +1,6 @@
 """Runs the canary on a SavedModel by hand, as the pipeline's InfraValidator step does.
 
-    python -m components.infra_validator --saved_model_dir=PATH \\
+    python -m next_category.components.infra_validator --saved_model_dir=PATH \\
         --examples='data/default/span-1/*.tfrecord.gz' --num_examples=200
 
 Prints the verdict and the latency table; `--output_json` keeps the measurements.
@@ -14,7 +14,7 @@ import tempfile
 from typing import Optional
 from typing import Sequence
 
-from components.infra_validator import executor
+from next_category.components.infra_validator import executor
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

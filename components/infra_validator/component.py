@@ -2,7 +2,7 @@
 
 TFX's own InfraValidator needs Docker or Kubernetes to start
 tensorflow_model_server; this one starts this project's server
-(`python -m serving.server`) as a child process on a loopback port, so it runs
+(`python -m next_category.serving.server`) as a child process on a loopback port, so it runs
 wherever the pipeline runs, in a Kubeflow step's own container too. It writes
 TFX's standard `InfraBlessing`: give it to the Pusher as `infra_blessing` and a
 model that fails to load or to answer correctly is never pushed. See
@@ -19,7 +19,7 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ExecutionParameter
 
-from components.infra_validator import executor
+from next_category.components.infra_validator import executor
 
 
 class InfraValidatorSpec(types.ComponentSpec):

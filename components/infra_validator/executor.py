@@ -1,7 +1,7 @@
 """The InfraValidator executor: serves the candidate model in a real server process and queries it.
 
 It copies the Trainer's SavedModel to a temporary model base path as version 1,
-starts `python -m serving.server` on it (see `model_server`), waits until the
+starts `python -m next_category.serving.server` on it (see `model_server`), waits until the
 version is AVAILABLE (loaded, warmup requests replayed), sends a sample of
 eval examples over gRPC (see `queries`) and compares every answer with the
 same SavedModel called in this process. The model is blessed only if it loads
@@ -33,8 +33,8 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from components.infra_validator import model_server
-from components.infra_validator import queries
+from next_category.components.infra_validator import model_server
+from next_category.components.infra_validator import queries
 
 # Keys of the component's inputs, outputs and parameters.
 MODEL_KEY = "model"
@@ -137,7 +137,7 @@ def _verdict(measurements: Dict[str, Any], options: Options) -> Dict[str, Any]:
 def validate(
   saved_model_dir: str, examples_dir: str, log_path: str, options: Options = Options()
 ) -> Dict[str, Any]:
-  """Serves the SavedModel in `serving.server`, queries it and returns the measurements.
+  """Serves the SavedModel in a model server process, queries it and returns the measurements.
 
   Args:
     saved_model_dir: the candidate SavedModel (local or remote).

@@ -1,4 +1,4 @@
-"""Runs `python -m serving.server` as a child process on a loopback port, as a canary.
+"""Runs `python -m next_category.serving.server` as a child process on a loopback port, as a canary.
 
 The model server is started the way TensorFlow Serving's binary would be, as a
 separate process with its own flags, so the canary proves what a deployment
@@ -55,7 +55,7 @@ def _free_loopback_port() -> int:
 
 
 class ModelServer:
-  """A `serving.server` child process serving one model base path on 127.0.0.1.
+  """A `next_category.serving.server` child process serving one model base path on 127.0.0.1.
 
   Use as a context manager; the process is stopped (SIGTERM, then SIGKILL) on
   exit and its output is kept in `log_path`.
@@ -64,7 +64,7 @@ class ModelServer:
     model_name: the name the model is served under.
     model_base_path: a directory of numbered version directories.
     log_path: file the server's stdout and stderr go to.
-    extra_flags: more `serving.server` flags.
+    extra_flags: more `next_category.serving.server` flags.
   """
 
   def __init__(
@@ -96,7 +96,7 @@ class ModelServer:
 
   @property
   def command(self) -> List[str]:
-    return [sys.executable, "-m", "serving.server", *self._flags]
+    return [sys.executable, "-m", "next_category.serving.server", *self._flags]
 
   def __enter__(self) -> "ModelServer":
     self.start()

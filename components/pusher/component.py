@@ -1,12 +1,12 @@
-"""The Pusher component: TFX's Pusher running `components.pusher.executor`."""
+"""The Pusher component: TFX's Pusher running `next_category.components.pusher.executor`."""
 
 from typing import Optional
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
-from components import version_signing
-from components.pusher import executor
+from next_category.components import version_signing
+from next_category.components.pusher import executor
 
 
 class Pusher(tfx.components.Pusher):

@@ -32,8 +32,8 @@ from tfx.utils import io_utils
 from tfx.utils import json_utils
 from tfx.utils import proto_utils
 
-from components import serving_versions
-from components import version_signing
+from next_category.components import serving_versions
+from next_category.components import version_signing
 
 # 1 when the model was already the version serving and nothing was copied.
 ALREADY_PUSHED_PROPERTY = "already_pushed"

@@ -5,9 +5,9 @@ Pipelines runs only container and importer steps, and "the model serving now"
 is what a new model must not be worse than. It reads state outside the
 pipeline (the push destination), so its inputs and parameters cannot tell
 whether a cached execution is still right: its driver
-(`components.serving_baseline.driver`) fingerprints the push destination
+(`next_category.components.serving_baseline.driver`) fingerprints the push destination
 before the cache lookup, where the orchestrator runs drivers (the Beam and
-local runners), and `READS_OUTSIDE_STATE` tells `pipeline.caching` to turn
+local runners), and `READS_OUTSIDE_STATE` tells `next_category.pipeline.caching` to turn
 caching off for it where none runs (Kubeflow).
 """
 
@@ -18,8 +18,8 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ExecutionParameter
 
-from components.serving_baseline import driver
-from components.serving_baseline import executor
+from next_category.components.serving_baseline import driver
+from next_category.components.serving_baseline import executor
 
 
 class ServingBaselineSpec(types.ComponentSpec):
@@ -49,7 +49,7 @@ class ServingBaseline(base_component.BaseComponent):
   The model serving now is the highest numeric version directory under
   `serving_model_dir` (the Pusher's push destination) that holds a complete
   SavedModel. When there is none (a first run), `baseline_model` holds no
-  model and `components.evaluator.Evaluator` evaluates without a baseline.
+  model and `next_category.components.evaluator.Evaluator` evaluates without a baseline.
   """
 
   SPEC_CLASS = ServingBaselineSpec

@@ -16,7 +16,7 @@ baseline.
 
 The Kubeflow V2 compiler compiles no driver other than ImportExampleGen's
 (tfx/orchestration/kubeflow/v2/step_builder.py, `_build_file_based_example_gen_spec`),
-so on Kubeflow the step stays uncached (`pipeline.caching.uncached_node_ids`).
+so on Kubeflow the step stays uncached (`next_category.pipeline.caching.uncached_node_ids`).
 """
 
 from tfx.dsl.components.base import base_driver
@@ -25,8 +25,8 @@ from tfx.orchestration.portable import base_driver as ir_base_driver
 from tfx.orchestration.portable import data_types
 from tfx.proto.orchestration import driver_output_pb2
 
-from components import serving_versions
-from components.serving_baseline import executor
+from next_category.components import serving_versions
+from next_category.components.serving_baseline import executor
 
 
 class Driver(base_driver.BaseDriver, ir_base_driver.BaseDriver):

@@ -1,11 +1,11 @@
 """The ServingBaseline executor: copies the model serving now into its `baseline_model` output.
 
 The model serving now is the highest numeric version under the Pusher's push
-destination that holds a complete SavedModel (`components.serving_versions`).
+destination that holds a complete SavedModel (`next_category.components.serving_versions`).
 It is copied into the output's `Format-Serving/`, where the Evaluator reads a
 Model, so the evaluation is recorded against a fixed copy even if the push
 destination changes later. With nothing serving, the output stays empty and
-the Evaluator (`components.evaluator`) blesses on the absolute threshold alone.
+the Evaluator (`next_category.components.evaluator`) blesses on the absolute threshold alone.
 """
 
 from typing import Any
@@ -19,12 +19,12 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils
 from tfx.utils import path_utils
 
-from components import serving_versions
+from next_category.components import serving_versions
 
 # Keys of the component's parameters and outputs.
 SERVING_MODEL_DIR_KEY = "serving_model_dir"
 BASELINE_MODEL_KEY = "baseline_model"
-# Set by the driver (`components.serving_baseline.driver`), where one runs: what serves now.
+# Set by the driver (this folder's `driver`), where one runs: what serves now.
 SERVING_FINGERPRINT_KEY = "serving_fingerprint"
 
 # Custom properties of the output Model.

@@ -17,7 +17,7 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ExecutionParameter
 
-from components.tflite_converter import executor
+from next_category.components.tflite_converter import executor
 
 
 class TFLiteModel(types.Artifact):

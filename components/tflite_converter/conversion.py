@@ -23,8 +23,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from components.trainer import export
-from contract import DataContract
+from next_category.components.trainer import export
+from next_category.contract import DataContract
 
 SIGNATURE_KEY = "serving_default"
 # TFLite tensor types allowed inside a full-integer model: int8 weights and

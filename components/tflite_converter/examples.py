@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from components.trainer import features
-from contract import DataContract
+from next_category.components.trainer import features
+from next_category.contract import DataContract
 
 _PARSE_BATCH = 1024
 

@@ -35,13 +35,13 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from components import serving_versions
-from components import version_signing
-from components.tflite_converter import conversion
-from components.tflite_converter import examples as examples_lib
-from components.tflite_converter import measurements
-from components.trainer import export
-from components.trainer import layers  # noqa: F401  Registers the custom layers for loading.
+from next_category.components import serving_versions
+from next_category.components import version_signing
+from next_category.components.tflite_converter import conversion
+from next_category.components.tflite_converter import examples as examples_lib
+from next_category.components.tflite_converter import measurements
+from next_category.components.trainer import export
+from next_category.components.trainer import layers  # noqa: F401  Registers the custom layers for loading.
 
 # Keys of the component's inputs, outputs and parameters.
 MODEL_KEY = "model"

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from components.tflite_converter import examples as examples_lib
+from next_category.components.tflite_converter import examples as examples_lib
 
 
 def accuracy_report(

@@ -1,7 +1,7 @@
 """Runs a TFLite next-category model on TFRecord tf.Examples.
 
 Usage:
-  python -m components.tflite_converter.predict --tflite PATH/model.tflite
+  python -m next_category.components.tflite_converter.predict --tflite PATH/model.tflite
       --examples PATH [PATH ...] [--labels PATH/labels.txt] [--top_k 3]
       [--max_examples 1000] [--show 10]
 
@@ -22,10 +22,10 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from components.tflite_converter import conversion
-from components.tflite_converter import examples as examples_lib
-from components.tflite_converter import executor
-from contract import DataContract
+from next_category.components.tflite_converter import conversion
+from next_category.components.tflite_converter import examples as examples_lib
+from next_category.components.tflite_converter import executor
+from next_category.contract import DataContract
 
 
 @dataclasses.dataclass

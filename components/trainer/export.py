@@ -36,8 +36,8 @@ from tensorflow.python.saved_model import fingerprinting_utils
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from components.trainer import features
-from contract import DataContract
+from next_category.components.trainer import features
+from next_category.contract import DataContract
 
 PROBABILITIES_KEY = "probabilities"
 SERIALIZED_EXAMPLES_KEY = "examples"

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
-from contract import DataContract
+from next_category.contract import DataContract
 
 
 def feature_spec(data_contract: DataContract, with_label: bool) -> Dict[str, object]:

@@ -19,15 +19,15 @@ from typing import Optional
 import tensorflow as tf
 from tfx import v1 as tfx
 
-import contract
-from components.trainer import budget as training_budget
-from components.trainer import export
-from components.trainer import features
-from components.trainer import hyperparameters
-from components.trainer import layers
-from components.trainer import multi_worker
-from components.trainer import presets
-from components.trainer import progress_callback
+from next_category import contract
+from next_category.components.trainer import budget as training_budget
+from next_category.components.trainer import export
+from next_category.components.trainer import features
+from next_category.components.trainer import hyperparameters
+from next_category.components.trainer import layers
+from next_category.components.trainer import multi_worker
+from next_category.components.trainer import presets
+from next_category.components.trainer import progress_callback
 
 # Examples buffered for shuffling; the default dataset's train split fits.
 _SHUFFLE_BUFFER = 50_000
@@ -40,7 +40,7 @@ _LENGTH_BUCKET_BOUNDARIES = (9, 17, 33)
 # Requests written to the SavedModel's assets.extra for TensorFlow Serving warmup.
 _WARMUP_EXAMPLES = 8
 # The function each worker of a local cluster runs.
-_TRAIN_FN = "components.trainer.model._train"
+_TRAIN_FN = "next_category.components.trainer.model._train"
 # The learning rate ends its cosine decay at this fraction of the peak.
 _FINAL_LEARNING_RATE_FRACTION = 0.05
 # custom_config keys that override the contract's rules (README: Data contract).

@@ -99,7 +99,7 @@ def run_local_cluster(
             [
               sys.executable,
               "-m",
-              "components.trainer.multi_worker",
+              "next_category.components.trainer.multi_worker",
               f"--train_fn={train_fn}",
               f"--fn_args={spec_path}",
             ],

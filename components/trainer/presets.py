@@ -21,7 +21,7 @@ class TransformerConfig:
     dropout: dropout rate inside the blocks.
     batch_size: per-replica training batch size.
     learning_rate: peak Adam learning rate (after warmup; see
-      `components.trainer.budget`).
+      `next_category.components.trainer.budget`).
     weight_decay: decoupled weight decay of every weight, per step, times
       the learning rate.
     label_smoothing: mass spread over all classes in the training targets.

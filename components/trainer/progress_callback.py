@@ -1,4 +1,4 @@
-"""A Keras callback that reports training progress through `components.trainer.progress`."""
+"""A Keras callback that reports training progress through the `progress` module beside it."""
 
 import time
 from typing import List
@@ -6,8 +6,8 @@ from typing import Optional
 
 import tensorflow as tf
 
-from components.trainer import budget as training_budget
-from components.trainer import progress
+from next_category.components.trainer import budget as training_budget
+from next_category.components.trainer import progress
 
 # Seconds between two reports (the last step is always reported).
 _INTERVAL_SECONDS = 0.5

@@ -18,9 +18,9 @@ import keras_tuner
 import tensorflow as tf
 from tfx import v1 as tfx
 
-import contract
-from components.trainer import model as model_lib
-from components.trainer import presets
+from next_category import contract
+from next_category.components.trainer import model as model_lib
+from next_category.components.trainer import presets
 
 # What a trial is ranked by: the metric the Evaluator blesses on.
 _OBJECTIVE = keras_tuner.Objective("val_accuracy", direction="max")

@@ -22,8 +22,8 @@ from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import input_pb2
 from tensorflow_serving.apis import regression_pb2
 
-from serving import status
-from serving.apis import tensors
+from next_category.serving import status
+from next_category.serving.apis import tensors
 
 
 def serialized_examples(model_input: input_pb2.Input) -> List[bytes]:

@@ -37,14 +37,14 @@ from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import regression_pb2
 
-from serving import status
-from serving.apis import classify_regress
-from serving.apis import multi_inference
-from serving.apis import predict_request
-from serving.apis import tensors
-from serving.models import batching
-from serving.models import model_manager
-from serving.models import servables
+from next_category.serving import status
+from next_category.serving.apis import classify_regress
+from next_category.serving.apis import multi_inference
+from next_category.serving.apis import predict_request
+from next_category.serving.apis import tensors
+from next_category.serving.models import batching
+from next_category.serving.models import model_manager
+from next_category.serving.models import servables
 
 SIGNATURE_DEF_FIELD = "signature_def"
 

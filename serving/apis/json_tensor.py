@@ -30,8 +30,8 @@ from tensorflow.core.example import example_pb2
 from tensorflow.core.example import feature_pb2
 from tensorflow.core.framework import types_pb2
 
-from serving import status
-from serving.apis import tensors
+from next_category.serving import status
+from next_category.serving.apis import tensors
 
 # Tensors.
 

@@ -21,9 +21,9 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import inference_pb2
 from tensorflow_serving.apis import model_pb2
 
-from serving import status
-from serving.apis import classify_regress
-from serving.models import servables
+from next_category.serving import status
+from next_category.serving.apis import classify_regress
+from next_category.serving.models import servables
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving import status
-from serving.apis import tensors
+from next_category.serving import status
+from next_category.serving.apis import tensors
 
 _METHOD_NAMES = (
   tf.saved_model.PREDICT_METHOD_NAME,

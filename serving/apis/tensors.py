@@ -17,7 +17,7 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.framework import types_pb2
 
-from serving import status
+from next_category.serving import status
 
 # A tensor may repeat its last value to fill its shape; this bounds what one
 # small request can make the server allocate.

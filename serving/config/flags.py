@@ -32,8 +32,8 @@ from typing import List
 from typing import Sequence
 from typing import Tuple
 
-from serving.observability import audit as audit_lib
-from serving.observability import request_log
+from next_category.serving.observability import audit as audit_lib
+from next_category.serving.observability import request_log
 
 # The TensorFlow Serving release whose command line, APIs and metrics this server speaks.
 TF_SERVING_VERSION = "2.16.1"

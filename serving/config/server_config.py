@@ -37,7 +37,7 @@ from tensorflow.core.protobuf import config_pb2
 from tensorflow.core.protobuf import named_tensor_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import status
+from next_category.serving import status
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 # The platform of TensorFlow models (SavedModels and, with --prefer_tflite_model, TFLite).

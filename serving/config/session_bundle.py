@@ -20,8 +20,8 @@ import grpc
 from google.protobuf import message
 from tensorflow.core.protobuf import config_pb2
 
-from serving.config import flags
-from serving.config import server_config
+from next_category.serving.config import flags
+from next_category.serving.config import server_config
 
 # The thread pool --enable_batching's default parameters name (server.cc:226-228).
 DEFAULT_BATCH_THREAD_POOL = "model_server_batch_threads"

@@ -29,8 +29,8 @@ from typing import Tuple
 import grpc
 import numpy as np
 
-from serving import status
-from serving.config import server_config
+from next_category.serving import status
+from next_category.serving.config import server_config
 
 # TensorFlow Serving answers a full batch queue with UNAVAILABLE; this server
 # answers RESOURCE_EXHAUSTED (HTTP 429), the canonical code for "overloaded,

@@ -20,14 +20,14 @@ from typing import Sequence
 import grpc
 import tensorflow as tf
 
-from serving import status
-from serving.models import batching
-from serving.models import model_manager
-from serving.models import saved_model
-from serving.models import servables
-from serving.models import tflite
-from serving.models import verification
-from serving.models import warmup
+from next_category.serving import status
+from next_category.serving.models import batching
+from next_category.serving.models import model_manager
+from next_category.serving.models import saved_model
+from next_category.serving.models import servables
+from next_category.serving.models import tflite
+from next_category.serving.models import verification
+from next_category.serving.models import warmup
 
 
 class NoServableVersionError(status.ServingError, RuntimeError):

@@ -30,9 +30,9 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import status
-from serving.config import server_config
-from serving.models import servables
+from next_category.serving import status
+from next_category.serving.config import server_config
+from next_category.serving.models import servables
 
 State = get_model_status_pb2.ModelVersionStatus.State
 

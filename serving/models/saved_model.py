@@ -42,8 +42,8 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import convert_to_constants
 
-from serving import status
-from serving.models import servables
+from next_category.serving import status
+from next_category.serving.models import servables
 
 SAVED_MODEL_FILENAMES = ("saved_model.pb", "saved_model.pbtxt")
 SERVE_TAG = "serve"

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving.models import batching
+from next_category.serving.models import batching
 
 DEFAULT_SIGNATURE_NAME = "serving_default"
 

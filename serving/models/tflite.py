@@ -32,8 +32,8 @@ import tensorflow as tf
 from google.protobuf import message as protobuf_message
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving import status
-from serving.models import servables
+from next_category.serving import status
+from next_category.serving.models import servables
 
 TFLITE_FILENAME = "model.tflite"
 # tensorflow/lite/tools/signature/signature_def_util.h kSignatureDefsMetadataName.

@@ -46,7 +46,7 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from serving import status
+from next_category.serving import status
 
 SIGNATURE_FILE = "model.sig"
 IDENTITY_FILE = "assets.extra/model_identity.json"

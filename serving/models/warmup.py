@@ -19,7 +19,7 @@ import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from serving import status
+from next_category.serving import status
 
 WARMUP_DIRECTORY = "assets.extra"
 WARMUP_FILENAME = "tf_serving_warmup_requests"

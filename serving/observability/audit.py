@@ -29,8 +29,8 @@ from typing import Optional
 
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.observability import log_writer
-from serving.observability import offload
+from next_category.serving.observability import log_writer
+from next_category.serving.observability import offload
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_BACKUP_COUNT = 5

@@ -10,7 +10,7 @@ core (docs/serving-production.md#cost has the measurements).
 This module imports only the standard library and google_crc32c, never
 TensorFlow or protobuf, so the process starts in a few tens of milliseconds.
 
-    python -m serving.observability.log_writer KIND CONFIG_JSON
+    python -m next_category.serving.observability.log_writer KIND CONFIG_JSON
 
 KIND is "audit" (JSON lines into a rotated file) or "request_log" (GZIP
 TFRecord files of PredictionLogs). The process reads frames from stdin, each a
@@ -605,7 +605,8 @@ def _yield_to_the_server() -> None:
 def main(argv: List[str]) -> int:
   if len(argv) != 3:
     sys.stderr.write(
-      f"usage: python -m serving.observability.log_writer {AUDIT}|{REQUEST_LOG} CONFIG_JSON\n"
+      "usage: python -m next_category.serving.observability.log_writer "
+      f"{AUDIT}|{REQUEST_LOG} CONFIG_JSON\n"
     )
     return 2
   signal.signal(signal.SIGINT, signal.SIG_IGN)

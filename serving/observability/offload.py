@@ -24,10 +24,10 @@ from typing import Any
 from typing import Callable
 from typing import Optional
 
-from serving.observability import log_writer
+from next_category.serving.observability import log_writer
 
 QUEUE_FULL = "queue_full"
-# The directory `python -m serving.observability.log_writer` is found from.
+# The directory `python -m next_category.serving.observability.log_writer` is found from.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -64,7 +64,7 @@ class BackgroundWriter:
     self._command = [
       sys.executable,
       "-m",
-      "serving.observability.log_writer",
+      "next_category.serving.observability.log_writer",
       kind,
       json.dumps(config),
     ]

@@ -52,8 +52,8 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import logging_config_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.observability import log_writer
-from serving.observability import offload
+from next_category.serving.observability import log_writer
+from next_category.serving.observability import offload
 
 COLLECTOR_TYPE = "tfrecord"
 SUFFIX = log_writer.TFRECORD_SUFFIX

@@ -15,10 +15,10 @@ from typing import Optional
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.observability import audit as audit_lib
-from serving.observability import metrics as metrics_lib
-from serving.observability import request_log as request_log_lib
-from serving.security import auth as auth_lib
+from next_category.serving.observability import audit as audit_lib
+from next_category.serving.observability import metrics as metrics_lib
+from next_category.serving.observability import request_log as request_log_lib
+from next_category.serving.security import auth as auth_lib
 
 AUTHORIZATION = "authorization"
 # What `RequestPolicy.authorize` raises: a ServingError naming the refused principal.

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from serving import status
+from next_category.serving import status
 
 _BEARER = "bearer "
 # Credentials remembered at most; beyond that the memory starts over.

@@ -19,7 +19,7 @@ The TFLite model is the same network on encoded inputs, for one example, as
 the pipeline's TFLite model is: `item_history` int64 [1, 50], `user_segment`
 and `city_tier` int64 [1] (`encode_raw` gives them).
 
-    python -m serving.testdata.make_canned_models --output_dir=/tmp/canned
+    python -m next_category.serving.testdata.make_canned_models --output_dir=/tmp/canned
 
 writes
 
@@ -46,7 +46,7 @@ from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from serving.models import warmup
+from next_category.serving.models import warmup
 
 MODEL_NAME = "next_category"
 NUM_WARMUP_EXAMPLES = 4

@@ -9,7 +9,7 @@ the same tags, SignatureDefs, tensor names, variables, assets, init ops
 same directory names. Each was compared with the upstream file on signature
 defs and outputs; graph internals (op versions, node names) may differ.
 
-    python -m serving.testdata.make_tfs_testdata OUT_DIR [--only NAME ...]
+    python -m next_category.serving.testdata.make_tfs_testdata OUT_DIR [--only NAME ...]
 
 Layout written under OUT_DIR (the upstream names):
   saved_model_half_plus_two_cpu/00000123/

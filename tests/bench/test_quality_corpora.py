@@ -17,12 +17,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
 
-import contract
 from bench.quality import convert
 from bench.quality import corpora
 from bench.quality import readers
 from bench.quality.documents import Document
 from bench.quality.documents import words
+from next_category import contract
 
 _SAMPLE = os.path.join(os.path.dirname(__file__), "testdata", "spam_assassin")
 _SPAM_SCHEMA = corpora.CORPORA["spam_assassin"].schema_path

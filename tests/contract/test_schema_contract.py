@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-import contract
+from next_category import contract
 
 _DEPARTMENTS = os.path.join(
   os.path.dirname(contract.DEFAULT_SCHEMA_PATH), "examples", "departments.pbtxt"

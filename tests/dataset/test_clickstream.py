@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
 
-from dataset import clickstream
-from dataset import generate
-from pipeline import configs
+from next_category.dataset import clickstream
+from next_category.dataset import generate
+from next_category.pipeline import configs
 
 
 def _records(paths):

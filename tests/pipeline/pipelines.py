@@ -9,10 +9,10 @@ import sys
 
 from tfx import v1 as tfx
 
-from pipeline import configs
-from pipeline import pipeline as pipeline_lib
-from pipeline import run_summary
-from pipeline import settings
+from next_category.pipeline import configs
+from next_category.pipeline import pipeline as pipeline_lib
+from next_category.pipeline import settings
+from next_category.pipeline.reports import run_summary
 
 _GROUPS = {
   "paths": settings.Paths,
@@ -51,14 +51,14 @@ def create_test_pipeline(**overrides):
 
 
 def run_beam_runner(data_root: str, output_root: str, *flags: str) -> subprocess.CompletedProcess:
-  """Runs `python -m pipeline.beam_runner` with the `tiny` preset and in-memory Beam.
+  """Runs the Beam runner (`python -m ...pipeline.run.beam_runner`), `tiny` preset, in-memory Beam.
 
   `flags` add to or override (argparse keeps the last) the settings.
   """
   command = [
     sys.executable,
     "-m",
-    "pipeline.beam_runner",
+    "next_category.pipeline.run.beam_runner",
     f"--data_root={data_root}",
     f"--output_root={output_root}",
     "--preset=tiny",

@@ -9,7 +9,7 @@ from typing import List
 import numpy as np
 from PIL import Image
 
-from pipeline import run_report
+from next_category.pipeline.reports import html_report as run_report
 
 _DATA_PNG = "data:image/png;base64,"
 

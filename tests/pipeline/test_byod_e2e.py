@@ -4,7 +4,7 @@ Generates a small dataset for schemas/examples/departments.pbtxt (other
 feature names, 3 memberships, 5 regions, 4 classes, ids up to 2,000,
 histories up to 20), runs the real pipeline on it with `--schema_path` alone,
 and checks that the model is pushed, converted to int8 TFLite and served by
-`python -m serving.server` over gRPC.
+`python -m next_category.serving.server` over gRPC.
 """
 
 import os
@@ -23,11 +23,11 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-import contract
-from dataset import generate
-from pipeline import configs
-from tests import model_checks
+from next_category import contract
+from next_category.dataset import generate
+from next_category.pipeline import configs
 from tests.pipeline import pipelines
+from tests.testing import model_checks
 
 pytestmark = pytest.mark.e2e
 
@@ -143,7 +143,7 @@ def served(pipeline_run, tmp_path_factory):
     [
       sys.executable,
       "-m",
-      "serving.server",
+      "next_category.serving.server",
       f"--port={port}",
       f"--rest_api_port={portpicker.pick_unused_port()}",
       f"--model_name={_MODEL_NAME}",

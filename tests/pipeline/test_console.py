@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
-from components.trainer import progress
-from pipeline import configs
-from pipeline import console as console_lib
+from next_category.components.trainer import progress
+from next_category.pipeline import configs
+from next_category.pipeline.run import console as console_lib
 
 _TIME = r"\d\d:\d\d:\d\d"
 
@@ -87,7 +87,7 @@ def test_a_terminal_gets_the_status_line_rewritten_in_place():
 _SCRIPT = textwrap.dedent(
   """
   import os, subprocess, sys
-  from pipeline import console
+  from next_category.pipeline.run import console
   with console.open_run(sys.argv[1], verbose=sys.argv[2] == "1") as run:
     print("python print")
     sys.stderr.write("python stderr\\n")
@@ -148,7 +148,7 @@ def test_everything_but_the_console_goes_to_the_log_at_fd_level(tmp_path, verbos
 
 
 def test_a_run_that_never_started_leaves_no_log_behind(tmp_path, capsys):
-  from pipeline import beam_runner  # pylint: disable=g-import-not-at-top
+  from next_category.pipeline.run import beam_runner  # pylint: disable=g-import-not-at-top
 
   code = beam_runner.main([f"--data_root={tmp_path}/none", f"--output_root={tmp_path}/out"])
   assert code == 2
@@ -160,8 +160,8 @@ def test_progress_callback_reports_steps_then_validation_then_export(tmp_path, m
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  from components.trainer import budget  # pylint: disable=g-import-not-at-top
-  from components.trainer import progress_callback  # pylint: disable=g-import-not-at-top
+  from next_category.components.trainer import budget  # pylint: disable=g-import-not-at-top
+  from next_category.components.trainer import progress_callback  # pylint: disable=g-import-not-at-top
 
   path = tmp_path / "progress.jsonl"
   monkeypatch.setenv(progress.ENV_VAR, str(path))

@@ -3,11 +3,11 @@
 import json
 import os
 
-import contract
-from dataset import clickstream
-from pipeline import beam_runner
-from pipeline import configs
-from pipeline import runner_flags
+from next_category import contract
+from next_category.dataset import clickstream
+from next_category.pipeline import configs
+from next_category.pipeline.run import beam_runner
+from next_category.pipeline.run import runner_flags
 
 _DEPARTMENTS = os.path.join(configs.PROJECT_ROOT, "schemas", "examples", "departments.pbtxt")
 

@@ -16,12 +16,12 @@ import time
 import pytest
 import tensorflow as tf
 
-from components import serving_versions
-from dataset import clickstream
-from pipeline import configs
-from tests import model_checks
+from next_category.components import serving_versions
+from next_category.dataset import clickstream
+from next_category.pipeline import configs
 from tests.pipeline import pipelines
 from tests.pipeline import report_checks
+from tests.testing import model_checks
 
 pytestmark = pytest.mark.e2e
 

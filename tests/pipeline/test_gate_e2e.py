@@ -13,10 +13,10 @@ import sys
 
 import pytest
 
-from dataset import clickstream
-from pipeline import configs
-from tests import bad_examples
+from next_category.dataset import clickstream
+from next_category.pipeline import configs
 from tests.pipeline import pipelines
+from tests.testing import bad_examples
 
 pytestmark = pytest.mark.e2e
 
@@ -112,7 +112,7 @@ def test_skew_report_reads_the_runs_training_statistics(gated_run):
     del example.features.feature["label"]
   logs = bad_examples.write(str(root / "requests.tfrecord.gz"), requests, "GZIP")
   result = subprocess.run(
-    [sys.executable, "-m", "pipeline.skew_report", f"--serving_data={logs}"]
+    [sys.executable, "-m", "next_category.pipeline.reports.skew_report", f"--serving_data={logs}"]
     + [f"--output_root={output_root}"],
     capture_output=True,
     text=True,

@@ -1,4 +1,4 @@
-"""Tests of pipeline.kfp_entrypoint on ExecutorInputs shaped as the KFP backends send them.
+"""Tests of pipeline/kubeflow/entrypoint.py on ExecutorInputs shaped as the KFP backends send them.
 
 Every compiled step running end to end is tests/pipeline/test_kubeflow_e2e.py.
 """
@@ -13,13 +13,13 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils
 from tfx.types import standard_artifacts
 
-from components.tflite_converter.component import TFLiteModel
-from pipeline import configs
-from pipeline import kfp_entrypoint
+from next_category.components.tflite_converter.component import TFLiteModel
+from next_category.pipeline import configs
+from next_category.pipeline.kubeflow import entrypoint as kfp_entrypoint
 
 _TYPES = {
   "inputs": {"model": "tfx.types.standard_artifacts.Model"},
-  "outputs": {"tflite_model": "components.tflite_converter.component.TFLiteModel"},
+  "outputs": {"tflite_model": "next_category.components.tflite_converter.component.TFLiteModel"},
 }
 
 
@@ -182,7 +182,7 @@ def test_remove_directory_markers_under_a_gs_artifact():
 _S3_STEP = """
 import argparse, sys
 import tensorflow as tf
-from pipeline import kfp_entrypoint
+from next_category.pipeline.kubeflow import entrypoint as kfp_entrypoint
 
 def run(args, beam_args):
   # Registered by tensorflow-io, which main imports for a step with s3:// URIs.

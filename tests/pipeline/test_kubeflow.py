@@ -23,13 +23,13 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 from tfx.utils import import_utils
 
-from pipeline import configs
-from pipeline import kfp_entrypoint
-from pipeline import kubeflow_package
-from pipeline import kubeflow_runner
-from pipeline import kubeflow_schedule
-from pipeline import kubeflow_submit
-from pipeline import train_worker
+from next_category.pipeline import configs
+from next_category.pipeline.kubeflow import entrypoint as kfp_entrypoint
+from next_category.pipeline.kubeflow import kubeflow_runner
+from next_category.pipeline.kubeflow import package as kubeflow_package
+from next_category.pipeline.kubeflow import schedule as kubeflow_schedule
+from next_category.pipeline.kubeflow import submit as kubeflow_submit
+from next_category.pipeline.kubeflow import training_worker as train_worker
 from tests.pipeline import pipelines
 
 _TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
@@ -170,7 +170,7 @@ def test_each_step_names_the_classes_of_its_artifacts(executors):
       "model": "tfx.types.standard_artifacts.Model",
       "pushed_model": "tfx.types.standard_artifacts.PushedModel",
     },
-    "outputs": {"tflite_model": "components.tflite_converter.component.TFLiteModel"},
+    "outputs": {"tflite_model": "next_category.components.tflite_converter.component.TFLiteModel"},
   }
   assert _artifact_types(executors["Evaluator_executor"].container)["inputs"] == {
     "baseline_model": "tfx.types.standard_artifacts.Model",
@@ -399,7 +399,9 @@ def test_a_schema_not_readable_at_compile_time_is_refused(tmp_path, capsys, flag
 
 
 def _make_kubeflow_flags(*variables):
-  return pipelines.make_target_flags("kubeflow", "pipeline.kubeflow_runner", *variables)
+  return pipelines.make_target_flags(
+    "kubeflow", "next_category.pipeline.kubeflow.kubeflow_runner", *variables
+  )
 
 
 def _compiled_tasks(output_root):
@@ -442,7 +444,8 @@ def test_make_kubeflow_passes_schema_through_to_the_compiled_steps(tmp_path, mon
     (
       "docs/kubeflow.md",
       "--schema_path docs/kubeflow.md is not copied into the image: .dockerignore lets in only "
-      "requirements.lock, setup.py, components, contract, dataset, pipeline, serving, schemas;",
+      "requirements.lock, pyproject.toml, requirements.in, requirements-dev.in, README.md, "
+      "components, contract, dataset, pipeline, serving, schemas;",
     ),
   ],
 )
@@ -682,7 +685,7 @@ def test_submit_errors_for_missing_package_unknown_parameter_and_unreachable_hos
 
 
 def _tfjob():
-  with open(os.path.join(_PROJECT_ROOT, "pipeline", "k8s", "tfjob.yaml")) as f:
+  with open(os.path.join(_PROJECT_ROOT, "pipeline", "kubeflow", "manifests", "tfjob.yaml")) as f:
     return yaml.safe_load(f)
 
 
@@ -696,7 +699,7 @@ def test_tfjob_runs_train_worker_on_n_workers():
   (container,) = worker["template"]["spec"]["containers"]
   assert container["name"] == "tensorflow"
   assert container["image"] == kubeflow_runner.DEFAULT_IMAGE
-  assert container["command"] == ["python", "-m", "pipeline.train_worker"]
+  assert container["command"] == ["python", "-m", "next_category.pipeline.kubeflow.training_worker"]
   # The operator sets TF_CONFIG; a manifest value would fight it.
   assert "TF_CONFIG" not in {e["name"] for e in container.get("env", [])}
   args = train_worker.parse_args(container["args"])
@@ -782,9 +785,13 @@ def test_dockerfile_matches_the_spec_the_lock_and_the_runner():
     ignore = [line.strip() for line in f if line.strip() and not line.startswith("#")]
   # An allowlist: the venv, data and artifacts never reach the build context.
   assert ignore[0] == "*"
-  assert {"!requirements.lock", "!setup.py", "!schemas/", "!pipeline/", "!components/"} <= set(
-    ignore
-  )
+  assert {
+    "!requirements.lock",
+    "!pyproject.toml",
+    "!schemas/",
+    "!pipeline/",
+    "!components/",
+  } <= set(ignore)
 
 
 def test_schedule_creates_a_recurring_run_of_the_bare_spec(compiled, fake_kfp, capsys):

@@ -15,11 +15,11 @@ import os
 import pytest
 import tensorflow as tf
 
-from components.trainer import layers  # noqa: F401  (registers the layers load_model needs)
-from dataset import clickstream
-from pipeline import configs
-from pipeline import kubeflow_package
-from pipeline import kubeflow_runner
+from next_category.components.trainer import layers  # noqa: F401  (registers the layers load_model needs)
+from next_category.dataset import clickstream
+from next_category.pipeline import configs
+from next_category.pipeline.kubeflow import kubeflow_runner
+from next_category.pipeline.kubeflow import package as kubeflow_package
 from tests.pipeline import kfp_emulator
 
 pytestmark = pytest.mark.e2e

@@ -9,11 +9,11 @@ from tfx import v1 as tfx
 from tfx.proto.orchestration import executable_spec_pb2
 from tfx.proto.orchestration import pipeline_pb2
 
-from components import version_signing
-from pipeline import beam_runner
-from pipeline import caching
-from pipeline import configs
-from pipeline import runner_flags
+from next_category.components import version_signing
+from next_category.pipeline import caching
+from next_category.pipeline import configs
+from next_category.pipeline.run import beam_runner
+from next_category.pipeline.run import runner_flags
 from tests.pipeline import pipelines
 
 
@@ -79,7 +79,7 @@ def test_the_baseline_step_is_cached_only_where_its_driver_runs():
   ir.deployment_config.Unpack(deployment)
   driver_spec = executable_spec_pb2.PythonClassExecutableSpec()
   deployment.custom_driver_specs["ServingBaseline"].Unpack(driver_spec)
-  assert driver_spec.class_path == "components.serving_baseline.driver.Driver"
+  assert driver_spec.class_path == "next_category.components.serving_baseline.driver.Driver"
 
 
 def test_tflite_conversion_follows_the_pusher_when_asked_for():
@@ -201,7 +201,7 @@ def test_tune_puts_the_tuner_before_the_trainer_and_hands_it_the_best_hyperparam
     "ImportSchemaGen",
     "AnomalyGate",
   }
-  assert tuner.exec_properties["tuner_fn"] == "components.trainer.tuning.tuner_fn"
+  assert tuner.exec_properties["tuner_fn"] == "next_category.components.trainer.tuning.tuner_fn"
   assert json.loads(tuner.exec_properties["train_args"]) == {"num_steps": 7}
   assert json.loads(tuner.exec_properties["eval_args"]) == {"num_steps": 2}
   assert json.loads(tuner.exec_properties["custom_config"]) == {

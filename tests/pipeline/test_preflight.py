@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from pipeline import beam_runner
-from pipeline import configs
-from pipeline import preflight
-from tests import bad_examples
+from next_category.pipeline import configs
+from next_category.pipeline.run import beam_runner
+from next_category.pipeline.run import preflight
+from tests.testing import bad_examples
 
 _PATTERN = "span-{SPAN}/*"
 

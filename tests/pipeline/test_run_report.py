@@ -15,8 +15,8 @@ from ml_metadata.proto import metadata_store_pb2
 from PIL import Image
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
-from pipeline import run_report
-from pipeline import run_summary
+from next_category.pipeline.reports import html_report as run_report
+from next_category.pipeline.reports import run_summary
 from tests.pipeline import report_checks
 
 _SLICES = [
@@ -411,7 +411,7 @@ def test_thresholds_are_keyed_by_the_metric_name_of_old_and_new_configs():
         "metrics": [
           {
             "class_name": "SparseTopKAccuracy",
-            "module": "components.evaluator.metrics",
+            "module": "next_category.components.evaluator.metrics",
             "config": '"top_k": 1, "name": "sparse_categorical_accuracy"',
             "per_slice_thresholds": [{"threshold": {"value_threshold": {"lower_bound": 0.6}}}],
           }

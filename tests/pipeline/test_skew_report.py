@@ -5,9 +5,9 @@ import os
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
-from dataset import clickstream
-from pipeline import skew_report
-from tests import bad_examples
+from next_category.dataset import clickstream
+from next_category.pipeline.reports import skew_report
+from tests.testing import bad_examples
 
 
 def _requests(count, seed, drift=None):

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from pipeline import run_summary
-from pipeline import runner_flags
-from tests import bad_examples
+from next_category.pipeline.reports import run_summary
+from next_category.pipeline.run import runner_flags
 from tests.pipeline import pipelines
+from tests.testing import bad_examples
 
 
 def _create(**overrides):

@@ -1,4 +1,4 @@
-"""Tests of `pipeline.vertex_schedule` against a Vertex AI ScheduleService on loopback.
+"""Tests of pipeline/kubeflow/vertex_schedule.py against a Vertex AI ScheduleService on loopback.
 
 The client is the real google-cloud-aiplatform over REST; the service is
 `tests.pipeline.fake_vertex` (what it does not prove is in its docstring and
@@ -12,9 +12,9 @@ import shutil
 
 import pytest
 
-from pipeline import kubeflow_package
-from pipeline import kubeflow_runner
-from pipeline import vertex_schedule
+from next_category.pipeline.kubeflow import kubeflow_runner
+from next_category.pipeline.kubeflow import package as kubeflow_package
+from next_category.pipeline.kubeflow import vertex_schedule
 from tests.pipeline import fake_vertex
 from tests.pipeline import pipelines
 
@@ -226,7 +226,7 @@ def test_an_unreachable_endpoint_is_named(output_root, capsys):
 def test_make_vertex_schedule_passes_its_variables(output_root, fake, capsys):
   flags = pipelines.make_target_flags(
     "vertex-schedule",
-    "pipeline.vertex_schedule",
+    "next_category.pipeline.kubeflow.vertex_schedule",
     "CRON=0 3 * * *",
     f"OUTPUT_ROOT={output_root}",
     f"VERTEX_PROJECT={_PROJECT}",

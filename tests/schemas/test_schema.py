@@ -11,8 +11,8 @@ import tensorflow as tf
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-import contract
-from dataset import clickstream
+from next_category import contract
+from next_category.dataset import clickstream
 
 _SCHEMAS = [
   contract.DEFAULT_SCHEMA_PATH,

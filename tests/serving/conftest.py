@@ -14,10 +14,10 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 
-import serving
-from serving import model_server
-from serving.config import flags
-from serving.testdata import make_canned_models
+from next_category import serving
+from next_category.serving import model_server
+from next_category.serving.config import flags
+from next_category.serving.testdata import make_canned_models
 
 MODEL_NAME = "next_category"
 TFLITE_MODEL_NAME = "next_category_tflite"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving import client
-from serving.testdata import make_canned_models as canned_models
+from next_category.serving import client
+from next_category.serving.testdata import make_canned_models as canned_models
 from tests.serving import conftest
 
 

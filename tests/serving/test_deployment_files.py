@@ -6,9 +6,9 @@ import pytest
 import yaml
 from tensorflow_serving.config import model_server_config_pb2
 
-import serving
-from serving.config import server_config
-from serving.models import batching
+from next_category import serving
+from next_category.serving.config import server_config
+from next_category.serving.models import batching
 
 _DEPLOY = os.path.join(os.path.dirname(serving.__file__), "deploy")
 

@@ -16,9 +16,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving.config import flags
-from serving.models import loader
-from serving.models import model_manager
+from next_category.serving.config import flags
+from next_category.serving.models import loader
+from next_category.serving.models import model_manager
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME
@@ -113,14 +113,14 @@ def test_load_errors_keep_tensorflows_status_codes(canned, tmp_path):
 
 @pytest.fixture(scope="module")
 def process(canned, tmp_path_factory):
-  """`python -m serving.server` with default flags, in a process of its own (memory checks)."""
+  """The server with default flags, in a process of its own (memory checks)."""
   grpc_port, rest_port = portpicker.pick_unused_port(), portpicker.pick_unused_port()
   log = open(tmp_path_factory.mktemp("process") / "server.log", "w")
   server = subprocess.Popen(
     [
       sys.executable,
       "-m",
-      "serving.server",
+      "next_category.serving.server",
       f"--port={grpc_port}",
       f"--rest_api_port={rest_port}",
       "--rest_api_num_threads=8",
@@ -218,7 +218,7 @@ def test_a_60_mb_body_costs_at_most_twice_its_size(process):
 
 
 def _server_that_does_not_start(*flags) -> str:
-  """Runs `python -m serving.server` expecting it to fail as tensorflow_model_server does.
+  """Runs the server expecting it to fail as tensorflow_model_server does.
 
   That is, exit status 255 and `Failed to start server. Error: ...` on stdout
   (model_servers/main.cc:333-337). Returns stdout.
@@ -227,7 +227,7 @@ def _server_that_does_not_start(*flags) -> str:
     [
       sys.executable,
       "-m",
-      "serving.server",
+      "next_category.serving.server",
       f"--port={portpicker.pick_unused_port()}",
       "--rest_api_port=0",
       *flags,

@@ -1,4 +1,4 @@
-"""`python -m serving.server` and `python -m serving.client` as processes."""
+"""The server (`serving/server.py`) and the client (`serving/client.py`) as processes."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ import portpicker
 import pytest
 import tensorflow as tf
 
-from serving.config import flags
+from next_category.serving.config import flags
 from tests.serving import conftest
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,7 +42,7 @@ def test_server_and_client_processes(canned, examples, tmp_path):
     [
       sys.executable,
       "-m",
-      "serving.server",
+      "next_category.serving.server",
       f"--port={grpc_port}",
       f"--rest_api_port={rest_port}",
       "--host=127.0.0.1",
@@ -64,7 +64,7 @@ def test_server_and_client_processes(canned, examples, tmp_path):
       [
         sys.executable,
         "-m",
-        "serving.client",
+        "next_category.serving.client",
         f"--server=127.0.0.1:{grpc_port}",
         f"--examples={examples_file}",
       ],
@@ -90,14 +90,14 @@ def test_help():
   # --help makes TensorFlow's Flags::Parse fail: the usage on stdout, exit status 255
   # (model_servers/main.cc:307-311).
   result = subprocess.run(
-    [sys.executable, "-m", "serving.server", "--help"],
+    [sys.executable, "-m", "next_category.serving.server", "--help"],
     cwd=_REPO_ROOT,
     capture_output=True,
     text=True,
     timeout=120,
   )
   assert result.returncode == 255
-  assert result.stdout.startswith("usage: python -m serving.server\nFlags:\n")
+  assert result.stdout.startswith("usage: python -m next_category.serving.server\nFlags:\n")
   for flag in (
     "--port",
     "--rest_api_port",
@@ -122,7 +122,7 @@ def test_sigterm_ends_the_wait_for_a_first_version_at_once(tmp_path):
       [
         sys.executable,
         "-m",
-        "serving.server",
+        "next_category.serving.server",
         f"--port={portpicker.pick_unused_port()}",
         f"--model_name={conftest.MODEL_NAME}",
         f"--model_base_path={base_path}",

@@ -7,11 +7,11 @@ import tensorflow_data_validation as tfdv
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from dataset import clickstream
-from pipeline import skew_report
-from tests import bad_examples
+from next_category.dataset import clickstream
+from next_category.pipeline.reports import skew_report
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
+from tests.testing import bad_examples
 
 
 def _requests(count, seed, drift=None):

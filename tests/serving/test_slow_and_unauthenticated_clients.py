@@ -1,6 +1,6 @@
 """Issue 21: clients that are slow, idle, or send large payloads without credentials.
 
-One real server process (`python -m serving.server`, access control and the
+One real server process (`python -m next_category.serving.server`, access control and the
 audit log on) on free loopback ports. Attackers connect from other loopback
 addresses (127.0.0.2 and on) than the legitimate client (127.0.0.1), as they
 would from other hosts, so that the per-address cap is tested apart from the
@@ -55,7 +55,7 @@ def process(canned, tmp_path_factory):
     [
       sys.executable,
       "-m",
-      "serving.server",
+      "next_category.serving.server",
       f"--port={grpc_port}",
       f"--rest_api_port={rest_port}",
       "--rest_api_num_threads=8",

@@ -21,9 +21,9 @@ from typing import Optional
 
 import grpc
 
-from serving import status
-from serving.apis.grpc import servicer
-from serving.observability import request_policy
+from next_category.serving import status
+from next_category.serving.apis.grpc import servicer
+from next_category.serving.observability import request_policy
 
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 _CHECKED_SERVICES = (f"/{servicer.PREDICTION_SERVICE}/", f"/{MODEL_SERVICE}/")

@@ -43,8 +43,8 @@ from tensorflow.python.profiler.internal import _pywrap_profiler
 from tensorflow.tsl.profiler.protobuf import profiler_options_pb2
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from serving import status
-from serving.observability import request_policy
+from next_category.serving import status
+from next_category.serving.observability import request_policy
 
 PROFILER_SERVICE = "tensorflow.ProfilerService"
 _XPLANE_SUFFIX = ".xplane.pb"

@@ -10,12 +10,12 @@ from typing import List
 
 import grpc
 
-from serving.apis import inference
-from serving.apis.grpc import credentials
-from serving.apis.grpc import health
-from serving.apis.grpc import profiler
-from serving.apis.grpc import servicer
-from serving.observability import request_policy
+from next_category.serving.apis import inference
+from next_category.serving.apis.grpc import credentials
+from next_category.serving.apis.grpc import health
+from next_category.serving.apis.grpc import profiler
+from next_category.serving.apis.grpc import servicer
+from next_category.serving.observability import request_policy
 
 # TensorFlow Serving sends messages up to 2 GiB.
 _MAX_MESSAGE_BYTES = 2**31 - 1

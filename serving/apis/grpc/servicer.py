@@ -27,10 +27,10 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import regression_pb2
 from tensorflow_serving.apis import status_pb2
 
-from serving import status
-from serving.apis import heap
-from serving.apis import inference
-from serving.observability import request_policy
+from next_category.serving import status
+from next_category.serving.apis import heap
+from next_category.serving.apis import inference
+from next_category.serving.observability import request_policy
 
 ENTRYPOINT = "GRPC"
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"

@@ -41,11 +41,11 @@ from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import regression_pb2
 
-from serving import status
-from serving.apis import inference
-from serving.apis import json_tensor
-from serving.apis import tensors
-from serving.observability import request_policy
+from next_category.serving import status
+from next_category.serving.apis import inference
+from next_category.serving.apis import json_tensor
+from next_category.serving.apis import tensors
+from next_category.serving.observability import request_policy
 
 ENTRYPOINT = "REST"
 # tensorflow_serving/model_servers/http_rest_api_util.cc

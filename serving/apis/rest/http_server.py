@@ -45,7 +45,7 @@ from tornado import iostream
 from tornado import netutil
 from tornado import tcpserver
 
-from serving.apis.rest import handler
+from next_category.serving.apis.rest import handler
 
 # A refused request's remaining body is read and dropped for at most this long
 # and this much (a lingering close, as web servers do: closing with the body

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from components.trainer import budget
+from next_category.components.trainer import budget
 
 
 def test_default_budget_is_epochs_of_the_train_split_validated_each_epoch():

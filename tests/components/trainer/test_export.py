@@ -13,11 +13,11 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-import contract
-from components.trainer import export
-from components.trainer import model as model_lib
-from components.trainer import presets
-from tests import model_checks
+from next_category import contract
+from next_category.components.trainer import export
+from next_category.components.trainer import model as model_lib
+from next_category.components.trainer import presets
+from tests.testing import model_checks
 
 _CONTRACT = contract.load()
 _NUM_CLASSES = 10

@@ -9,15 +9,15 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 from tfx import v1 as tfx
 
-import contract
-from components.trainer import export
-from components.trainer import features
-from components.trainer import layers
-from components.trainer import model as model_lib
-from components.trainer import presets
-from components.trainer.layers import transformer_encoder
-from dataset import clickstream
-from tests import model_checks
+from next_category import contract
+from next_category.components.trainer import export
+from next_category.components.trainer import features
+from next_category.components.trainer import layers
+from next_category.components.trainer import model as model_lib
+from next_category.components.trainer import presets
+from next_category.components.trainer.layers import transformer_encoder
+from next_category.dataset import clickstream
+from tests.testing import model_checks
 
 _TINY = presets.get("tiny")
 _CONTRACT = contract.load()

@@ -7,12 +7,12 @@ import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
 
-import contract
-from components.trainer import features
-from components.trainer import model as model_lib
-from components.trainer import multi_worker
-from dataset import clickstream
-from tests import model_checks
+from next_category import contract
+from next_category.components.trainer import features
+from next_category.components.trainer import model as model_lib
+from next_category.components.trainer import multi_worker
+from next_category.dataset import clickstream
+from tests.testing import model_checks
 
 # Dropout off, so two runs differ only by the order of floating-point sums.
 _CONFIG = {"preset": "tiny", "seed": 3, "hparams": {"dropout": 0.0}}

@@ -8,12 +8,12 @@ import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.components.tuner import executor as tuner_executor
 
-import contract
-from components.trainer import hyperparameters
-from components.trainer import model as model_lib
-from components.trainer import presets
-from components.trainer import tuning
-from dataset import clickstream
+from next_category import contract
+from next_category.components.trainer import hyperparameters
+from next_category.components.trainer import model as model_lib
+from next_category.components.trainer import presets
+from next_category.components.trainer import tuning
+from next_category.dataset import clickstream
 
 
 def _fn_args(tmp_path, paths, **custom_config):
@@ -106,7 +106,7 @@ def test_tfx_tuner_executor_writes_the_best_hyperparameters(tmp_path):
     {"examples": [examples], "schema": [schema]},
     outputs,
     {
-      "tuner_fn": "components.trainer.tuning.tuner_fn",
+      "tuner_fn": "next_category.components.trainer.tuning.tuner_fn",
       "train_args": json.dumps({"num_steps": 2}),
       "eval_args": json.dumps({"num_steps": 1}),
       "custom_config": json.dumps(

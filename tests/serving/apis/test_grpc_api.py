@@ -16,10 +16,10 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.apis import regression_pb2
 
-from serving import status
-from serving.apis import classify_regress
-from serving.apis import inference
-from serving.testdata import make_canned_models as canned_models
+from next_category.serving import status
+from next_category.serving.apis import classify_regress
+from next_category.serving.apis import inference
+from next_category.serving.testdata import make_canned_models as canned_models
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from tensorflow.core.framework import types_pb2
 
-from serving import status
-from serving.apis import json_tensor
+from next_category.serving import status
+from next_category.serving.apis import json_tensor
 
 
 def test_json_values():

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from serving.apis import json_tensor
-from serving.testdata import make_canned_models as canned_models
+from next_category.serving.apis import json_tensor
+from next_category.serving.testdata import make_canned_models as canned_models
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME

@@ -7,8 +7,8 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.framework import types_pb2
 
-from serving import status
-from serving.apis import tensors
+from next_category.serving import status
+from next_category.serving.apis import tensors
 
 
 @pytest.mark.parametrize(

@@ -27,9 +27,9 @@ import pytest
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving import model_server
-from serving.config import flags
-from serving.testdata import make_tfs_testdata
+from next_category.serving import model_server
+from next_category.serving.config import flags
+from next_category.serving.testdata import make_tfs_testdata
 
 # tensorflow_model_server_test_base.py:46 RPC_TIMEOUT (5 s); a loaded machine needs more.
 RPC_TIMEOUT = 30.0

@@ -20,13 +20,13 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from serving import model_server
-from serving.apis.grpc import health
-from serving.apis.grpc import server as grpc_server
-from serving.config import flags
-from serving.config import server_config
-from serving.config import session_bundle
-from serving.models import warmup
+from next_category.serving import model_server
+from next_category.serving.apis.grpc import health
+from next_category.serving.apis.grpc import server as grpc_server
+from next_category.serving.config import flags
+from next_category.serving.config import server_config
+from next_category.serving.config import session_bundle
+from next_category.serving.models import warmup
 
 _CPUS = len(os.sched_getaffinity(0))
 

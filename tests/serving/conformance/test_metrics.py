@@ -17,9 +17,9 @@ import pytest
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 
-from serving import model_server
-from serving.config import flags
-from serving.observability import metrics as metrics_lib
+from next_category.serving import model_server
+from next_category.serving.config import flags
+from next_category.serving.observability import metrics as metrics_lib
 from tests.serving.conformance import tfs_server
 
 

@@ -17,9 +17,9 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 
-from serving import model_server
-from serving.config import flags
-from serving.models import loader
+from next_category.serving import model_server
+from next_category.serving.config import flags
+from next_category.serving.models import loader
 from tests.serving.conformance.conftest import RPC_TIMEOUT
 from tests.serving.conformance.conftest import model_flags
 from tests.serving.conformance.conftest import predict_request

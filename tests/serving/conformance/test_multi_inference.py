@@ -16,10 +16,10 @@ import tensorflow as tf
 from tensorflow_serving.apis import inference_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from serving import status
-from serving.apis import inference
-from serving.models import loader
-from serving.models import warmup
+from next_category.serving import status
+from next_category.serving.apis import inference
+from next_category.serving.models import loader
+from next_category.serving.models import warmup
 from tests.serving.conformance.conftest import HALF_PLUS_TWO_MODELS
 from tests.serving.conformance.conftest import RPC_TIMEOUT
 from tests.serving.conformance.conftest import add_example

@@ -17,7 +17,7 @@ import tensorflow as tf
 from tensorflow.python.profiler import profiler_client
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from serving.apis.grpc import profiler
+from next_category.serving.apis.grpc import profiler
 from tests.serving.conformance.conftest import RPC_TIMEOUT
 from tests.serving.conformance.conftest import model_flags
 

@@ -4,8 +4,8 @@ Each test names what it mirrors, in TensorFlow Serving 2.16.1
 (tensorflow_serving/...; `test:N` is model_servers/tensorflow_model_server_test.py,
 `base:N` its test_util/tensorflow_model_server_test_base.py). The process
 tests share their servers, started together from the upstream command lines
-(tfs_server.py); the start-up failures run `serving.server.main` in this
-process, which is what `python -m serving.server` runs.
+(tfs_server.py); the start-up failures run `next_category.serving.server.main` in this
+process, which is what `python -m next_category.serving.server` runs.
 
 Upstream's Predict sends x of shape [1]; until this server's Predict takes it
 (issue 20, item 3) the liveness checks here send [1, 1] (`batch_input`, base:263-264).
@@ -23,10 +23,10 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 
-from serving import model_server
-from serving import server as server_main
-from serving.config import flags
-from serving.models import loader
+from next_category.serving import model_server
+from next_category.serving import server as server_main
+from next_category.serving.config import flags
+from next_category.serving.models import loader
 from tests.serving.conformance import tfs_server
 
 _CHANNEL_ARGS = "grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb"  # test:428-429
@@ -234,7 +234,8 @@ def test_unknown_argument_is_reported_and_ignored(servers):
   server = servers.ready("no_rest")
   tfs_server.verify_predict(server.grpc, 3.0, batch_input=True)
   assert server.stdout().startswith(
-    "unknown argument: --no_such_flag=1\nusage: python -m serving.server\nFlags:\n\t--port=8500"
+    "unknown argument: --no_such_flag=1\n"
+    "usage: python -m next_category.serving.server\nFlags:\n\t--port=8500"
   )
 
 
@@ -248,7 +249,7 @@ def test_rest_api_is_off_without_rest_api_port(servers):
 
 
 def _main(capsys, *argv):
-  """`python -m serving.server ARGV` in this process: (exit status, stdout)."""
+  """`python -m next_category.serving.server ARGV` in this process: (exit status, stdout)."""
   status = server_main.main(list(argv))
   return status, capsys.readouterr().out
 
@@ -438,5 +439,5 @@ def test_a_value_that_does_not_parse_prints_the_usage(capsys, caplog):
   # value is logged, the usage goes to stdout, exit status 255.
   status, out = _main(capsys, "--port=8500x", "--model_base_path=/m")
   assert status == 255
-  assert out.startswith("usage: python -m serving.server\nFlags:\n")
+  assert out.startswith("usage: python -m next_category.serving.server\nFlags:\n")
   assert "Couldn't interpret value 8500x for flag port." in caplog.text

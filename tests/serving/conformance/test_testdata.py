@@ -4,7 +4,7 @@ import os
 
 import tensorflow as tf
 
-from serving.testdata import make_tfs_testdata
+from next_category.serving.testdata import make_tfs_testdata
 
 
 def test_every_model_has_upstream_versions(tfs_testdata):

@@ -1,4 +1,4 @@
-"""TensorFlow Serving's end-to-end test harness, driving `python -m serving.server`.
+"""TensorFlow Serving's end-to-end test harness, driving `python -m next_category.serving.server`.
 
 Mirrors tensorflow_serving/model_servers/test_util/tensorflow_model_server_test_base.py
 (tag 2.16.1; "base:N" below): `RunServer` (base:148-241) builds the same
@@ -50,8 +50,8 @@ def server_command(
   model_type: str = "tf",
   extra_flags: Sequence[str] = (),
 ) -> List[str]:
-  """The command line base:196-228 runs, with `python -m serving.server` for the binary."""
-  command = [sys.executable, "-m", "serving.server", f"--port={port}"]
+  """The command line base:196-228 runs, with our `python -m ...serving.server` for the binary."""
+  command = [sys.executable, "-m", "next_category.serving.server", f"--port={port}"]
   if rest_api_port is not None:
     command.append(f"--rest_api_port={rest_api_port}")
   command += [
@@ -76,7 +76,7 @@ def server_command(
 
 
 class Server:
-  """One `python -m serving.server` process started with an upstream command line.
+  """One `python -m next_category.serving.server` process started with an upstream command line.
 
   Attributes:
     grpc: `localhost:<port>`.

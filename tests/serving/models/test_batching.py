@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving import client
-from serving import status
-from serving.models import batching
+from next_category.serving import client
+from next_category.serving import status
+from next_category.serving.models import batching
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME

@@ -14,9 +14,9 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import client
-from serving.config import server_config
-from serving.testdata import make_canned_models
+from next_category.serving import client
+from next_category.serving.config import server_config
+from next_category.serving.testdata import make_canned_models
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME

@@ -1,7 +1,7 @@
 """--model_verification_key_file: only versions signed for their model and version, unaltered,
 load, and what was verified is what loads.
 
-Versions are signed as the Pusher signs them (components.version_signing, OpenSSF
+Versions are signed as the Pusher signs them (next_category.components.version_signing, OpenSSF
 model signing); each attack is refused with a status reason that names no path, while the
 version before keeps serving.
 """
@@ -24,13 +24,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tensorflow_serving.apis import model_pb2
 
-from components import version_signing
-from serving import client
-from serving import model_server
-from serving import status
-from serving.config import flags
-from serving.models import loader
-from serving.models import model_manager
+from next_category.components import version_signing
+from next_category.serving import client
+from next_category.serving import model_server
+from next_category.serving import status
+from next_category.serving.config import flags
+from next_category.serving.models import loader
+from next_category.serving.models import model_manager
 from tests.serving import conftest
 from tests.serving.conftest import MODEL_NAME
 

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from serving.models import warmup
+from next_category.serving.models import warmup
 
 
 def _write(path, records):

@@ -23,7 +23,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.observability import log_writer
+from next_category.serving.observability import log_writer
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME

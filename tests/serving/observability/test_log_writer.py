@@ -13,11 +13,11 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import logging_config_pb2
 
-import serving
-from serving.observability import audit
-from serving.observability import log_writer
-from serving.observability import offload
-from serving.observability import request_log
+from next_category import serving
+from next_category.serving.observability import audit
+from next_category.serving.observability import log_writer
+from next_category.serving.observability import offload
+from next_category.serving.observability import request_log
 from tests.serving import conftest
 
 
@@ -68,7 +68,7 @@ def test_the_writer_drops_what_is_not_a_frame_of_records_and_goes_on(tmp_path):
     [
       sys.executable,
       "-m",
-      "serving.observability.log_writer",
+      "next_category.serving.observability.log_writer",
       log_writer.AUDIT,
       json.dumps(config),
     ],
@@ -124,7 +124,7 @@ def test_a_full_queue_drops_and_counts(tmp_path):
 
 def test_the_writer_imports_neither_tensorflow_nor_protobuf():
   code = (
-    "import sys, serving.observability.log_writer; "
+    "import sys, next_category.serving.observability.log_writer; "
     "print(sorted(m.split('.')[0] for m in sys.modules))"
   )
   root = os.path.dirname(os.path.dirname(os.path.abspath(serving.__file__)))

@@ -18,10 +18,10 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.apis import regression_pb2
 from tensorflow_serving.config import logging_config_pb2
 
-from serving import model_server
-from serving.config import flags
-from serving.observability import audit
-from serving.observability import request_log
+from next_category.serving import model_server
+from next_category.serving.config import flags
+from next_category.serving.observability import audit
+from next_category.serving.observability import request_log
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME

@@ -24,10 +24,10 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving import model_server
-from serving import status
-from serving.config import flags
-from serving.security import auth
+from next_category.serving import model_server
+from next_category.serving import status
+from next_category.serving.config import flags
+from next_category.serving.security import auth
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME
