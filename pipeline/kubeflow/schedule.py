@@ -271,8 +271,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   return args
 
 
-def _slug(text: str) -> str:
-  return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+def default_name(cron: str) -> str:
+  """A schedule's name when none is given: the pipeline's and the cron's, as a slug."""
+  slug = re.sub(r"[^a-z0-9]+", "-", cron.lower()).strip("-")
+  return f"{configs.PIPELINE_NAME.replace('_', '-')}-{slug}"
+
+
+def parameter_overrides(train_steps: Optional[int]) -> Dict[str, str]:
+  """The pipeline parameters a schedule's runs take instead of the compiled defaults."""
+  if train_steps is None:
+    return {}
+  return {kubeflow_package.TRAIN_ARGS_PARAMETER: kubeflow_package.train_args_value(train_steps)}
 
 
 def main(argv=None) -> int:
@@ -280,12 +289,8 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   try:
     if args.command == "create":
-      overrides = {}
-      if args.train_steps is not None:
-        overrides[kubeflow_package.TRAIN_ARGS_PARAMETER] = kubeflow_package.train_args_value(
-          args.train_steps
-        )
-      name = args.name or f"{configs.PIPELINE_NAME.replace('_', '-')}-{_slug(args.cron)}"
+      overrides = parameter_overrides(args.train_steps)
+      name = args.name or default_name(args.cron)
       run_id = create(
         args.host,
         os.path.abspath(args.output_root),

@@ -318,21 +318,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def _slug(text: str) -> str:
-  return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 def main(argv=None) -> int:
   """Runs one command; returns the exit code (2 for bad input, 1 if Vertex AI fails)."""
   args = parse_args(argv)
   try:
     if args.command == "create":
-      overrides = {}
-      if args.train_steps is not None:
-        overrides[kubeflow_package.TRAIN_ARGS_PARAMETER] = kubeflow_package.train_args_value(
-          args.train_steps
-        )
-      name = args.name or f"{configs.PIPELINE_NAME.replace('_', '-')}-{_slug(args.cron)}"
+      overrides = kubeflow_schedule.parameter_overrides(args.train_steps)
+      name = args.name or kubeflow_schedule.default_name(args.cron)
       schedule = create(
         args.project,
         args.region,
