@@ -7,7 +7,9 @@ ours installs as `next_category.<folder>` (pyproject.toml).
 
 import ast
 import importlib
+import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -41,10 +43,25 @@ def _python_files(*folders):
           yield os.path.join(root, name)
 
 
+def _optional_imports(tree):
+  """Imports tried inside `try: ... except ImportError:` (a probe with a fallback)."""
+  optional = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Try) and any(
+      isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+      for h in node.handlers
+    ):
+      optional |= {id(n) for statement in node.body for n in ast.walk(statement)}
+  return optional
+
+
 def _imported_modules(path):
   with open(path, encoding="utf-8") as f:
     tree = ast.parse(f.read(), path)
+  optional = _optional_imports(tree)
   for node in ast.walk(tree):
+    if id(node) in optional:
+      continue
     if isinstance(node, ast.Import):
       yield from (alias.name for alias in node.names)
     elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -121,3 +138,63 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
     "next_category/pipeline/kubeflow/manifests/tfjob.yaml",
   ):
     assert data in names
+
+
+def _requirement_names(*files):
+  names = set()
+  for name in files:
+    with open(os.path.join(_ROOT, name)) as f:
+      for line in f:
+        line = line.split("#")[0].strip()
+        if line:
+          names.add(re.split(r"[=<>\[ ;]", line)[0].lower().replace("_", "-"))
+  return names
+
+
+def _module_owners():
+  """Import paths (`google/protobuf`, `yaml`) -> the installed distributions that ship them."""
+  owners = {}
+  for dist in importlib.metadata.distributions():
+    name = dist.metadata["Name"].lower().replace("_", "-")
+    for file in dist.files or ():
+      parts = file.parts
+      if not parts or parts[0].endswith((".dist-info", ".data")) or parts[0] == "..":
+        continue
+      if len(parts) > 1 or parts[0].endswith((".py", ".so")):
+        top = parts[0].split(".")[0]
+        owners.setdefault(top, set()).add(name)
+        if len(parts) > 2:
+          owners.setdefault(f"{parts[0]}/{parts[1]}", set()).add(name)
+  return owners
+
+
+def _third_party_imports(*folders):
+  found = {}
+  for path in _python_files(*folders):
+    for module in _imported_modules(path):
+      top = module.split(".")[0]
+      if top in sys.stdlib_module_names or top in (*_FOLDERS, "next_category", "tests", "bench"):
+        continue
+      found.setdefault(module, os.path.relpath(path, _ROOT))
+  return found
+
+
+@pytest.mark.parametrize(
+  "folders, requirement_files",
+  [
+    (_FOLDERS, ("requirements.in",)),
+    (("tests", "bench"), ("requirements.in", "requirements-dev.in")),
+  ],
+)
+def test_every_directly_imported_package_is_declared(folders, requirement_files):
+  declared = _requirement_names(*requirement_files)
+  owners = _module_owners()
+  undeclared = []
+  for module, where in sorted(_third_party_imports(*folders).items()):
+    parts = module.split(".")
+    shipped_by = owners.get("/".join(parts[:2])) or owners.get(parts[0]) or set()
+    if not shipped_by & declared:
+      undeclared.append(
+        f"{module} ({where}; shipped by {sorted(shipped_by) or 'nothing installed'})"
+      )
+  assert undeclared == [], f"Declare these in {' or '.join(requirement_files)}."
