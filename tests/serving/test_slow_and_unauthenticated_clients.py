@@ -125,6 +125,24 @@ def _closed_by_server(sock, wait_seconds) -> bool:
     return False
 
 
+def _trickle_until_closed(
+  sock, chunk: bytes, every_seconds: float, give_up_seconds: float
+) -> float:
+  """Sends `chunk` every `every_seconds` until the server closes `sock`; the seconds it took.
+
+  Fails if the server still holds the connection after `give_up_seconds`.
+  """
+  start = time.monotonic()
+  while time.monotonic() - start < give_up_seconds:
+    try:
+      sock.sendall(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+      return time.monotonic() - start
+    if _closed_by_server(sock, every_seconds):
+      return time.monotonic() - start
+  pytest.fail(f"The server still held the connection after {give_up_seconds} s.")
+
+
 def _rss_bytes(pid):
   for line in open(f"/proc/{pid}/status"):
     if line.startswith("VmRSS:"):
@@ -168,18 +186,9 @@ def test_the_whole_header_has_a_deadline_not_each_read(process):
   _, _, rest_port, _ = process
   with _connect(rest_port, "127.0.0.2") as sock:
     sock.sendall(b"GET /v1/models/next_category HTTP/1.1\r\n")
-    start = time.monotonic()
-    # A line every 0.5 s for up to 20 s: each read is quick, the header never ends.
-    closed = False
-    while not closed and time.monotonic() - start < 5 * HEADER_TIMEOUT_SECONDS:
-      try:
-        sock.sendall(b"X-Slow: 1\r\n")
-      except (BrokenPipeError, ConnectionResetError):
-        closed = True
-        break
-      closed = _closed_by_server(sock, 0.5)
-    assert closed
-    assert time.monotonic() - start < 2 * HEADER_TIMEOUT_SECONDS
+    # A line every 0.5 s: each read is quick, the header never ends.
+    seconds = _trickle_until_closed(sock, b"X-Slow: 1\r\n", 0.5, 5 * HEADER_TIMEOUT_SECONDS)
+    assert seconds < 2 * HEADER_TIMEOUT_SECONDS
 
 
 def test_the_whole_body_has_a_deadline(process):
@@ -189,17 +198,8 @@ def test_the_whole_body_has_a_deadline(process):
       f"POST /v1/models/{MODEL_NAME}:predict HTTP/1.1\r\nHost: x\r\nAuthorization: {ALICE}\r\n"
       "Content-Length: 1000\r\n\r\n".encode()
     )
-    start = time.monotonic()
-    closed = False
-    while not closed and time.monotonic() - start < 10 * BODY_TIMEOUT_SECONDS:
-      try:
-        sock.sendall(b" ")
-      except (BrokenPipeError, ConnectionResetError):
-        closed = True
-        break
-      closed = _closed_by_server(sock, 0.2)
-    assert closed
-    assert time.monotonic() - start < 3 * BODY_TIMEOUT_SECONDS
+    seconds = _trickle_until_closed(sock, b" ", 0.2, 10 * BODY_TIMEOUT_SECONDS)
+    assert seconds < 3 * BODY_TIMEOUT_SECONDS
 
 
 def test_connections_are_capped_per_client_address(process):
