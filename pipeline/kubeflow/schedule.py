@@ -244,18 +244,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   create_parser.add_argument(
     "--cron", required=True, help="When to run: 5-field cron, e.g. '0 3 * * *' (03:00 daily)."
   )
-  create_parser.add_argument("--name", default=None, help="Default: <pipeline>-<cron>.")
+  add_schedule_run_flags(create_parser, "Where `make kubeflow` wrote OUTPUT_ROOT/kubeflow/.")
   create_parser.add_argument("--experiment_name", default=kubeflow_submit.DEFAULT_EXPERIMENT)
-  create_parser.add_argument(
-    "--output_root",
-    default=configs.OUTPUT_ROOT,
-    help="Where `make kubeflow` wrote OUTPUT_ROOT/kubeflow/.",
-  )
-  create_parser.add_argument(
-    "--train_steps",
-    type=int,
-    help=f"Training steps of every run (the {kubeflow_package.TRAIN_ARGS_PARAMETER} parameter).",
-  )
   list_parser = commands.add_parser("list", parents=[common], help="List recurring runs.")
   list_parser.add_argument("--experiment_name", help="Only this experiment's.")
   for command, text in (
@@ -269,6 +259,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   args = parser.parse_args(argv)
   kubeflow_submit.check_endpoint_flags(parser, args)
   return args
+
+
+def add_schedule_run_flags(create_parser: argparse.ArgumentParser, output_root_help: str) -> None:
+  """The `create` flags KFP and Vertex AI schedules share: name, compiled package, steps."""
+  create_parser.add_argument("--name", default=None, help="Default: <pipeline>-<cron>.")
+  create_parser.add_argument("--output_root", default=configs.OUTPUT_ROOT, help=output_root_help)
+  create_parser.add_argument(
+    "--train_steps",
+    type=int,
+    help=f"Training steps of every run (the {kubeflow_package.TRAIN_ARGS_PARAMETER} parameter).",
+  )
 
 
 def default_name(cron: str) -> str:

@@ -34,7 +34,6 @@ from google.auth import credentials as auth_credentials
 from google.cloud import aiplatform
 from google.cloud.aiplatform import constants as aiplatform_constants
 
-from next_category.pipeline import configs
 from next_category.pipeline.kubeflow import kubeflow_runner
 from next_category.pipeline.kubeflow import package as kubeflow_package
 from next_category.pipeline.kubeflow import schedule as kubeflow_schedule
@@ -294,16 +293,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     help="When to run: 5-field cron, e.g. '0 3 * * *' (03:00 UTC daily), optionally "
     "prefixed with 'TZ=Europe/Berlin '.",
   )
-  create_parser.add_argument("--name", default=None, help="Default: <pipeline>-<cron>.")
-  create_parser.add_argument(
-    "--output_root",
-    default=configs.OUTPUT_ROOT,
-    help="Where `make kubeflow` wrote OUTPUT_ROOT/kubeflow/pipeline.json.",
-  )
-  create_parser.add_argument(
-    "--train_steps",
-    type=int,
-    help=f"Training steps of every run (the {kubeflow_package.TRAIN_ARGS_PARAMETER} parameter).",
+  kubeflow_schedule.add_schedule_run_flags(
+    create_parser, "Where `make kubeflow` wrote OUTPUT_ROOT/kubeflow/pipeline.json."
   )
   create_parser.add_argument("--service_account", help="The service account runs run as.")
   commands.add_parser("list", parents=[common], help="List pipeline job schedules.")
