@@ -191,17 +191,25 @@ def _peak_rss_bytes(pid):
 
 
 def _post_large(port, size):
-  """Sends the headers and the first MB of a `size`-byte body; returns the raw answer."""
+  """Announces a `size`-byte body and reads the answer; then sends the first MB of the body.
+
+  The server answers from the headers alone and drops what follows, briefly,
+  before it closes: the answer is read before the body is sent, since a
+  socket closed with data unread resets the connection and may discard the
+  answer at the client. Returns the raw answer.
+  """
   with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
     connection.sendall(
       f"POST /v1/models/{MODEL_NAME}:predict HTTP/1.1\r\nHost: x\r\n"
       f"Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n".encode()
-      + b'{"instances": ["'
-      + b"A" * (1024 * 1024)
     )
     answer = b""
     while chunk := connection.recv(65536):
       answer += chunk
+    try:
+      connection.sendall(b'{"instances": ["' + b"A" * (1024 * 1024))
+    except (BrokenPipeError, ConnectionResetError):
+      pass  # The server has closed: the body is not read.
     return answer
 
 
