@@ -17,7 +17,7 @@ OUTPUT_ROOT ?= artifacts
 RUNNER ?= beam
 PRESET ?= small
 NUM_WORKERS ?= 1
-# Training budget: TRAIN_EPOCHS passes over the train split (default 4, with early
+# Training budget: TRAIN_EPOCHS passes over the train split (default 2, with early
 # stopping and a cap for large data: docs/model.md); TRAIN_STEPS, if set, overrides it.
 TRAIN_EPOCHS ?=
 TRAIN_STEPS ?=
@@ -83,7 +83,7 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path
 
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
 	kubeflow-submit kubeflow-schedule vertex-schedule skew-report keygen \
-	serve query bench-serving bench-tensors bench-tflite bench-multi-worker report tensorboard \
+	serve query bench-serving bench-rest-server bench-tensors bench-tflite bench-multi-worker report tensorboard \
 	bench-run bench-verification bench-scale bench-bayes
 
 install: $(STAMP)
@@ -160,6 +160,11 @@ bench-multi-worker: install
 # BENCH_SERVING_ARGS, e.g. "--baseline_tree=../wt-base --repeats=5": before/after in one run.
 bench-serving: install
 	$(PY) -m bench.serving_bench --preset=$(PRESET) $(BENCH_SERVING_ARGS)
+
+# The REST API's HTTP server alone: tornado (today's) against aiohttp and, with
+# BENCH_REST_ARGS="--baseline_tree=../wt-base", the hand-written one it replaced.
+bench-rest-server: install
+	$(PY) -m bench.rest_server_bench $(BENCH_REST_ARGS)
 
 # The generator's Bayes-optimal accuracy (the best possible) on NUM_EXAMPLES of seed 42,
 # or on the examples under BAYES_DATA_ROOT (docs/model.md).

@@ -6,8 +6,9 @@ TensorFlow Serving's own REST server (tensorflow_serving/model_servers/
 http_server.cc, on libevent), it is event-driven: one event loop reads and
 writes every connection, so a slow or idle client holds a socket, never a
 thread. tornado's HTTP/1.1 connection (`tornado.http1connection`) parses the
-requests; tornado was chosen over the hand-written server this replaces by
-bench/rest_server_bench.py (docs/serving-production.md has the figures).
+requests. bench/rest_server_bench.py measures it beside aiohttp and the
+hand-written server it replaced; docs/serving-production.md has the figures
+and why tornado.
 
 What a client cannot do here:
 - hold the server with a slow header: the whole header must arrive within
