@@ -27,7 +27,7 @@ MODEL_PRESET = "small"
 # The training budget: epochs of the train split, with early stopping on the
 # eval split and a cap for large data (components/trainer/budget.py). A set
 # number of steps (--train_steps, TRAIN_STEPS) overrides it; None: no override.
-TRAIN_EPOCHS = 4
+TRAIN_EPOCHS = 2
 TRAIN_NUM_STEPS = None
 EVAL_NUM_STEPS = 40
 TRAINING_SEED = 42

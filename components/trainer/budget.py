@@ -21,7 +21,7 @@ from typing import Dict
 from typing import Optional
 
 # Epochs of the train split when neither `train_epochs` nor `train_steps` is given.
-DEFAULT_EPOCHS = 4
+DEFAULT_EPOCHS = 2
 # The fewest steps of an epochs budget: a few thousand examples need many epochs.
 MIN_STEPS = 400
 # Early stopping waits for this many validations without a better eval loss,

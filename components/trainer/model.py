@@ -16,11 +16,13 @@ import os
 from typing import List
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 from tfx import v1 as tfx
 
 from next_category import contract
 from next_category.components.trainer import budget as training_budget
+from next_category.components.trainer import cooccurrence
 from next_category.components.trainer import export
 from next_category.components.trainer import features
 from next_category.components.trainer import hyperparameters
@@ -43,6 +45,11 @@ _WARMUP_EXAMPLES = 8
 _TRAIN_FN = "next_category.components.trainer.model._train"
 # The learning rate ends its cosine decay at this fraction of the peak.
 _FINAL_LEARNING_RATE_FRACTION = 0.05
+# The frozen co-occurrence rows (see `_build_model`).
+_COOCCURRENCE_LAYER = "item_cooccurrence"
+# Train examples read for the co-occurrence vectors at most: counts of this
+# many histories already place every item that occurs often enough to matter.
+_COOCCURRENCE_EXAMPLES = 400_000
 # custom_config keys that override the contract's rules (README: Data contract).
 _CONTRACT_OVERRIDES = ("label_feature", "sequence_feature", "slice_features")
 
@@ -54,6 +61,7 @@ def _input_fn(
   shuffle: bool,
   seed: Optional[int] = None,
   cache: bool = True,
+  repeat: bool = True,
 ) -> tf.data.Dataset:
   """Reads GZIP TFRecords of tf.Example into repeated `(inputs, label)` batches.
 
@@ -69,9 +77,12 @@ def _input_fn(
     shuffle: shuffle examples (training) or keep file order (evaluation).
     seed: shuffle seed.
     cache: keep parsed examples in memory after the first pass.
+    repeat: read the split again and again; False: once, with the last
+      partial batches kept.
 
   Returns:
-    An infinite `tf.data.Dataset` of `(dict of model inputs, label)` batches.
+    A `tf.data.Dataset` of `(dict of model inputs, label)` batches, infinite
+    when `repeat`.
 
   Raises:
     FileNotFoundError: if the patterns match no file.
@@ -106,11 +117,13 @@ def _input_fn(
     dataset = dataset.cache()
   if shuffle:
     dataset = dataset.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-  dataset = dataset.repeat().bucket_by_sequence_length(
+  if repeat:
+    dataset = dataset.repeat()
+  dataset = dataset.bucket_by_sequence_length(
     element_length_func=lambda inputs, _: tf.shape(inputs[data_contract.sequence.name])[0],
     bucket_boundaries=list(_LENGTH_BUCKET_BOUNDARIES),
     bucket_batch_sizes=[batch_size] * (len(_LENGTH_BUCKET_BOUNDARIES) + 1),
-    drop_remainder=True,
+    drop_remainder=repeat,
   )
   return dataset.prefetch(tf.data.AUTOTUNE)
 
@@ -151,6 +164,7 @@ def _build_model(
   config: presets.TransformerConfig,
   data_contract: contract.DataContract,
   budget: Optional[training_budget.TrainingBudget] = None,
+  item_vectors: Optional[np.ndarray] = None,
 ) -> tf.keras.Model:
   """Builds the compiled next-category Transformer.
 
@@ -160,7 +174,10 @@ def _build_model(
   [batch, num_classes]. Id range, sequence length, vocabularies and classes
   come from the contract. The learning rate warms up linearly to the
   preset's over `budget.warmup_steps`, then decays along a cosine to 5% of it
-  at `budget.total_steps`; without a budget it is constant.
+  at `budget.total_steps`; without a budget it is constant. With the
+  preset's `cooccurrence_dim`, `item_vectors` ([ids, cooccurrence_dim], from
+  `cooccurrence.item_vectors`) are the frozen co-occurrence rows; None leaves
+  them at their random start (an untrained model).
   """
   sequence = data_contract.sequence
   ids = tf.keras.Input(shape=(None,), dtype=tf.int64, name=sequence.name)
@@ -173,6 +190,22 @@ def _build_model(
     embedding_dim=config.hidden_dim,
     name=f"{sequence.name}_embedding",
   )(ids)
+  cooccurrence_rows = None
+  if config.cooccurrence_dim:
+    # Frozen: what the co-occurrences say about a rare item is not
+    # overwritten by the few histories it ends.
+    cooccurrence_rows = tf.keras.layers.Embedding(
+      sequence.max_id + 1,
+      config.cooccurrence_dim,
+      trainable=False,
+      name=_COOCCURRENCE_LAYER,
+    )
+    projected = tf.keras.layers.Dense(
+      config.hidden_dim, use_bias=False, name="cooccurrence_projection"
+    )(cooccurrence_rows(ids))
+    embedded_items = tf.keras.layers.Add(name="items_and_cooccurrences")(
+      [embedded_items, projected]
+    )
   if config.neighbour_loss_weight:
     embedded_items = layers.NeighbourContrast(
       weight=config.neighbour_loss_weight, name="neighbour_contrast"
@@ -223,6 +256,10 @@ def _build_model(
     outputs=probabilities,
     name="next_category_transformer",
   )
+  if item_vectors is not None:
+    if cooccurrence_rows is None:
+      raise ValueError("item_vectors were given, but the preset's cooccurrence_dim is 0.")
+    cooccurrence_rows.set_weights([item_vectors])
   model.compile(
     optimizer=tf.keras.optimizers.Adam(
       learning_rate=_learning_rate(config, budget), weight_decay=config.weight_decay or None
@@ -236,6 +273,22 @@ def _build_model(
     ],
   )
   return model
+
+
+def _item_vectors(
+  config: presets.TransformerConfig, data_contract: contract.DataContract, file_pattern: List[str]
+) -> Optional[np.ndarray]:
+  """The co-occurrence vectors of the split's histories, or None without `cooccurrence_dim`."""
+  if not config.cooccurrence_dim:
+    return None
+  histories = (
+    _input_fn(data_contract, file_pattern, _PARSE_BATCH, shuffle=False, cache=False, repeat=False)
+    .take(-(-_COOCCURRENCE_EXAMPLES // _PARSE_BATCH))
+    .map(lambda inputs, _: inputs[data_contract.sequence.name])
+  )
+  return cooccurrence.item_vectors(
+    histories.as_numpy_iterator(), data_contract.sequence.max_id + 1, config.cooccurrence_dim
+  )
 
 
 def _count_examples(file_pattern: List[str]) -> int:
@@ -335,8 +388,9 @@ def _train(fn_args: tfx.components.FnArgs) -> None:
   )
   eval_dataset = _input_fn(data_contract, fn_args.eval_files, config.batch_size, shuffle=False)
 
+  item_vectors = _item_vectors(config, data_contract, fn_args.train_files)
   with strategy.scope():
-    model = _build_model(config, data_contract, budget)
+    model = _build_model(config, data_contract, budget, item_vectors)
 
   model_dir = _model_dir_for_worker(fn_args, strategy)
   # Only the chief's logs go to the run directory TensorBoard reads.

@@ -28,6 +28,9 @@ class TransformerConfig:
     neighbour_loss_weight: weight of the auxiliary loss that pulls
       neighbouring items' embeddings together (`layers.NeighbourContrast`);
       0 leaves it out.
+    cooccurrence_dim: width of the frozen item vectors the Trainer makes
+      from the train split's co-occurrences (`cooccurrence.item_vectors`),
+      projected and added to the item embeddings; 0 leaves them out.
   """
 
   num_layers: int = 2
@@ -40,8 +43,11 @@ class TransformerConfig:
   weight_decay: float = 0.0
   label_smoothing: float = 0.0
   neighbour_loss_weight: float = 0.0
+  cooccurrence_dim: int = 0
 
   def __post_init__(self):
+    if self.cooccurrence_dim < 0:
+      raise ValueError(f"cooccurrence_dim must be 0 or more, got {self.cooccurrence_dim}.")
     if self.hidden_dim % self.num_heads:
       raise ValueError(
         f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})."
@@ -62,9 +68,10 @@ PRESETS: Dict[str, TransformerConfig] = {
   # of minutes on 2 CPU cores (docs/model.md). One block is as accurate as two
   # there; what the data needs is regularisation of the 10,000 item rows
   # against memorising the few histories a rare item ends: dropout 0.2,
-  # decoupled weight decay, and the neighbour loss.
+  # decoupled weight decay, the neighbour loss, and frozen co-occurrence
+  # vectors that tell a rare item's neighbours (docs/model.md).
   "small": TransformerConfig(
-    num_layers=1, dropout=0.2, weight_decay=1.0, neighbour_loss_weight=1.0
+    num_layers=1, dropout=0.2, weight_decay=1.0, neighbour_loss_weight=1.0, cooccurrence_dim=32
   ),
   # The reference size.
   "base": TransformerConfig(

@@ -55,15 +55,25 @@ def _search_space(config: presets.TransformerConfig) -> keras_tuner.HyperParamet
 class _TransformerHyperModel(keras_tuner.HyperModel):
   """Builds the Trainer's model (`model._build_model`) with a trial's values over the preset."""
 
-  def __init__(self, preset: str, hparams: Dict[str, Any], data_contract: contract.DataContract):
+  def __init__(
+    self,
+    preset: str,
+    hparams: Dict[str, Any],
+    data_contract: contract.DataContract,
+    item_vectors=None,
+  ):
     super().__init__(name="next_category_transformer")
     self.preset = preset
     self.hparams = dict(hparams)
     self.data_contract = data_contract
+    self.item_vectors = item_vectors
 
   def build(self, hp: keras_tuner.HyperParameters) -> tf.keras.Model:
     config = presets.get(self.preset, **{**self.hparams, **hp.values})
-    return model_lib._build_model(config, self.data_contract)
+    # The trials share the train split's co-occurrence vectors (the search
+    # space does not change their width).
+    vectors = self.item_vectors if config.cooccurrence_dim else None
+    return model_lib._build_model(config, self.data_contract, item_vectors=vectors)
 
 
 class _PresetFirstOracle(keras_tuner.oracles.RandomSearchOracle):
@@ -132,7 +142,12 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
       seed=seed,
       hyperparameters=_search_space(config),
     ),
-    hypermodel=_TransformerHyperModel(preset, hparams, data_contract),
+    hypermodel=_TransformerHyperModel(
+      preset,
+      hparams,
+      data_contract,
+      model_lib._item_vectors(config, data_contract, fn_args.train_files),
+    ),
     directory=fn_args.working_dir,
     project_name=_PROJECT_NAME,
   )

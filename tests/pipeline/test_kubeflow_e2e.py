@@ -5,8 +5,10 @@ The package `make kubeflow` writes is run twice on a tiny dataset by
 `command` + `args` with the ExecutorInput its backend would build: first as
 open-source KFP 2.x builds it (untyped upstream artifacts, an extra
 `executor-logs` output, no pre-cache check), then, after a new span arrives,
-as Vertex AI does (typed artifacts, the pre-cache check run first). The second
-run must evaluate its model against the one the first pushed, and both push.
+as Vertex AI does (typed artifacts, the pre-cache check run first), this time
+the package compiled with `--tune`, whose Tuner step hands its best values to
+the Trainer. The second run must evaluate its model against the one the first
+pushed, and both push.
 """
 
 import json
@@ -31,17 +33,11 @@ def _write_span(data_root, span):
   clickstream.write_span(data_root, span=span, num_examples=_EXAMPLES_PER_SPAN, seed=span)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """`(job, storage root, open-source run, Vertex AI run)`, the runs' steps by task name."""
-  root = tmp_path_factory.mktemp("kfp")
-  storage_root = str(root / "storage")
-  data_root = os.path.join(storage_root, "data")
-  _write_span(data_root, 1)
-  _write_span(data_root, 2)
+def _compile(root, storage_root, *flags):
+  """Compiles the package `make kubeflow` writes, with `flags`; returns its job."""
   code = kubeflow_runner.main(
     [
-      f"--output_root={root / 'out'}",
+      f"--output_root={root}",
       f"--storage_root={storage_root}",
       # The image keeps the schema at kubeflow_runner.IMAGE_SCHEMA_PATH; here
       # the project root stands in for the image's /pipeline.
@@ -56,11 +52,30 @@ def runs(tmp_path_factory):
       # dependency flag, every Beam step first builds an sdist of TFX itself
       # (tfx/utils/dependency_utils.py, make_beam_dependency_flags).
       "--sdk_container_image=next-category-beam-worker:0.1.0",
+      *flags,
     ]
   )
   assert code == 0
-  with open(kubeflow_package.package_path(str(root / "out"))) as f:
-    job = json.load(f)
+  with open(kubeflow_package.package_path(str(root))) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """`(job, tuned job, storage root, open-source run, Vertex AI run)`, steps by task name.
+
+  The open-source run runs the default package; the Vertex AI run, the same
+  pipeline compiled with `--tune` (a Tuner step before the Trainer).
+  """
+  root = tmp_path_factory.mktemp("kfp")
+  storage_root = str(root / "storage")
+  data_root = os.path.join(storage_root, "data")
+  _write_span(data_root, 1)
+  _write_span(data_root, 2)
+  job = _compile(root / "out", storage_root)
+  tuned_job = _compile(
+    root / "out-tuned", storage_root, "--tune", "--tune_trials=2", "--tune_steps=5"
+  )
 
   work = str(root / "pods")
   open_source = kfp_emulator.Backend(kfp_emulator.OPEN_SOURCE, work, configs.PROJECT_ROOT).run(job)
@@ -69,28 +84,33 @@ def runs(tmp_path_factory):
   # than the one serving and is pushed too.
   _write_span(data_root, 3)
   vertex = kfp_emulator.Backend(kfp_emulator.VERTEX, work, configs.PROJECT_ROOT).run(
-    job, {kubeflow_package.TRAIN_ARGS_PARAMETER: kubeflow_package.train_args_value(150)}
+    tuned_job, {kubeflow_package.TRAIN_ARGS_PARAMETER: kubeflow_package.train_args_value(150)}
   )
   # Wall time on this machine, and the steps' CPU time (about the wall time
   # on an idle one).
   print("\nstep: open-source KFP wall/CPU s, Vertex AI wall/CPU s")
-  for name in [*open_source, "total"]:
+  for name in [*vertex, "total"]:
     steps = [
-      list(run.values()) if name == "total" else [run[name]] for run in (open_source, vertex)
+      list(run.values()) if name == "total" else [run[name]] if name in run else []
+      for run in (open_source, vertex)
     ]
     times = [sum(getattr(s, f) for s in ss) for ss in steps for f in ("seconds", "cpu_seconds")]
     print(f"{name:<20}" + "".join(f"{t:>9.1f}" for t in times))
-  return job, storage_root, open_source, vertex
+  return job, tuned_job, storage_root, open_source, vertex
+
+
+def _tasks(job):
+  return set(job["pipelineSpec"]["root"]["dag"]["tasks"])
 
 
 def test_every_step_ran_on_both_backends(runs):
-  job, _, open_source, vertex = runs
-  tasks = set(job["pipelineSpec"]["root"]["dag"]["tasks"])
-  assert set(open_source) == set(vertex) == tasks
+  job, tuned_job, _, open_source, vertex = runs
+  assert set(open_source) == _tasks(job)
+  assert set(vertex) == _tasks(tuned_job) == _tasks(job) | {"Tuner"}
 
 
 def test_open_source_steps_got_untyped_inputs_and_the_launchers_log_output(runs):
-  _, _, open_source, _ = runs
+  _, _, _, open_source, _ = runs
   for name, step in open_source.items():
     assert "executor-logs" in step.executor_input["outputs"]["artifacts"], name
     for artifact_list in step.executor_input["inputs"]["artifacts"].values():
@@ -98,7 +118,7 @@ def test_open_source_steps_got_untyped_inputs_and_the_launchers_log_output(runs)
 
 
 def test_example_gen_ingests_the_latest_span_with_or_without_the_pre_cache_check(runs):
-  _, _, open_source, vertex = runs
+  *_, open_source, vertex = runs
   for run, span, checked in ((open_source, 2, False), (vertex, 3, True)):
     example_gen = run["ImportExampleGen"]
     assert example_gen.pre_cache_check_ran is checked
@@ -120,7 +140,7 @@ def _pushed_version(run):
 
 
 def test_both_runs_push_and_the_second_evaluates_against_the_first(runs):
-  _, storage_root, open_source, vertex = runs
+  _, _, storage_root, open_source, vertex = runs
   first, second = _pushed_version(open_source), _pushed_version(vertex)
   assert second > first
   # Nothing served before the first run.
@@ -143,36 +163,9 @@ def test_both_runs_push_and_the_second_evaluates_against_the_first(runs):
     assert shipped == (converted["blessed"] == 1), converted
 
 
-def test_a_tuned_package_runs_the_tuner_step_and_the_trainer_trains_with_its_best_values(
-  tmp_path,
-):
-  """`--tune` compiled and run as open-source KFP: the Tuner's output reaches the Trainer."""
-  storage_root = str(tmp_path / "storage")
-  _write_span(os.path.join(storage_root, "data"), 1)
-  code = kubeflow_runner.main(
-    [
-      f"--output_root={tmp_path / 'out'}",
-      f"--storage_root={storage_root}",
-      f"--schema_path={configs.SCHEMA_PATH}",
-      "--preset=tiny",
-      "--train_steps=10",
-      "--eval_steps=2",
-      "--accuracy_threshold=0.01",
-      "--tune",
-      "--tune_trials=2",
-      "--tune_steps=5",
-      "--direct_running_mode=in_memory",
-      "--direct_num_workers=1",
-      "--sdk_container_image=next-category-beam-worker:0.1.0",
-    ]
-  )
-  assert code == 0
-  with open(kubeflow_package.package_path(str(tmp_path / "out"))) as f:
-    job = json.load(f)
-  run = kfp_emulator.Backend(
-    kfp_emulator.OPEN_SOURCE, str(tmp_path / "pods"), configs.PROJECT_ROOT
-  ).run(job)
-  assert set(run) == set(job["pipelineSpec"]["root"]["dag"]["tasks"])
+def test_the_tuned_package_runs_the_tuner_step_and_the_trainer_trains_with_its_best_values(runs):
+  """`--tune`, run as Vertex AI runs it: the Tuner's output reaches the Trainer."""
+  *_, run = runs
   assert list(run).index("Tuner") < list(run).index("Trainer")
   best_uri = run["Tuner"].outputs["best_hyperparameters"]["uri"]
   with open(os.path.join(best_uri, "best_hyperparameters.txt")) as f:

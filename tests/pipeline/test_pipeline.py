@@ -108,7 +108,8 @@ def test_bad_settings_are_refused():
   # No train steps: the Trainer trains for its train_epochs.
   trainer = {c.id: c for c in _create(train_steps=None).components}["Trainer"]
   assert json.loads(trainer.exec_properties["train_args"]) == {}
-  assert json.loads(trainer.exec_properties["custom_config"])["train_epochs"] == 4
+  custom_config = json.loads(trainer.exec_properties["custom_config"])
+  assert custom_config["train_epochs"] == configs.TRAIN_EPOCHS
   with pytest.raises(ValueError, match="runtime parameter 'steps' must have ptype str"):
     _create(train_steps=tfx.dsl.experimental.RuntimeParameter(name="steps", ptype=int))
   with pytest.raises(ValueError, match="must contain {SPAN}"):
@@ -129,7 +130,7 @@ def test_training_budget_flags_default_to_epochs_and_reach_the_trainer(capsys):
   args = runner_flags.parse_args([], "")
   assert (args.train_epochs, args.train_steps) == (configs.TRAIN_EPOCHS, None)
   training = runner_flags.pipeline_settings(args)["training"]
-  assert (training.train_epochs, training.train_steps) == (configs.TRAIN_EPOCHS, None) == (4, None)
+  assert (training.train_epochs, training.train_steps) == (configs.TRAIN_EPOCHS, None) == (2, None)
   args = runner_flags.parse_args(["--train_epochs=2", "--train_steps=50"], "")
   assert (args.train_epochs, args.train_steps) == (2, 50)
   with pytest.raises(SystemExit):
@@ -207,7 +208,7 @@ def test_tune_puts_the_tuner_before_the_trainer_and_hands_it_the_best_hyperparam
   assert json.loads(tuner.exec_properties["custom_config"]) == {
     "preset": "tiny",
     "seed": 1,
-    "train_epochs": 4,
+    "train_epochs": configs.TRAIN_EPOCHS,
     "tune_trials": 3,
   }
   trainer = components["Trainer"]
@@ -218,7 +219,7 @@ def test_tune_puts_the_tuner_before_the_trainer_and_hands_it_the_best_hyperparam
   assert json.loads(trainer.exec_properties["custom_config"]) == {
     "preset": "tiny",
     "seed": 1,
-    "train_epochs": 4,
+    "train_epochs": configs.TRAIN_EPOCHS,
   }
 
 

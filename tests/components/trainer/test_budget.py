@@ -10,9 +10,10 @@ from next_category.components.trainer import budget
 def test_default_budget_is_epochs_of_the_train_split_validated_each_epoch():
   plan = budget.plan(num_train_examples=40_000, batch_size=256)
   assert plan.steps_per_epoch == 156
-  assert plan.epochs == budget.DEFAULT_EPOCHS == 4
-  assert (plan.total_steps, plan.validation_every, plan.periods) == (624, 156, 4)
-  assert plan.warmup_steps == 31 and not plan.capped
+  assert plan.epochs == budget.DEFAULT_EPOCHS == 2
+  # Two epochs are fewer than MIN_STEPS: MIN_STEPS, in whole validation periods.
+  assert (plan.total_steps, plan.validation_every, plan.periods) == (312, 156, 2)
+  assert plan.warmup_steps == 15 and not plan.capped
   assert plan.epochs_done(312) == 2.0
 
 
@@ -45,7 +46,7 @@ def test_bad_budgets_name_the_problem():
 
 
 def test_stopping_point_is_written_and_described(tmp_path):
-  plan = budget.plan(num_train_examples=40_000, batch_size=256)
+  plan = budget.plan(num_train_examples=40_000, batch_size=256, train_epochs=4)
   point = budget.StoppingPoint(plan, steps_run=468, best_step=156, stopped_early=True)
   path = budget.write_stopping_point(str(tmp_path), point)
   with open(path) as f:
