@@ -25,6 +25,7 @@ SPAN ?= 1
 DRIFT ?=
 NUM_EXAMPLES ?= 50000
 PYTEST_ARGS ?=
+TEST_PROCESSES ?= 2
 SERVING_PORT ?= 8500
 # The label feature, which `make query` leaves out of the examples it sends.
 LABEL_FEATURE ?= label
@@ -138,8 +139,15 @@ bench-run: install
 bench-scale: install
 	$(PY) -m bench.scale_bench --sizes=$(SCALE_SIZES) $(BEAM_ARGS)
 
+# Two passes: the unit tier on one process (its servers' deadline and memory
+# tests want the cores to themselves), then the end-to-end tier, whose tests
+# each run a pipeline or a server on about one core, on TEST_PROCESSES processes
+# (pytest-xdist), a test file per process. Exit status 5 (no test selected,
+# e.g. PYTEST_ARGS naming a file of one tier only) is not a failure.
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not e2e and not bench" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -m "e2e and not bench" -n $(TEST_PROCESSES) --dist loadfile \
+		$(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)
