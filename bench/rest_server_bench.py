@@ -171,10 +171,9 @@ class _ServerProcess:
     raise RuntimeError(f"The {kind} server did not listen within 60 s.")
 
   def cpu_seconds(self) -> float:
-    """User and system CPU of the server process so far (/proc/PID/stat)."""
-    with open(f"/proc/{self.process.pid}/stat") as f:
-      fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    from bench import load  # In this process only: the servers run this file as a script.
+
+    return load.process_cpu_seconds(self.process.pid)
 
   def close(self) -> None:
     self.process.kill()
@@ -189,34 +188,9 @@ def _free_port() -> int:
 
 
 async def _python_load(port: int, concurrency: int, seconds: float):
-  latencies, errors = [], 0
-  request = (
-    f"POST {_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-    f"Content-Length: {len(_BODY)}\r\n\r\n"
-  ).encode() + _BODY
-  end = time.perf_counter() + seconds
+  from bench import load  # In this process only: the servers run this file as a script.
 
-  async def worker():
-    nonlocal errors
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-      while (start := time.perf_counter()) < end:
-        writer.write(request)
-        status_line = await reader.readline()
-        length = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-          if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-        await reader.readexactly(length)
-        if status_line.split(b" ")[1] == b"200":
-          latencies.append(time.perf_counter() - start)
-        else:
-          errors += 1
-    finally:
-      writer.close()
-
-  await asyncio.gather(*(worker() for _ in range(concurrency)))
+  latencies, errors = await load.rest_load(port, _PATH, _BODY, concurrency, seconds)
   return len(latencies), errors, latencies
 
 

@@ -49,7 +49,6 @@ import platform
 import re
 import resource
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -71,9 +70,11 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from bench import load
 from next_category.serving import client as client_lib
 
 MODEL_NAME = "next_category"
+_REST_PREDICT_PATH = f"/v1/models/{MODEL_NAME}:predict"
 RESULTS_PATH = os.path.join("bench", "results", "serving.json")
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BATCHING_PARAMETERS = os.path.join(_REPO_ROOT, "serving", "deploy", "batching_parameters.txt")
@@ -245,12 +246,6 @@ def _feature_flags(
   return flags
 
 
-def _process_cpu_seconds(pid: int) -> float:
-  with open(f"/proc/{pid}/stat") as f:
-    fields = f.read().rsplit(")", 1)[1].split()
-  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class _Server:
   """`python -m next_category.serving.server` in a subprocess on free loopback ports."""
 
@@ -380,38 +375,6 @@ async def _grpc_load(port: int, request, concurrency: int, seconds: float, metad
   return latencies, errors
 
 
-async def _rest_load(port: int, body: bytes, concurrency: int, seconds: float):
-  latencies, errors = [], 0
-  head = (
-    f"POST /v1/models/{MODEL_NAME}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-  ).encode()
-  end = time.perf_counter() + seconds
-
-  async def worker():
-    nonlocal errors
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-      while (start := time.perf_counter()) < end:
-        writer.write(head + body)
-        status_line = await reader.readline()
-        length = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-          if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-        await reader.readexactly(length)
-        if status_line.split(b" ")[1] == b"200":
-          latencies.append(time.perf_counter() - start)
-        else:
-          errors += 1
-    finally:
-      writer.close()
-
-  await asyncio.gather(*(worker() for _ in range(concurrency)))
-  return latencies, errors
-
-
 def _h2load_load(server: _Server, request, concurrency: int, seconds: float) -> Tuple[list, int]:
   """Runs h2load against Predict; latencies from its per-request log."""
   with tempfile.TemporaryDirectory(prefix="h2load_") as workdir:
@@ -474,7 +437,7 @@ def _load(
     return _run(_grpc_load(server.grpc_port, request, concurrency, seconds, server.metadata))
   instances = [{"b64": base64.b64encode(e).decode()} for e in examples]
   body = json.dumps({"instances": instances}).encode()
-  return _run(_rest_load(server.rest_port, body, concurrency, seconds))
+  return _run(load.rest_load(server.rest_port, _REST_PREDICT_PATH, body, concurrency, seconds))
 
 
 def _own_and_children_cpu_seconds() -> float:
@@ -503,10 +466,10 @@ def run_load(
   """
   _load(server, protocol, client, concurrency, examples, warmup_seconds)
   batches_before = server.batch_stats()
-  server_cpu = _process_cpu_seconds(server.pid)
+  server_cpu = load.process_cpu_seconds(server.pid)
   client_cpu = _own_and_children_cpu_seconds()
   latencies, errors = _load(server, protocol, client, concurrency, examples, seconds)
-  server_cpu = _process_cpu_seconds(server.pid) - server_cpu
+  server_cpu = load.process_cpu_seconds(server.pid) - server_cpu
   client_cpu = _own_and_children_cpu_seconds() - client_cpu
   processed, batches = server.batch_stats() - batches_before
   requests = len(latencies)
