@@ -8,12 +8,21 @@ PIPELINE_NAME = "next_category"
 # The model name TensorFlow Serving serves the pushed SavedModel under.
 SERVING_MODEL_NAME = "next_category"
 
-# The project root, so default paths work from any working directory.
+# The folder above the package's: the checkout, when run from one (`make
+# install` installs it editable; the Kubeflow compiler reads the image's files
+# there).
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where the default data and outputs go: the checkout, so they are found from
+# any working directory; an installed copy (`pip install .`) has none, so the
+# working directory, as the TFX template's runners write theirs, never
+# site-packages.
+_WORK_ROOT = (
+  PROJECT_ROOT if os.path.isfile(os.path.join(PROJECT_ROOT, "pyproject.toml")) else os.getcwd()
+)
 # One default schema: the data contract's.
 SCHEMA_PATH = contract.DEFAULT_SCHEMA_PATH
-DATA_ROOT = os.path.join(PROJECT_ROOT, "data", "default")
-OUTPUT_ROOT = os.path.join(PROJECT_ROOT, "artifacts")
+DATA_ROOT = os.path.join(_WORK_ROOT, "data", "default")
+OUTPUT_ROOT = os.path.join(_WORK_ROOT, "artifacts")
 
 # ImportExampleGen reads the latest span-N/ directory under the data root.
 INPUT_PATTERN = "span-{SPAN}/*"

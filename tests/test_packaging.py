@@ -138,6 +138,30 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
     "next_category/pipeline/kubeflow/manifests/tfjob.yaml",
   ):
     assert data in names
+  # Installed, the defaults write under the working directory, never into
+  # site-packages, and read the schema the wheel carries.
+  site, work = tmp_path / "site", tmp_path / "work"
+  work.mkdir()
+  with zipfile.ZipFile(tmp_path / wheel) as z:
+    z.extractall(site)
+  defaults = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      "from next_category.pipeline import configs; "
+      "print(configs.DATA_ROOT, configs.OUTPUT_ROOT, configs.SCHEMA_PATH)",
+    ],
+    cwd=work,
+    env={**os.environ, "PYTHONPATH": str(site)},
+    check=True,
+    capture_output=True,
+    text=True,
+  )
+  assert defaults.stdout.split() == [
+    str(work / "data" / "default"),
+    str(work / "artifacts"),
+    str(site / "next_category" / "schemas" / "schema.pbtxt"),
+  ]
 
 
 def _requirement_names(*files):
