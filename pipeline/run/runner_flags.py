@@ -245,8 +245,9 @@ def build_pipeline(args: argparse.Namespace):
   data_root = os.path.abspath(args.data_root)
   if not os.path.isdir(data_root):
     raise FileNotFoundError(
-      f"Data root {data_root} does not exist; run `make data` or pass "
-      "DATA_ROOT=/path/to/span-directories."
+      f"Data root {data_root} does not exist; run `make data` (installed: "
+      f"`next-category-data --data_root={data_root}`) or pass DATA_ROOT= (--data_root=) "
+      "a directory of span-N/ directories."
     )
   schema_path = os.path.abspath(args.schema_path)
   if not os.path.isfile(schema_path):
@@ -282,8 +283,9 @@ def _checked_signing_key(path: Optional[str]) -> Optional[str]:
   path = os.path.abspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(
-      f"Model signing key {path} does not exist; run `make keygen` and pass "
-      "MODEL_SIGNING_KEY=keys/model_signing_key.pem."
+      f"Model signing key {path} does not exist; run `make keygen` (installed: "
+      "`next-category-keygen keygen --key_dir=keys`) and pass "
+      "MODEL_SIGNING_KEY=keys/model_signing_key.pem (--model_signing_key=)."
     )
   version_signing.load_private_key(path)
   return path
