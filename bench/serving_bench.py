@@ -71,6 +71,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from bench import load
+from bench import source_tree
 from next_category.serving import client as client_lib
 
 MODEL_NAME = "next_category"
@@ -99,22 +100,10 @@ H2LOAD_CLIENT = "h2load"
 
 
 def _server_module(tree: str) -> str:
-  """The server's module in `tree`: this tree's package, or an older tree's top-level `serving`.
-
-  Trees from before the `next_category` namespace (pyproject.toml) import
-  their server as `serving.server`, from the tree itself (PYTHONPATH).
-  """
+  """The server's module in `tree`: this tree's package, or another's (bench/source_tree.py)."""
   if tree == _REPO_ROOT:
     return "next_category.serving.server"
-  pyproject = os.path.join(tree, "pyproject.toml")
-  if os.path.isfile(pyproject):
-    with open(pyproject) as f:
-      if "next_category.serving" in f.read():
-        raise ValueError(
-          f"--baseline_tree {tree} installs the same next_category namespace as this tree; "
-          "its server cannot be told apart here. Use a tree from before the namespace."
-        )
-  return "serving.server"
+  return source_tree.server_module(tree)
 
 
 @dataclasses.dataclass
@@ -281,8 +270,9 @@ class _Server:
     self._log = open(log_path, "w")
     # `tree`'s serving/ answers (--baseline_tree); the model and the config
     # files are this tree's for both.
+    path = tree if tree == _REPO_ROOT else source_tree.python_path(tree)
     env = dict(
-      os.environ, PYTHONPATH=os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")]))
+      os.environ, PYTHONPATH=os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))
     )
     self._process = subprocess.Popen(
       command, cwd=tree, env=env, stdout=self._log, stderr=subprocess.STDOUT
