@@ -169,8 +169,8 @@ bench-multi-worker: install
 bench-serving: install
 	$(PY) -m bench.serving_bench --preset=$(PRESET) $(BENCH_SERVING_ARGS)
 
-# The REST API's HTTP server alone: tornado (today's) against aiohttp and, with
-# BENCH_REST_ARGS="--baseline_tree=../wt-base", the hand-written one it replaced.
+# The REST API's HTTP server alone: aiohttp (today's) against bare aiohttp.web and,
+# with BENCH_REST_ARGS="--baseline_tree=../wt-base", that tree's (tornado or hand-written).
 bench-rest-server: install
 	$(PY) -m bench.rest_server_bench $(BENCH_REST_ARGS)
 

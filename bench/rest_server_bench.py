@@ -1,25 +1,27 @@
-"""Compares HTTP servers for the REST API: tornado (today's), aiohttp, and the tree before.
+"""Compares HTTP servers for the REST API: aiohttp (today's), its bare framework, a tree before.
 
     python -m bench.rest_server_bench [--concurrency=1,32] [--duration_seconds=5]
         [--rounds=3] [--baseline_tree=../wt-base]
 
 Issue 21 asked for REST on a maintained asynchronous HTTP server, tornado or
-aiohttp, picked by a side-by-side measurement against the hand-written
-`http.server` + `selectors` server it replaces. This bench puts the HTTP
-servers alone side by side, so that what differs is the server and nothing
-else: each serves the same small API object (the JSON of a one-example
-Predict request parsed, a fixed `{"predictions": ...}` answered; no model),
-handed to the same number of pool threads, on loopback, in a process of its
-own:
+aiohttp, picked by a side-by-side measurement against today's. This bench puts
+the HTTP servers alone side by side, so that what differs is the server and
+nothing else: each serves the same small API object (the JSON of a
+one-example Predict request parsed, a fixed `{"predictions": ...}`
+answered; no model), handed to the same number of pool threads, on loopback,
+in a process of its own:
 
-- `tornado`: `next_category.serving.apis.rest.http_server.RestServer`, the
-  server `--rest_api_port` runs, with its deadlines and caps;
-- `aiohttp`: an `aiohttp.web` server on uvloop, one catch-all route, the API
-  called on a pool thread as tornado's does (`run_in_executor`), with none of
-  the deadlines (aiohttp has no whole-header deadline without subclassing its
-  private request handler);
-- `before` (with `--baseline_tree`): that tree's `serving.rest_api.RestServer`,
-  the hand-written server, for trees that still have it (48bc47b does).
+- `aiohttp`: `next_category.serving.apis.rest.http_server.RestServer`, the
+  server `--rest_api_port` runs (aiohttp's low-level server), with its
+  deadlines and caps;
+- `aiohttp-web`: a bare `aiohttp.web` application on uvloop, one catch-all
+  route, the API called on a pool thread (`run_in_executor`), with none of the
+  limits: the floor of what aiohttp costs;
+- with `--baseline_tree`, that tree's REST server, named for what it is:
+  `tornado` (`RestServer` on tornado, up to the commit that moved REST onto
+  aiohttp), or `before` (`serving.rest_api.RestServer`, the hand-written
+  `http.server` + `selectors` server of trees such as 48bc47b).
+  bench/source_tree.py imports it from that tree.
 
 Each round runs every server once per client and concurrency, in turn, so a
 machine whose speed drifts weighs on all alike; medians over the rounds are
@@ -58,7 +60,8 @@ _BODY = json.dumps(
     "instances": [{"item_ids": [3, 17, 5, 230, 41], "user_segment": "new", "city_tier": "tier2"}],
   }
 ).encode()
-SERVERS = ("tornado", "aiohttp", "before")
+# This tree's server; the bare framework; a baseline tree's (see the module docstring).
+SERVERS = ("aiohttp", "aiohttp-web", "tornado", "before", "baseline")
 
 
 class EchoApi:
@@ -77,7 +80,8 @@ class EchoApi:
     return 200, "application/json", json.dumps(answer).encode()
 
 
-def _serve_tornado(port: int, threads: int) -> None:
+def _serve_rest_server(port: int, threads: int) -> None:
+  # This tree's, or (on a baseline tree's PYTHONPATH) that tree's.
   from next_category.serving.apis.rest import http_server
 
   server = http_server.RestServer(EchoApi(), "127.0.0.1", port, num_threads=threads)
@@ -93,7 +97,7 @@ def _serve_before(port: int, threads: int) -> None:
   server.start()
 
 
-def _serve_aiohttp(port: int, threads: int) -> None:
+def _serve_aiohttp_web(port: int, threads: int) -> None:
   import uvloop
   from aiohttp import web
 
@@ -128,11 +132,30 @@ def _serve_aiohttp(port: int, threads: int) -> None:
 
 def serve(kind: str, port: int, threads: int) -> None:
   """Runs one server until killed (the subprocess's job)."""
-  {"tornado": _serve_tornado, "aiohttp": _serve_aiohttp, "before": _serve_before}[kind](
-    port, threads
-  )
+  serve_kind = {"aiohttp-web": _serve_aiohttp_web, "before": _serve_before}
+  serve_kind.get(kind, _serve_rest_server)(port, threads)
   while True:
     time.sleep(3600)
+
+
+_BASELINE_KINDS = ("tornado", "before", "baseline")
+
+
+def baseline_kind(tree: str) -> str:
+  """What REST server `tree` has: "before" (hand-written), "tornado", or "baseline" (another).
+
+  Raises:
+    ValueError: if `tree` has no REST server this bench knows.
+  """
+  if os.path.isfile(os.path.join(tree, "serving", "rest_api.py")):
+    return "before"
+  path = os.path.join(tree, "serving", "apis", "rest", "http_server.py")
+  if not os.path.isfile(path):
+    raise ValueError(
+      f"{tree} has neither serving/rest_api.py nor serving/apis/rest/http_server.py."
+    )
+  with open(path) as f:
+    return "tornado" if "from tornado import" in f.read() else "baseline"
 
 
 class _ServerProcess:
@@ -143,11 +166,13 @@ class _ServerProcess:
     self.port = _free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if kind == "before":
-      # That tree's top-level `serving` package; this file runs as a script,
-      # so that tree's own `bench` package does not shadow this one.
+    if kind in _BASELINE_KINDS:
+      # That tree's packages; this file runs as a script, so that tree's own
+      # `bench` package does not shadow this one.
+      from bench import source_tree  # In this process only.
+
       cwd = os.path.abspath(baseline_tree)
-      env["PYTHONPATH"] = cwd
+      env["PYTHONPATH"] = source_tree.python_path(baseline_tree)
     self._log = tempfile.TemporaryFile()
     self.process = subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), f"--serve={kind}", f"--port={self.port}"]
@@ -268,12 +293,12 @@ def _median_rows(runs: List[dict]) -> List[dict]:
 
 def _print_table(rows: List[dict]) -> None:
   print(
-    f"{'client':7} {'conc':>4} {'server':8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+    f"{'client':7} {'conc':>4} {'server':11} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
     f"{'srv cpu ms/req':>14} {'errors':>6} runs"
   )
   for r in rows:
     print(
-      f"{r['client']:7} {r['concurrency']:>4} {r['server']:8} {r['requests_per_second']:>8.0f} "
+      f"{r['client']:7} {r['concurrency']:>4} {r['server']:11} {r['requests_per_second']:>8.0f} "
       f"{r.get('p50_ms', float('nan')):>7.2f} {r.get('p99_ms', float('nan')):>7.2f} "
       f"{r['server_cpu_ms_per_request']:>14.3f} {r['errors']:>6} {r['runs']}"
     )
@@ -342,7 +367,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument(
     "--baseline_tree",
     default="",
-    help="Also serve with this tree's hand-written server (serving/rest_api.py, e.g. 48bc47b).",
+    help="Also serve with this tree's REST server: tornado's (a worktree of a commit before "
+    "aiohttp) or the hand-written one (serving/rest_api.py, e.g. 48bc47b).",
   )
   parser.add_argument("--output", default=RESULTS_PATH)
   parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
@@ -351,11 +377,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.serve:
     serve(args.serve, args.port, args.threads)
     return 0
-  kinds = ["tornado", "aiohttp"]
+  kinds = ["aiohttp", "aiohttp-web"]
   if args.baseline_tree:
-    if not os.path.isfile(os.path.join(args.baseline_tree, "serving", "rest_api.py")):
-      parser.error(f"{args.baseline_tree} has no serving/rest_api.py (the hand-written server).")
-    kinds.append("before")
+    try:
+      kinds.append(baseline_kind(args.baseline_tree))
+    except ValueError as e:
+      parser.error(str(e))
   clients = ["python"] + (["h2load"] if shutil.which("h2load") else [])
   if "h2load" not in clients:
     print("h2load not found (apt-get install nghttp2-client): the Python client only.")

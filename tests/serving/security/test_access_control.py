@@ -2,7 +2,6 @@
 
 import base64
 import concurrent.futures
-import datetime
 import http.client
 import json
 import ssl
@@ -13,12 +12,9 @@ import jwt
 import portpicker
 import pytest
 import tensorflow as tf
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from tensorflow_serving.apis import model_management_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
@@ -31,6 +27,7 @@ from next_category.serving.security import auth
 from tests.serving import conftest
 from tests.serving.conftest import DEADLINE_SECONDS
 from tests.serving.conftest import MODEL_NAME
+from tests.testing import tls
 
 TOKENS = """
 # token          principal  models
@@ -172,40 +169,13 @@ def test_remembered_credentials_keep_every_check(tmp_path, rsa_key, monkeypatch)
   assert checks[-1] == f"Bearer {token}" and len(checks) == 6
 
 
-def _self_signed(tmp_path):
-  key = ec.generate_private_key(ec.SECP256R1())
-  name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-  now = datetime.datetime.now(datetime.timezone.utc)
-  cert = (
-    x509.CertificateBuilder()
-    .subject_name(name)
-    .issuer_name(name)
-    .public_key(key.public_key())
-    .serial_number(x509.random_serial_number())
-    .not_valid_before(now - datetime.timedelta(minutes=1))
-    .not_valid_after(now + datetime.timedelta(days=1))
-    .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-    .sign(key, hashes.SHA256())
-  )
-  cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-  cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-  key_file.write_bytes(
-    key.private_bytes(
-      serialization.Encoding.PEM,
-      serialization.PrivateFormat.PKCS8,
-      serialization.NoEncryption(),
-    )
-  )
-  return str(cert_file), str(key_file)
-
-
 @pytest.fixture(scope="module")
 def secured(canned, tmp_path_factory, rsa_key):
   """A server with tokens, JWTs, protected metrics, TLS on both ports and reload enabled."""
   tmp_path = tmp_path_factory.mktemp("secured")
   tokens = tmp_path / "tokens"
   tokens.write_text(TOKENS)
-  cert_file, key_file = _self_signed(tmp_path)
+  cert_file, key_file = tls.self_signed(tmp_path)
   ssl_config = tmp_path / "ssl.config"
   ssl_config.write_text(
     f"server_key: {json.dumps(open(key_file).read())}\n"
