@@ -115,6 +115,14 @@ class RequestPolicy:
       return ""
     return self.authenticator.authorize(authorization, model_name).name
 
+  def permit(self, principal: auth_lib.Principal, model_name: str) -> str:
+    """As `authorize`, for a caller authenticated already (gRPC: when its method was looked up).
+
+    Raises:
+      AccessDenied: PERMISSION_DENIED, naming the principal.
+    """
+    return self.authenticator.permit(principal, model_name).name
+
   def authorize_admin(
     self, authorization: Optional[str], operation: str = "reload the model config"
   ) -> str:
