@@ -167,7 +167,7 @@ class _Handler:
     version, code, message, principal, examples = "", grpc.StatusCode.OK, "", "", 0
     authenticated = False
     runtime = 0.0
-    logged = None  # (request bytes, response, response bytes) for the request log.
+    logged = None  # (request bytes, response bytes) for the request log.
     try:
       if self._policy.authenticator is not None:
         caller = CALL_PRINCIPAL.get()
@@ -191,7 +191,7 @@ class _Handler:
       runtime = done - submitted
       version = _served_version(response)
       if self._policy.request_logs is not None:
-        logged = (request_bytes, response, response_bytes)
+        logged = (request_bytes, response_bytes)
       return response_bytes
     except request_policy.AccessDenied as e:  # The audit line names who was refused.
       code, message, principal, authenticated = e.code, e.message, e.principal, e.authenticated
