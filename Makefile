@@ -85,7 +85,7 @@ RUN_FLAGS := --data_root=$(DATA_ROOT) --output_root=$(OUTPUT_ROOT) --schema_path
 .PHONY: install lock data run test test-fast lint format bench-train clean image kubeflow \
 	kubeflow-submit kubeflow-schedule vertex-schedule skew-report keygen \
 	serve query bench-serving bench-rest-server bench-tensors bench-tflite bench-multi-worker report tensorboard \
-	bench-run bench-verification bench-scale bench-bayes bench-production-cost
+	bench-run bench-verification bench-scale bench-bayes
 
 install: $(STAMP)
 
@@ -168,11 +168,6 @@ bench-multi-worker: install
 # BENCH_SERVING_ARGS, e.g. "--baseline_tree=../wt-base --repeats=5": before/after in one run.
 bench-serving: install
 	$(PY) -m bench.serving_bench --preset=$(PRESET) $(BENCH_SERVING_ARGS)
-
-# Server CPU per request of each production feature (needs h2load: nghttp2-client).
-# BENCH_PRODUCTION_ARGS, e.g. "--baseline_tree=../wt-base": before/after side by side.
-bench-production-cost: install
-	$(PY) -m bench.production_cost_bench --preset=$(PRESET) $(BENCH_PRODUCTION_ARGS)
 
 # The REST API's HTTP server alone: aiohttp (today's) against bare aiohttp.web and,
 # with BENCH_REST_ARGS="--baseline_tree=../wt-base", that tree's (tornado or hand-written).

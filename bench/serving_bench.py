@@ -365,45 +365,30 @@ async def _grpc_load(port: int, request, concurrency: int, seconds: float, metad
   return latencies, errors
 
 
-def write_grpc_body(request, path: str) -> str:
-  """Writes `request` to `path` as a gRPC message is framed (uncompressed flag, length, message)."""
-  message = request.SerializeToString()
-  with open(path, "wb") as f:
-    f.write(b"\x00" + struct.pack(">I", len(message)) + message)
-  return path
-
-
-def run_h2load(server: _Server, body: str, concurrency: int, *limits: str) -> None:
-  """h2load's Predicts on one connection, `concurrency` streams, the gRPC body in file `body`.
-
-  `limits` end the run and add to it (`--duration=5000ms`, `--requests=10000`,
-  `--log-file=PATH`); with access control on, the calls carry the server's token.
-  """
-  subprocess.run(
-    [
-      "h2load",
-      "--clients=1",
-      f"--max-concurrent-streams={concurrency}",
-      f"--data={body}",
-      "--header=content-type: application/grpc",
-      "--header=te: trailers",
-      *[f"--header={key}: {value}" for key, value in server.metadata or ()],
-      *limits,
-      f"http://127.0.0.1:{server.grpc_port}/tensorflow.serving.PredictionService/Predict",
-    ],
-    check=True,
-    stdout=subprocess.DEVNULL,
-  )
-
-
 def _h2load_load(server: _Server, request, concurrency: int, seconds: float) -> Tuple[list, int]:
   """Runs h2load against Predict; latencies from its per-request log."""
   with tempfile.TemporaryDirectory(prefix="h2load_") as workdir:
-    body = write_grpc_body(request, os.path.join(workdir, "request.bin"))
+    body = os.path.join(workdir, "request.bin")
+    message = request.SerializeToString()
+    with open(body, "wb") as f:  # gRPC framing: uncompressed flag, length, message.
+      f.write(b"\x00" + struct.pack(">I", len(message)) + message)
     log = os.path.join(workdir, "requests.tsv")
     ok_before = server.request_counts().get("OK", 0.0)
-    run_h2load(
-      server, body, concurrency, f"--duration={round(seconds * 1000)}ms", f"--log-file={log}"
+    subprocess.run(
+      [
+        "h2load",
+        "--clients=1",
+        f"--max-concurrent-streams={concurrency}",
+        f"--duration={round(seconds * 1000)}ms",
+        f"--data={body}",
+        "--header=content-type: application/grpc",
+        "--header=te: trailers",
+        *[f"--header={key}: {value}" for key, value in server.metadata or ()],
+        f"--log-file={log}",
+        f"http://127.0.0.1:{server.grpc_port}/tensorflow.serving.PredictionService/Predict",
+      ],
+      check=True,
+      stdout=subprocess.DEVNULL,
     )
     ok = server.request_counts().get("OK", 0.0) - ok_before
     latencies, errors = [], 0

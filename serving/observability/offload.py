@@ -1,14 +1,14 @@
 """Work taken off the request path: records queued in memory, written by a log writer process.
 
 The request logs and the audit log both write through it. A finished call
-only appends its record (a tuple) to a bounded deque, or drops it when the
-deque is full: no copy, no lock, no wakeup of another thread. A background
-thread wakes on its own every `interval_seconds`, marshals everything queued
-in one call and hands it to the log writer process
-(serving/observability/log_writer.py) in one pipe write; that process encodes
-the records and writes the files. So a slow or full disk never delays or
-fails a request, what cannot be written is counted, never raised, and the
-encoding takes no time from the server's GIL (docs/serving-production.md#cost).
+only marshals its record (a tuple) and appends it to a bounded deque, or
+drops it when the deque is full: no lock, no wakeup of another thread. A
+background thread wakes on its own every `interval_seconds` and hands
+everything queued to the log writer process (serving/observability/log_writer.py) in one
+pipe write; that process encodes the records and writes the files. So a slow
+or full disk never delays or fails a request, what cannot be written is
+counted, never raised, and the encoding takes no time from the server's GIL
+(docs/serving-production.md#cost).
 """
 
 import collections
@@ -23,22 +23,12 @@ import threading
 from typing import Any
 from typing import Callable
 from typing import Optional
-from typing import Tuple
 
 from next_category.serving.observability import log_writer
 
 QUEUE_FULL = "queue_full"
 # The directory `python -m next_category.serving.observability.log_writer` is found from.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class _Lazy:
-  """A record queued by `submit_lazily`, for `prepare` to turn into a tuple."""
-
-  __slots__ = ("record",)
-
-  def __init__(self, record: Any):
-    self.record = record
 
 
 class BackgroundWriter:
@@ -94,23 +84,23 @@ class BackgroundWriter:
   def submit(self, record: tuple) -> None:
     """Queues `record`, a tuple of str, bytes and numbers; never blocks, never raises.
 
-    It is queued as it is, its bytes not copied: the background thread
-    marshals a round's records in one call (`log_writer.frame`), where a
-    `marshal.dumps` per record on the request path took 0.3 µs under timeit
-    and 2.5 µs of the event loop's CPU on a busy server (docs/serving-production.md#cost).
-    A record marshal cannot write is dropped and counted there.
+    It is marshalled here, while its objects are still in the CPU's cache: on
+    the background thread the same work costs several times as much.
     """
     if len(self._records) >= self._max_queued:
       self._on_drop(QUEUE_FULL)
       return
-    self._records.append(record)
+    try:
+      self._records.append(marshal.dumps(record, log_writer.MARSHAL_VERSION))
+    except ValueError as e:  # Not a plain tuple: a caller's mistake, counted, not raised.
+      self._drop(1, e)
 
   def submit_lazily(self, record: Any) -> None:
     """As `submit`, for a record that `prepare` turns into a tuple on the background thread."""
     if len(self._records) >= self._max_queued:
       self._on_drop(QUEUE_FULL)
       return
-    self._records.append(_Lazy(record))
+    self._records.append(record)
 
   def _run(self) -> None:
     while not self._stop.wait(self._interval_seconds):
@@ -123,48 +113,31 @@ class BackgroundWriter:
     records = list(
       itertools.starmap(self._records.popleft, itertools.repeat((), len(self._records)))
     )
-    if _Lazy in set(map(type, records)):
+    if set(map(type, records)) - {bytes}:  # Some were queued lazily.
       records = self._prepared(records)
     if records:
-      self._send(*self._frame(records))
+      self._send(records)
 
   def _prepared(self, records: list) -> list:
-    """`records`, those queued lazily turned into tuples through `prepare`."""
+    """`records` all marshalled, those queued lazily through `prepare`."""
     prepared = []
     for record in records:
-      if record.__class__ is _Lazy:
+      if record.__class__ is not bytes:
         try:
-          record = self._prepare(record.record)
+          record = marshal.dumps(self._prepare(record), log_writer.MARSHAL_VERSION)
         except Exception as e:  # A record that cannot be prepared is dropped alone.
           self._drop(1, e)
           continue
       prepared.append(record)
     return prepared
 
-  def _frame(self, records: list) -> Tuple[bytes, int]:
-    """(a frame of `records` for the writer, the records in it); those marshal cannot write
-    are dropped alone."""
-    try:
-      return log_writer.frame(records), len(records)
-    except ValueError:  # Not a plain tuple somewhere: a caller's mistake, counted, not raised.
-      pass
-    writable = []
-    for record in records:
-      try:
-        marshal.dumps(record, log_writer.MARSHAL_VERSION)
-      except ValueError as e:
-        self._drop(1, e)
-        continue
-      writable.append(record)
-    return log_writer.frame(writable), len(writable)
-
-  def _send(self, data: bytes, count: int) -> None:
+  def _send(self, records: list) -> None:
     try:
       process = self._writer_process()
-      process.stdin.write(data)
+      process.stdin.write(log_writer.frame(records))
       process.stdin.flush()
     except (OSError, ValueError) as e:  # The writer died or could not start.
-      self._drop(count, e)
+      self._drop(len(records), e)
 
   def _writer_process(self) -> subprocess.Popen:
     """The log writer process, started on first use and again if it exited."""

@@ -258,30 +258,31 @@ class RequestLogs:
           )
       self._logs = logs  # Swapped whole: `log` reads it without the lock.
 
-  def log(self, model_name: str, api: str, request, response, arrived: float) -> None:
+  def log(
+    self,
+    model_name: str,
+    api: str,
+    request,
+    response,
+    arrived: float,
+    response_bytes: Optional[bytes] = None,
+  ) -> None:
     """Samples and queues one answered request; never blocks, never raises.
 
     Args:
       api: "Predict", "Classify" or "Regress".
-      request: the API's request message.
+      request: the API's request, a message or the bytes received.
       response: the API's response message.
       arrived: `time.time()` when the request arrived.
+      response_bytes: `response` serialized, if that was done already.
     """
     model_log = self._sampled(model_name)
-    if model_log is not None:
-      model_log.submit_lazily((api, request, response, arrived, None))
-
-  def log_serialized(
-    self, model_name: str, api: str, request: bytes, response: bytes, arrived: float
-  ) -> None:
-    """As `log`, for a call whose request and response are bytes already (gRPC).
-
-    They are queued as they came and went: no message is built or
-    serialized for the log, on the request path or in the log writer.
-    """
-    model_log = self._sampled(model_name)
-    if model_log is not None:
-      model_log.submit((api, request, response, arrived))
+    if model_log is None:
+      return
+    if response_bytes is not None and request.__class__ is bytes:  # gRPC: ready as it is.
+      model_log.submit((api, request, response_bytes, arrived))
+    else:
+      model_log.submit_lazily((api, request, response, arrived, response_bytes))
 
   def log_lazily(
     self, model_name: str, api: str, protos: Callable[[], Tuple[Any, Any]], arrived: float
@@ -298,8 +299,7 @@ class RequestLogs:
   def _sampled(self, model_name: str) -> Optional[_ModelLog]:
     """The model's log if it has one and this request is drawn, else None."""
     model_log = self._logs.get(model_name)
-    # At rate 1 (every request) no draw is needed: random() < 1.0 always holds.
-    if model_log is not None and (model_log.rate >= 1.0 or random.random() < model_log.rate):
+    if model_log is not None and random.random() < model_log.rate:
       return model_log
     return None
 

@@ -51,8 +51,8 @@ class RequestRecord:
       caller claimed to be (`auth.AccessDenied.principal`).
     signature: the signature the request named.
     examples: examples in the request (0 when unknown).
-    logged: `(request bytes, response bytes)` for the request log, as received
-      and as sent (gRPC; REST logs its requests itself), or None.
+    logged: `(request bytes, response, response bytes)` for the request log
+      (gRPC; REST logs its requests itself), or None.
     runtime: seconds from handing the request to the model to its outputs
       (0 if the model did not run); set after construction.
     authenticated: whether `principal` checked out; set after construction.
@@ -115,14 +115,6 @@ class RequestPolicy:
       return ""
     return self.authenticator.authorize(authorization, model_name).name
 
-  def permit(self, principal: auth_lib.Principal, model_name: str) -> str:
-    """As `authorize`, for a caller authenticated already (gRPC: when its method was looked up).
-
-    Raises:
-      AccessDenied: PERMISSION_DENIED, naming the principal.
-    """
-    return self.authenticator.permit(principal, model_name).name
-
   def authorize_admin(
     self, authorization: Optional[str], operation: str = "reload the model config"
   ) -> str:
@@ -130,10 +122,12 @@ class RequestPolicy:
       return ""
     return self.authenticator.authorize_admin(authorization, operation).name
 
-  def log_request(self, model_name: str, api: str, request, response, arrived: float) -> None:
+  def log_request(
+    self, model_name: str, api: str, request, response, arrived: float, response_bytes=None
+  ) -> None:
     """Hands an answered request to its model's request log, if it has one (see RequestLogs.log)."""
     if self.request_logs is not None and request is not None:
-      self.request_logs.log(model_name, api, request, response, arrived)
+      self.request_logs.log(model_name, api, request, response, arrived, response_bytes)
 
   def log_request_lazily(
     self, model_name: str, api: str, protos: Callable[[], tuple], arrived: float
@@ -157,7 +151,15 @@ class RequestPolicy:
   def finish(self, record: RequestRecord) -> None:
     """Records a finished request: its request log (if `record.logged`), metrics and audit line."""
     if record.logged is not None:
-      self.request_logs.log_serialized(record.model, record.api, *record.logged, record.arrived)
+      request_bytes, response, response_bytes = record.logged
+      self.log_request(
+        record.model,
+        record.api,
+        request_bytes,
+        response,
+        record.arrived,
+        response_bytes=response_bytes,
+      )
     latency = record.end - record.start
     status = record.code.name
     if self.metrics is not None:

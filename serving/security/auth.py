@@ -274,14 +274,7 @@ class Authenticator:
     Raises:
       ServingError: UNAUTHENTICATED or PERMISSION_DENIED.
     """
-    return self.permit(self.authenticate(authorization), model_name)
-
-  def permit(self, principal: Principal, model_name: str) -> Principal:
-    """`principal`, authenticated already, if it may use `model_name`.
-
-    Raises:
-      AccessDenied: PERMISSION_DENIED.
-    """
+    principal = self.authenticate(authorization)
     if not principal.may_use(model_name):
       raise permission_denied(
         f"Principal {principal.name!r} may not use model {model_name!r}.", principal.name

@@ -82,12 +82,13 @@ def create(
     ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", max_request_bytes),
   ] + channel_arguments(grpc_channel_arguments)
-  server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
-  # Both services; with access control on, a call's credentials are checked
-  # when its method is looked up, before its message is read.
-  server.add_generic_rpc_handlers(
-    (credentials.generic_handler(servicer.method_handlers(service, policy), policy),)
+  server = grpc.aio.server(
+    options=options,
+    maximum_concurrent_rpcs=max_concurrent_rpcs,
+    # With access control on: credentials checked before a message is read.
+    interceptors=credentials.interceptors(policy),
   )
+  servicer.add_services(server, service, policy)
   if health_check:
     server.add_generic_rpc_handlers((health.handler(),))
   if enable_profiler:

@@ -1,12 +1,11 @@
 """gRPC services of TensorFlow Serving: tensorflow.serving.PredictionService and ModelService.
 
 Async methods served by a `grpc.aio` server: a request waiting for its batch
-holds no thread. Both services are registered by hand, with the method names
-and messages of tensorflow-serving-api's generated code, in one table
-(`method_handlers`) that credentials.py looks calls up in. PredictionService's
-handlers see each request's bytes as they came (the request log writes them
-as they are) and send a response serialized once, on the batch thread, off
-the event loop (the request log writes those bytes too).
+holds no thread. ModelService is tensorflow-serving-api's generated servicer.
+PredictionService is registered by hand, with the same method names and
+messages, so that its handlers see each request's bytes as they came (the
+request log writes them as they are) and send a response serialized once, on
+the batch thread, off the event loop (the request log writes those bytes too).
 """
 
 import asyncio
@@ -16,13 +15,11 @@ import logging
 import threading
 import time
 from typing import Callable
-from typing import Dict
 from typing import Optional
 
 import grpc
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
-from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import inference_pb2
 from tensorflow_serving.apis import model_management_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
@@ -37,8 +34,6 @@ from next_category.serving.observability import request_policy
 
 ENTRYPOINT = "GRPC"
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
-MODEL_SERVICE = "tensorflow.serving.ModelService"
-RELOAD_METHOD = f"/{MODEL_SERVICE}/{request_policy.RELOAD_API}"
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> Optional[float]:
@@ -122,10 +117,8 @@ def _served_version(response) -> str:
   return ""
 
 
-# The principal whose credentials the call the current task serves carries,
-# checked when its method was looked up (credentials.CredentialsCheck); None
-# with access control off.
-CALL_PRINCIPAL: contextvars.ContextVar = contextvars.ContextVar("call_principal", default=None)
+# The invocation metadata of the call the current task serves (see _MethodHandlers).
+_CALL_METADATA: contextvars.ContextVar = contextvars.ContextVar("invocation_metadata", default=None)
 
 
 def metadata_value(metadata, key: str):
@@ -142,6 +135,10 @@ class _Handler:
   def __init__(self, policy: request_policy.RequestPolicy):
     self._policy = policy
     self._completions: Optional[_Completions] = None
+
+  @property
+  def checks_credentials(self) -> bool:
+    return self._policy.authenticator is not None
 
   async def __call__(
     self,
@@ -167,17 +164,15 @@ class _Handler:
     version, code, message, principal, examples = "", grpc.StatusCode.OK, "", "", 0
     authenticated = False
     runtime = 0.0
-    logged = None  # (request bytes, response bytes) for the request log.
+    logged = None  # (request bytes, response, response bytes) for the request log.
     try:
       if self._policy.authenticator is not None:
-        caller = CALL_PRINCIPAL.get()
-        if caller is not None:  # Authenticated when the method was looked up.
-          principal = self._policy.permit(caller, model_name)
-        else:
-          principal = self._policy.authorize(
-            metadata_value(context.invocation_metadata(), request_policy.AUTHORIZATION),
-            model_name,
-          )
+        metadata = _CALL_METADATA.get()
+        if metadata is None:  # Not looked up through _MethodHandlers.
+          metadata = context.invocation_metadata()
+        principal = self._policy.authorize(
+          metadata_value(metadata, request_policy.AUTHORIZATION), model_name
+        )
         authenticated = True
       result = call()
       if not is_future:
@@ -191,7 +186,7 @@ class _Handler:
       runtime = done - submitted
       version = _served_version(response)
       if self._policy.request_logs is not None:
-        logged = (request_bytes, response_bytes)
+        logged = (request_bytes, response, response_bytes)
       return response_bytes
     except request_policy.AccessDenied as e:  # The audit line names who was refused.
       code, message, principal, authenticated = e.code, e.message, e.principal, e.authenticated
@@ -308,8 +303,8 @@ class PredictionServicer:
       signature_name=first.signature_name if first is not None else "",
     )
 
-  def method_handlers(self) -> Dict[str, grpc.RpcMethodHandler]:
-    """The service's methods by full name, as prediction_service_pb2_grpc would register them."""
+  def handler(self) -> grpc.GenericRpcHandler:
+    """The service's handler, as prediction_service_pb2_grpc would register it."""
     requests = {
       "Classify": classification_pb2.ClassificationRequest,
       "Regress": regression_pb2.RegressionRequest,
@@ -317,23 +312,43 @@ class PredictionServicer:
       "MultiInference": inference_pb2.MultiInferenceRequest,
       "GetModelMetadata": get_model_metadata_pb2.GetModelMetadataRequest,
     }
-    return {
-      f"/{PREDICTION_SERVICE}/{name}": grpc.unary_unary_rpc_method_handler(
-        getattr(self, name),
-        request_deserializer=_keeping_bytes(message_class),
-        response_serializer=_serialize,
-      )
-      for name, message_class in requests.items()
-    }
+    return _MethodHandlers(
+      {
+        f"/{PREDICTION_SERVICE}/{name}": grpc.unary_unary_rpc_method_handler(
+          getattr(self, name),
+          request_deserializer=_keeping_bytes(message_class),
+          response_serializer=_serialize,
+        )
+        for name, message_class in requests.items()
+      },
+      pass_metadata=self._handle.checks_credentials,
+    )
 
 
-class MethodHandlers(grpc.GenericRpcHandler):
-  """Finds a method's handler by its full name, as `grpc.method_handlers_generic_handler` does."""
+class _MethodHandlers(grpc.GenericRpcHandler):
+  """Finds a method's handler, as `grpc.method_handlers_generic_handler` does.
 
-  def __init__(self, handlers: Dict[str, grpc.RpcMethodHandler]):
+  With `pass_metadata`, it also leaves the call's invocation metadata where the
+  handler finds it (`_CALL_METADATA`): grpc.aio builds the metadata to look the
+  handler up, and taking it here saves building it again through
+  `context.invocation_metadata()`, which on a busy server costs more than
+  checking the credentials themselves.
+
+  A context variable, because grpc.aio looks the handler up and runs it in the
+  same task, one per call (`_handle_rpc` in
+  grpc/_cython/_cygrpc/aio/server.pyx.pxi), and a task's context is its own:
+  a call never sees another's metadata. Handing the metadata over in a
+  `functools.partial` instead costs more than it saves, since grpc.aio then
+  takes the partial apart on every call to learn whether it is a coroutine.
+  """
+
+  def __init__(self, handlers: dict, pass_metadata: bool):
     self._handlers = handlers
+    self._pass_metadata = pass_metadata
 
   def service(self, handler_call_details):
+    if self._pass_metadata:
+      _CALL_METADATA.set(handler_call_details.invocation_metadata)
     return self._handlers.get(handler_call_details.method)
 
 
@@ -349,21 +364,6 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     self._service = service
     self._policy = policy
     self._handle = _Handler(policy)
-
-  def method_handlers(self) -> Dict[str, grpc.RpcMethodHandler]:
-    """The service's methods by full name, as model_service_pb2_grpc registers them."""
-    return {
-      f"/{MODEL_SERVICE}/GetModelStatus": grpc.unary_unary_rpc_method_handler(
-        self.GetModelStatus,
-        request_deserializer=get_model_status_pb2.GetModelStatusRequest.FromString,
-        response_serializer=get_model_status_pb2.GetModelStatusResponse.SerializeToString,
-      ),
-      RELOAD_METHOD: grpc.unary_unary_rpc_method_handler(
-        self.HandleReloadConfigRequest,
-        request_deserializer=model_management_pb2.ReloadConfigRequest.FromString,
-        response_serializer=model_management_pb2.ReloadConfigResponse.SerializeToString,
-      ),
-    }
 
   async def GetModelStatus(self, request, context):
     return await self._handle(
@@ -423,11 +423,11 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
       )
 
 
-def method_handlers(
-  service: inference.InferenceService, policy: request_policy.RequestPolicy
-) -> Dict[str, grpc.RpcMethodHandler]:
-  """Both TensorFlow Serving services' methods, by full name (see credentials.generic_handler)."""
-  return {
-    **PredictionServicer(service, policy).method_handlers(),
-    **ModelServicer(service, policy).method_handlers(),
-  }
+def add_services(
+  server: grpc.aio.Server,
+  service: inference.InferenceService,
+  policy: request_policy.RequestPolicy,
+) -> None:
+  """Registers both TensorFlow Serving services on `server`."""
+  server.add_generic_rpc_handlers((PredictionServicer(service, policy).handler(),))
+  model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service, policy), server)

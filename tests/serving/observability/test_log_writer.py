@@ -2,6 +2,7 @@
 
 import glob
 import json
+import marshal
 import os
 import signal
 import subprocess
@@ -56,12 +57,12 @@ def test_records_are_written_in_order_and_bad_ones_counted(tmp_path):
 def test_the_writer_drops_what_is_not_a_frame_of_records_and_goes_on(tmp_path):
   path = tmp_path / "audit.jsonl"
   config = {"path": str(path), "max_bytes": 1 << 20, "backup_count": 1}
-  good = _record(1)
+  good = marshal.dumps(_record(1), log_writer.MARSHAL_VERSION)
   junk = b"\x00not marshal"
   frames = [
     log_writer.frame([good]),
     len(junk).to_bytes(4, "little") + junk,  # A frame whose body is not a list of records.
-    log_writer.frame([b"\xff", good]),  # One record that is not a tuple, one that is.
+    log_writer.frame([b"\xff", good]),  # One record that is not marshal, one that is.
   ]
   done = subprocess.run(
     [
@@ -249,42 +250,6 @@ def test_audit_fields_are_capped_and_marked_however_long(tmp_path):
   assert len(line["removed"]) == log_writer.MAX_LIST_ITEMS + 1
   assert line["removed"][-1] == f"...[{100 - log_writer.MAX_LIST_ITEMS} more]"
   assert log_writer.cap(line["model"]) == line["model"]  # Capping twice changes nothing.
-
-
-def test_audit_lines_sharing_fields_keep_each_their_own_values(monkeypatch):
-  # The JSON of the fields that repeat is remembered: each line still says
-  # what its own record says, and what is remembered stays bounded.
-  monkeypatch.setattr(log_writer, "_FIXED_FIELDS_KEPT", 4)
-  monkeypatch.setattr(log_writer, "_fixed_fields", {})
-  first = dict(
-    time=1764496923.25, peer="ipv4:127.0.0.1:1", principal="alice", authenticated=True,
-    model="m", version="1", api="Predict", entrypoint="GRPC", signature="serving_default",
-    examples=3, status="OK", latency_ms=2.5,
-  )  # fmt: skip
-  changes = [
-    {},
-    {"time": 1764496924.125, "examples": 4, "latency_ms": 0.125},
-    {"peer": "ipv4:127.0.0.1:2"},
-    {"principal": "bob", "authenticated": False},
-    {"model": "n", "version": "2"},
-    {"api": "Classify", "entrypoint": "REST", "signature": ""},
-    {"status": "NOT_FOUND"},
-    {"principal": "x" * 300},
-    {},
-  ]
-  for change in changes:
-    fields = {**first, **change}
-    line = json.loads(log_writer.audit_line(_record_with(**fields)))
-    for key, value in fields.items():
-      if key == "time":
-        assert line[key] == (
-          "2025-11-30T10:02:03.250000Z" if value == first["time"] else "2025-11-30T10:02:04.125000Z"
-        )
-      elif key == "principal" and len(value) > log_writer.MAX_FIELD_CHARS:
-        assert line[key] == log_writer.cap(value)
-      else:
-        assert line[key] == value, key
-    assert len(log_writer._fixed_fields) <= 4  # pylint: disable=protected-access
 
 
 def test_request_log_files_of_a_model_whose_prefix_extends_anothers_are_never_deleted(tmp_path):

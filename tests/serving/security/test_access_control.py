@@ -22,7 +22,6 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from next_category.serving import model_server
 from next_category.serving import status
-from next_category.serving.apis.grpc import health
 from next_category.serving.config import flags
 from next_category.serving.security import auth
 from tests.serving import conftest
@@ -172,11 +171,10 @@ def test_remembered_credentials_keep_every_check(tmp_path, rsa_key, monkeypatch)
 
 @pytest.fixture(scope="module")
 def secured(canned, tmp_path_factory, rsa_key):
-  """A server with tokens, JWTs, protected metrics, TLS on both ports, reload and health checks."""
+  """A server with tokens, JWTs, protected metrics, TLS on both ports and reload enabled."""
   tmp_path = tmp_path_factory.mktemp("secured")
-  tokens, rsa_file = tmp_path / "tokens", tmp_path / "rsa.pem"
+  tokens = tmp_path / "tokens"
   tokens.write_text(TOKENS)
-  rsa_file.write_bytes(_pem(rsa_key))
   cert_file, key_file = tls.self_signed(tmp_path)
   ssl_config = tmp_path / "ssl.config"
   ssl_config.write_text(
@@ -192,13 +190,11 @@ def secured(canned, tmp_path_factory, rsa_key):
       file_system_poll_wait_seconds=0,
       monitoring_config_file=conftest.MONITORING_CONFIG,
       auth_tokens_file=str(tokens),
-      jwt_public_key_file=str(rsa_file),
       protect_metrics=True,
       rest_ssl_cert_file=cert_file,
       rest_ssl_key_file=key_file,
       ssl_config_file=str(ssl_config),
       enable_model_config_reload=True,
-      enable_grpc_healthcheck_service=True,
     )
   )
   server.start()
@@ -251,55 +247,6 @@ def test_calls_in_flight_together_each_keep_their_own_credentials(secured, examp
   assert codes == [expected[token] for token in tokens]
 
 
-def test_a_grpc_calls_credentials_are_checked_once_when_its_method_is_looked_up(
-  secured, examples, monkeypatch
-):
-  # The handler takes the principal found then; it never reads the
-  # credentials from the call's metadata again.
-  server, channel, _ = secured
-  checked = []
-  authenticate = server.policy.authenticator.authenticate
-  monkeypatch.setattr(
-    server.policy.authenticator,
-    "authenticate",
-    lambda value: checked.append(value) or authenticate(value),
-  )
-  monkeypatch.setattr(server.policy, "authorize", lambda *_: pytest.fail("checked twice"))
-  for token, code in (
-    ("alice-secret-1", grpc.StatusCode.OK),
-    ("bob-secret-2", grpc.StatusCode.PERMISSION_DENIED),
-    ("wrong", grpc.StatusCode.UNAUTHENTICATED),
-    (None, grpc.StatusCode.UNAUTHENTICATED),
-  ):
-    assert _predict(channel, examples, token) == code
-  assert checked == ["Bearer alice-secret-1", "Bearer bob-secret-2", "Bearer wrong", None]
-
-
-def test_a_remembered_jwt_is_refused_over_grpc_once_its_exp_has_passed(secured, rsa_key, examples):
-  _, channel, _ = secured
-  expires = int(time.time()) + 2
-  token = _jwt(rsa_key, exp=expires)
-  assert _predict(channel, examples, token) == grpc.StatusCode.OK
-  assert _predict(channel, examples, token) == grpc.StatusCode.OK  # Remembered now.
-  while time.time() <= expires:
-    time.sleep(0.1)
-  assert _predict(channel, examples, token) == grpc.StatusCode.UNAUTHENTICATED
-
-
-def test_other_grpc_services_and_unknown_methods_are_not_checked(secured):
-  _, channel, _ = secured
-  check = channel.unary_unary(
-    f"/{health.SERVICE}/Check",
-    request_serializer=health.HealthCheckRequest.SerializeToString,
-    response_deserializer=health.HealthCheckResponse.FromString,
-  )
-  assert check(health.HealthCheckRequest(), timeout=DEADLINE_SECONDS).status == health.SERVING
-  unknown = channel.unary_unary("/tensorflow.serving.PredictionService/NoSuchMethod")
-  with pytest.raises(grpc.RpcError) as raised:
-    unknown(b"", timeout=DEADLINE_SECONDS)
-  assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 def _https(secured, method, path, token=None, body=None):
   server, _, context = secured
   connection = http.client.HTTPSConnection(
@@ -347,16 +294,8 @@ def test_reload_needs_a_principal_allowed_every_model(secured):
   assert server.manager.config.model_config_list.config[0].base_path != "/etc"
 
 
-@pytest.mark.parametrize("access_control", [False, True])
-def test_reload_rpc_is_off_by_default(canned, tmp_path, access_control):
-  # With access control on, a caller without credentials is told only that.
-  options = {}
-  if access_control:
-    (tmp_path / "tokens").write_text(TOKENS)
-    options["auth_tokens_file"] = str(tmp_path / "tokens")
-  server = conftest.start_server(
-    wait_for=(), model_base_path=canned.base_path, file_system_poll_wait_seconds=0, **options
-  )
+def test_reload_rpc_is_off_by_default(canned):
+  server = conftest.start_server(model_base_path=canned.base_path, file_system_poll_wait_seconds=0)
   try:
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
       stub = model_service_pb2_grpc.ModelServiceStub(channel)
@@ -366,7 +305,7 @@ def test_reload_rpc_is_off_by_default(canned, tmp_path, access_control):
         stub.HandleReloadConfigRequest(request, timeout=DEADLINE_SECONDS)
       assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
       assert "--enable_model_config_reload" in raised.value.details()
-    assert server.manager.config.model_config_list.config[0].base_path == canned.base_path
+    assert conftest.version_states(f"127.0.0.1:{server.grpc_port}") == {1: "AVAILABLE"}
   finally:
     server.stop()
 
